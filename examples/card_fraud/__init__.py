@@ -1,0 +1,1 @@
+"""The bundled example: card transactions of users at merchants, features for a fraud model."""

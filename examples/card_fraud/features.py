@@ -1,0 +1,161 @@
+"""The card-fraud feature repository: three entities, four groups, one in two versions."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from skewless import Entity, Feature, FeatureGroup, FeatureService, FileSource
+from skewless.config import home
+
+DATA = home() / "data"
+
+user = Entity("user", {"user_id": pl.Int64}, description="A card holder")
+merchant = Entity("merchant", {"merchant_id": pl.Int64}, description="A card acceptor")
+user_merchant = Entity(
+    "user_merchant", {"user_id": pl.Int64, "merchant_id": pl.Int64}, description="A card holder at a merchant"
+)
+
+transactions = FileSource(
+    "transactions",
+    path=DATA / "transactions",
+    timestamp_field="ts",
+    start_date="2026-10-01",
+    description="Card transactions, one Parquet file per day",
+    owner="team:payments",
+)
+user_profiles = FileSource(
+    "user_profiles",
+    path=DATA / "user_profiles.parquet",
+    timestamp_field="updated_at",
+    created_timestamp_field="created_at",
+    start_date="2026-10-01",
+    description="Profile snapshots; corrections share the event time with a later created_at",
+    owner="team:accounts",
+)
+merchant_scores = FileSource(
+    "merchant_scores",
+    path=DATA / "merchant_risk.parquet",
+    timestamp_field="scored_at",
+    start_date="2026-10-01",
+    description="Daily merchant risk scores from the risk team",
+    owner="team:risk",
+)
+
+
+def _last_transaction_v1(events: pl.LazyFrame) -> pl.LazyFrame:
+    return events.select(
+        "user_id",
+        "ts",
+        pl.col("amount").alias("last_amount"),
+        pl.col("channel").alias("last_channel"),
+        pl.col("currency_foreign").alias("last_foreign"),
+    )
+
+
+def _last_transaction_v2(events: pl.LazyFrame) -> pl.LazyFrame:
+    # v2 adds a log amount (heavy-tailed amounts) and an hour-of-day feature.
+    return _last_transaction_v1(events).with_columns(
+        pl.col("last_amount").log1p().alias("last_amount_log"),
+        pl.col("ts").dt.hour().cast(pl.Int8).alias("last_hour"),
+    )
+
+
+_last_txn_features = [
+    Feature("last_amount", pl.Float64, default=0.0, description="Amount of the latest transaction"),
+    Feature("last_channel", pl.String, default="none", description="pos / online / atm"),
+    Feature("last_foreign", pl.Boolean, default=False, description="Latest transaction in a foreign currency"),
+]
+
+user_last_txn_v1 = FeatureGroup(
+    name="user_last_txn",
+    version=1,
+    entity=user,
+    source=transactions,
+    transformation=_last_transaction_v1,
+    features=_last_txn_features,
+    ttl="30d",
+    owner="team:fraud",
+    description="The user's latest transaction",
+    tags=["pii"],
+)
+
+user_last_txn_v2 = FeatureGroup(
+    name="user_last_txn",
+    version=2,
+    entity=user,
+    source=transactions,
+    transformation=_last_transaction_v2,
+    features=[
+        *_last_txn_features,
+        Feature("last_amount_log", pl.Float64, default=0.0, description="log1p of the latest amount"),
+        Feature("last_hour", pl.Int8, description="UTC hour of the latest transaction"),
+    ],
+    ttl="30d",
+    owner="team:fraud",
+    description="The user's latest transaction, with log amount and hour (v2)",
+    tags=["pii"],
+)
+
+user_profile = FeatureGroup(
+    name="user_profile",
+    entity=user,
+    source=user_profiles,
+    features=[
+        Feature("segment", pl.String, default="unknown", description="Customer segment"),
+        Feature("credit_limit", pl.Float64, description="Current credit limit"),
+    ],
+    owner="team:accounts",
+    description="Profile attributes as of each update (corrections resolved by created_at)",
+)
+
+merchant_risk = FeatureGroup(
+    name="merchant_risk",
+    entity=merchant,
+    source=merchant_scores,
+    features=[
+        Feature("risk_score", pl.Float64, default=0.05, description="Risk team's score in [0, 1]"),
+        Feature("category", pl.String, default="unknown", description="Merchant category"),
+    ],
+    ttl="3d",
+    owner="team:risk",
+    description="Latest daily merchant risk score",
+)
+
+
+def _user_at_merchant(events: pl.LazyFrame) -> pl.LazyFrame:
+    return events.select(
+        "user_id",
+        "merchant_id",
+        "ts",
+        pl.col("amount").alias("last_amount_here"),
+        pl.col("channel").alias("last_channel_here"),
+    )
+
+
+user_merchant_last_txn = FeatureGroup(
+    name="user_merchant_last_txn",
+    entity=user_merchant,
+    source=transactions,
+    transformation=_user_at_merchant,
+    features=[
+        Feature("last_amount_here", pl.Float64, default=0.0, description="Latest amount at this merchant"),
+        Feature("last_channel_here", pl.String, description="Latest channel at this merchant"),
+    ],
+    ttl="90d",
+    owner="team:fraud",
+    description="The user's latest transaction at this merchant (composite key)",
+)
+
+fraud_model = FeatureService(
+    name="fraud_model",
+    version=1,
+    features=[
+        "user_last_txn:v2",
+        "user_profile:v1:segment",
+        "user_profile:v1:credit_limit",
+        "merchant_risk:v1:risk_score",
+        "user_merchant_last_txn:v1:last_amount_here",
+    ],
+    description="Features of the card-fraud model",
+    owner="team:fraud",
+)

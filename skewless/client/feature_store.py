@@ -1,0 +1,222 @@
+"""`FeatureStore`: the Python client for training sets and online lookups.
+
+It reads the same definitions, the same offline files and the same Redis keys the Dagster
+assets write, and applies the same TTL and default rules on both paths, which is what keeps
+training and serving from drifting apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Literal
+
+import polars as pl
+
+from skewless.compute.point_in_time import (
+    FEATURE_TS,
+    LABEL_TS,
+    ROW,
+    apply_defaults,
+    conform_keys,
+    join_group,
+    normalize_label_times,
+)
+from skewless.config import StoreConfig
+from skewless.errors import DefinitionError, RequestError
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_service import FeatureRef
+from skewless.repository import FeatureRepository, load_repository
+from skewless.storage.offline import OfflineStore
+from skewless.storage.online import OnlineStore, key_expression
+
+Selection = list[tuple[FeatureGroup, list[str]]]
+
+
+def to_polars(frame: Any, what: str) -> pl.DataFrame:
+    """Accept Polars, pandas, Arrow, a list of dicts or a dict of columns."""
+    if isinstance(frame, pl.DataFrame):
+        return frame
+    if isinstance(frame, pl.LazyFrame):
+        return frame.collect()
+    module = type(frame).__module__
+    if module.startswith("pandas"):
+        return pl.from_pandas(frame)
+    if module.startswith("pyarrow"):
+        result = pl.from_arrow(frame)
+        assert isinstance(result, pl.DataFrame)
+        return result
+    if isinstance(frame, Mapping | list):
+        try:
+            return pl.DataFrame(frame)
+        except Exception as exc:
+            raise RequestError(f"{what} could not be read as a table: {exc}") from None
+    raise RequestError(f"{what} must be a Polars/pandas/Arrow frame, a list of dicts or a dict of columns")
+
+
+def convert(frame: pl.DataFrame, output: str) -> Any:
+    if output == "polars":
+        return frame
+    if output == "pandas":
+        return frame.to_pandas()
+    if output == "arrow":
+        return frame.to_arrow()
+    if output == "dicts":
+        return frame.to_dicts()
+    raise RequestError(f"unknown output {output!r}: use 'polars', 'pandas', 'arrow' or 'dicts'")
+
+
+class FeatureStore:
+    """Training sets and online features for one feature repository."""
+
+    def __init__(self, repository: FeatureRepository, config: StoreConfig | None = None) -> None:
+        self.repository = repository
+        self.config = config or StoreConfig.from_env()
+        self.offline = OfflineStore(self.config.offline_root)
+        self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
+
+    @classmethod
+    def from_repo(cls, target: Any, config: StoreConfig | None = None) -> FeatureStore:
+        """From a module, a dotted module name, or a path to a repository's Python file."""
+        repo = target if isinstance(target, FeatureRepository) else load_repository(target)
+        return cls(repo, config)
+
+    def close(self) -> None:
+        self.online.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- selection
+    def select(self, features: Sequence[str] | None = None, service: str | None = None) -> Selection:
+        """Resolve feature references (or a service) to groups and feature names, in order."""
+        if (features is None) == (service is None):
+            raise RequestError("pass exactly one of features=[...] or service='name:vN'")
+        try:
+            refs = (
+                [FeatureRef.parse(f) for f in features]  # type: ignore[union-attr]
+                if service is None
+                else self.repository.service(service).refs
+            )
+            if isinstance(features, str):
+                raise RequestError("features must be a list of 'group:vN:feature' strings, not one string")
+            selection: dict[tuple[str, int], tuple[FeatureGroup, list[str]]] = {}
+            for ref in refs:
+                group, names = self.repository.resolve(ref)
+                entry = selection.setdefault((group.name, group.version), (group, []))
+                entry[1].extend(n for n in names if n not in entry[1])
+        except DefinitionError as exc:
+            raise RequestError(str(exc)) from None
+        return list(selection.values())
+
+    @staticmethod
+    def output_names(selection: Selection, full_feature_names: bool) -> dict[tuple[str, int, str], str]:
+        names: dict[tuple[str, int, str], str] = {}
+        seen: dict[str, str] = {}
+        for group, features in selection:
+            for feature in features:
+                name = f"{group.name}__v{group.version}__{feature}" if full_feature_names else feature
+                if name in seen:
+                    raise RequestError(
+                        f"feature name '{name}' is requested from both {seen[name]} and {group.ref}; "
+                        "pass full_feature_names=True"
+                    )
+                seen[name] = group.ref
+                names[(group.name, group.version, feature)] = name
+        return names
+
+    # ----------------------------------------------------------------- offline
+    def get_training_dataset(
+        self,
+        entity_df: Any,
+        features: Sequence[str] | None = None,
+        service: str | None = None,
+        timestamp_column: str = "event_timestamp",
+        full_feature_names: bool = False,
+        output: Literal["polars", "pandas", "arrow"] = "polars",
+    ) -> Any:
+        """Point-in-time-correct features for each label row (see `compute.point_in_time`)."""
+        original = labels = to_polars(entity_df, "entity_df")
+        selection = self.select(features, service)
+        names = self.output_names(selection, full_feature_names)
+        clash = [n for n in names.values() if n in labels.columns]
+        if clash:
+            raise RequestError(f"entity_df already has columns named like requested features: {clash}")
+        label_ts = normalize_label_times(labels, timestamp_column)
+        for group, _ in selection:
+            labels = conform_keys(labels, group, "entity_df")
+        base = labels.with_columns(label_ts.alias(LABEL_TS)).with_row_index(ROW)
+        result = original
+        if base.height == 0:
+            return convert(self._empty_features(result, selection, names), output)
+        t_min, t_max = label_ts.min(), label_ts.max()
+        lazy = base.lazy()
+        parts = []
+        for group, feats in selection:
+            ttl = group.time_to_live
+            first_day = (t_min - ttl).date() if ttl is not None else None  # type: ignore[operator]
+            rows = self.offline.scan(group, first_day, t_max.date())  # type: ignore[union-attr]
+            group_names = {f: names[(group.name, group.version, f)] for f in feats}
+            parts.append(join_group(lazy, group, feats, rows, group_names).sort(ROW).drop(ROW))
+        frames = pl.collect_all(parts)
+        return convert(pl.concat([result, *frames], how="horizontal"), output)
+
+    @staticmethod
+    def _empty_features(labels: pl.DataFrame, selection: Selection, names: dict) -> pl.DataFrame:
+        columns = [
+            pl.Series(names[(g.name, g.version, f)], [], dtype=g.feature(f).polars_dtype)
+            for g, feats in selection
+            for f in feats
+        ]
+        return labels.hstack(columns)
+
+    # ----------------------------------------------------------------- online
+    def get_online_features(
+        self,
+        entities: Any,
+        features: Sequence[str] | None = None,
+        service: str | None = None,
+        full_feature_names: bool = False,
+        output: Literal["polars", "pandas", "arrow", "dicts"] = "polars",
+    ) -> Any:
+        """Current values for each requested entity, in request order, in one Redis round trip.
+
+        A stored value older than the group's TTL is not served; missing values get the
+        feature's declared default, as in training sets.
+        """
+        frame = to_polars(entities, "entities")
+        selection = self.select(features, service)
+        names = self.output_names(selection, full_feature_names)
+        key_lists: list[list[str]] = []
+        for group, _ in selection:
+            frame = conform_keys(frame, group, "entities")
+            keys = frame.select(key_expression(group, self.online.key_prefix)).to_series()
+            if keys.null_count():
+                raise RequestError(f"entities: {keys.null_count()} rows have a null join key for {group.ref}")
+            key_lists.append(keys.to_list())
+        raw = self.online.mget([k for keys in key_lists for k in keys])
+        now = pl.lit(int(time.time() * 1_000_000)).cast(pl.Datetime("us", "UTC"))
+        columns: list[pl.Series] = []
+        offset = 0
+        for (group, feats), keys in zip(selection, key_lists, strict=True):
+            decoded = self.online.codec(group).decode(raw[offset : offset + len(keys)])
+            offset += len(keys)
+            group_names = {f: names[(group.name, group.version, f)] for f in feats}
+            decoded = decoded.select(
+                pl.col(EVENT_TIMESTAMP).alias(FEATURE_TS), *[pl.col(f).alias(group_names[f]) for f in feats]
+            )
+            ttl: timedelta | None = group.time_to_live
+            if ttl is not None:
+                cutoff = now - pl.duration(microseconds=ttl // timedelta(microseconds=1))
+                decoded = decoded.with_columns(
+                    [
+                        pl.when(pl.col(FEATURE_TS) >= cutoff).then(pl.col(n)).otherwise(None).alias(n)
+                        for n in group_names.values()
+                    ]
+                )
+            columns.extend(decoded.select(apply_defaults(group, feats, group_names)).get_columns())
+        return convert(frame.hstack(columns), output)

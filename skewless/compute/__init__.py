@@ -1,0 +1,1 @@
+"""Where features are computed: row transformations and point-in-time joins."""

@@ -1,0 +1,31 @@
+"""Errors raised by skewless.
+
+Every error names the thing at fault (group, feature, column, partition, key) so that a
+failed Dagster run tells its reader what to fix without opening a debugger.
+"""
+
+from __future__ import annotations
+
+
+class SkewlessError(Exception):
+    """Base class: catch this to handle any skewless failure."""
+
+
+class DefinitionError(SkewlessError):
+    """A feature definition (entity, source, group, service) is invalid when loaded."""
+
+
+class SourceDataError(SkewlessError):
+    """Source data does not match what its definition promises (columns, dtypes, times)."""
+
+
+class TransformationError(SkewlessError):
+    """A group's transformation failed or returned a frame that breaks its declared schema."""
+
+
+class OnlineStoreError(SkewlessError):
+    """The online store (Redis) could not be reached or refused a write."""
+
+
+class RequestError(SkewlessError):
+    """A client request (features, entities, label frame) is malformed."""

@@ -1,0 +1,59 @@
+"""Turn a feature repository into one Dagster `Definitions`: the asset factory's entry point."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+
+import dagster as dg
+
+from skewless.config import StoreConfig
+from skewless.feature_assets.offline import build_offline_asset, offline_key
+from skewless.feature_assets.online import build_online_asset, online_key
+from skewless.feature_assets.sources import source_spec
+from skewless.repository import FeatureRepository, load_repository
+from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+
+
+def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
+
+
+def build_definitions(
+    repository: FeatureRepository | str, config: StoreConfig | None = None
+) -> dg.Definitions:
+    """Sources as external assets, per group version an offline and an online asset, one
+    daily job and schedule per partition start date, and the two store resources."""
+    repo = load_repository(repository) if isinstance(repository, str) else repository
+    config = config or StoreConfig.from_env()
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
+    by_start: dict[date, list[dg.AssetKey]] = defaultdict(list)
+    partitions_by_start: dict[date, dg.DailyPartitionsDefinition] = {}
+    for group in repo.groups:
+        start = group.source.start
+        partitions = partitions_by_start.setdefault(start, daily_partitions(start))
+        assets.append(build_offline_asset(group, partitions))
+        assets.append(build_online_asset(group, partitions))
+        by_start[start] += [offline_key(group), online_key(group)]
+    jobs, schedules = [], []
+    for i, (start, keys) in enumerate(sorted(by_start.items())):
+        name = "daily_features" if i == 0 else f"daily_features_from_{start.isoformat().replace('-', '_')}"
+        job = dg.define_asset_job(
+            name=name,
+            selection=dg.AssetSelection.assets(*keys),
+            partitions_def=partitions_by_start[start],
+            description="Materialize yesterday's partition of every feature group version, offline then online.",
+        )
+        jobs.append(job)
+        schedules.append(dg.build_schedule_from_partitioned_job(job, hour_of_day=0, minute_of_hour=30))
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        schedules=schedules,
+        resources={
+            "offline": OfflineStoreResource(root=config.offline_root),
+            "online": OnlineStoreResource(
+                state_dir=config.state_dir, redis_url=config.redis_url, key_prefix=config.key_prefix
+            ),
+        },
+    )

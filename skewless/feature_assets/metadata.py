@@ -1,0 +1,44 @@
+"""Metadata shared by the feature assets: what the Dagster UI shows about a group version."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from skewless.language.durations import format_duration
+from skewless.language.feature_group import FeatureGroup
+
+
+def column_schema(group: FeatureGroup) -> dg.TableSchema:
+    descriptions = {f.name: f.description for f in group.features}
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=name, type=str(dtype), description=descriptions.get(name) or None)
+            for name, dtype in group.offline_schema().items()
+        ]
+    )
+
+
+def definition_metadata(group: FeatureGroup) -> dict[str, object]:
+    """Static metadata, known without running anything."""
+    return {
+        "dagster/column_schema": column_schema(group),
+        "entity": group.entity.name,
+        "join_keys": ", ".join(group.entity.key_columns),
+        "version": group.version,
+        "ttl": format_duration(group.time_to_live) or "none",
+        "source": group.source.name,
+    }
+
+
+def partitions_table(rows: pl.DataFrame) -> dg.MarkdownMetadataValue:
+    """A small Markdown table of rows per partition for the materialization page."""
+    lines = ["| partition | rows |", "|---|---|"]
+    for day, count in rows.iter_rows():
+        lines.append(f"| {day} | {count} |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def asset_tags(group: FeatureGroup) -> dict[str, str]:
+    assert isinstance(group.tags, dict)
+    return {**group.tags, "skewless/group": group.name, "skewless/version": f"v{group.version}"}

@@ -1,0 +1,12 @@
+"""The definition language: entities, sources, feature groups and feature services.
+
+Plain, typed Python objects validated when constructed, so a bad definition fails when the
+repository loads (in `dagster dev`, the CLI or a test), naming what is wrong.
+"""
+
+from skewless.language.entity import Entity
+from skewless.language.feature_group import Feature, FeatureGroup
+from skewless.language.feature_service import FeatureRef, FeatureService
+from skewless.language.source import FileSource
+
+__all__ = ["Entity", "Feature", "FeatureGroup", "FeatureRef", "FeatureService", "FileSource"]

@@ -1,0 +1,158 @@
+"""Feature groups (feature views): one versioned definition feeding offline and online stores."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import polars as pl
+
+from skewless.errors import DefinitionError
+from skewless.language.dtypes import default_fits, is_supported_feature_dtype, normalize_dtype
+from skewless.language.durations import parse_duration
+from skewless.language.entity import Entity, check_name
+from skewless.language.source import FileSource
+
+Transformation = Callable[[pl.LazyFrame], pl.LazyFrame]
+
+EVENT_TIMESTAMP = "event_timestamp"
+CREATED_TIMESTAMP = "created_timestamp"
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, "date"})
+
+_OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature column: its dtype, and the value served when no value exists.
+
+    The default is applied identically by training sets and online lookups, so a model never
+    sees a different cold-start value in production than it was trained with.
+    """
+
+    name: str
+    dtype: Any
+    default: Any = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feature")
+        try:
+            object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        except TypeError:
+            raise DefinitionError(
+                f"feature '{self.name}': dtype {self.dtype!r} is not a Polars dtype"
+            ) from None
+
+    @property
+    def polars_dtype(self) -> pl.DataType:
+        assert isinstance(self.dtype, pl.DataType)
+        return self.dtype
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """A named, versioned set of row features over one entity and one source.
+
+    `transformation` maps the source's LazyFrame to one carrying the entity's join keys, the
+    source's event-time column (and created-time column if the source has one) and every
+    declared feature. Without one, the features are read from source columns of the same name.
+    """
+
+    name: str
+    entity: Entity
+    source: FileSource
+    features: Sequence[Feature]
+    version: int = 1
+    transformation: Transformation | None = None
+    ttl: str | timedelta | None = None
+    owner: str | None = None
+    description: str = ""
+    tags: Sequence[str] | Mapping[str, str] = ()
+    _ttl: timedelta | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feature group")
+        where = f"feature group '{self.name}'"
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise DefinitionError(f"{where}: version must be a positive integer, got {self.version!r}")
+        where = f"feature group '{self.ref}'"
+        if not isinstance(self.entity, Entity):
+            raise DefinitionError(f"{where}: entity must be an Entity, got {type(self.entity).__name__}")
+        if not isinstance(self.source, FileSource):
+            raise DefinitionError(f"{where}: source must be a FileSource, got {type(self.source).__name__}")
+        if self.transformation is not None and not callable(self.transformation):
+            raise DefinitionError(f"{where}: transformation must be a callable LazyFrame -> LazyFrame")
+        features = list(self.features)
+        if not features:
+            raise DefinitionError(f"{where}: declares no features")
+        seen: set[str] = set()
+        for feature in features:
+            if not isinstance(feature, Feature):
+                raise DefinitionError(f"{where}: features must be Feature objects, got {feature!r}")
+            if feature.name in seen:
+                raise DefinitionError(f"{where}: feature '{feature.name}' is declared twice")
+            seen.add(feature.name)
+            if feature.name in RESERVED_COLUMNS or feature.name in self.entity.join_keys:
+                raise DefinitionError(
+                    f"{where}: feature '{feature.name}' collides with a join key or reserved column"
+                )
+            if not is_supported_feature_dtype(feature.polars_dtype):
+                raise DefinitionError(
+                    f"{where}: feature '{feature.name}' has unsupported dtype {feature.dtype}; "
+                    "use integers, floats, booleans, strings, Date, Datetime('us', 'UTC') "
+                    "or Array(Float32|Float64, n)"
+                )
+            if not default_fits(feature.polars_dtype, feature.default):
+                raise DefinitionError(
+                    f"{where}: feature '{feature.name}' default {feature.default!r} "
+                    f"does not fit its dtype {feature.dtype}"
+                )
+        object.__setattr__(self, "features", tuple(features))
+        object.__setattr__(self, "_ttl", parse_duration(self.ttl, what=f"{where} ttl"))
+        if self.owner is not None and not _OWNER_RE.match(self.owner):
+            raise DefinitionError(
+                f"{where}: owner {self.owner!r} must be an email address or 'team:<name>'"
+            )
+        tags = dict.fromkeys(self.tags, "") if not isinstance(self.tags, Mapping) else dict(self.tags)
+        for tag in tags:
+            if not isinstance(tag, str) or not _TAG_RE.match(tag):
+                raise DefinitionError(f"{where}: tag {tag!r} must match [A-Za-z0-9_.-]{{1,63}}")
+        object.__setattr__(self, "tags", tags)
+
+    @property
+    def ref(self) -> str:
+        """`group:vN`, the spelling used in feature references and messages."""
+        return f"{self.name}:v{self.version}"
+
+    @property
+    def time_to_live(self) -> timedelta | None:
+        return self._ttl
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> Feature:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    @property
+    def has_created_timestamp(self) -> bool:
+        return self.source.created_timestamp_field is not None
+
+    def offline_schema(self) -> dict[str, pl.DataType]:
+        """Columns of every offline partition file, in order."""
+        schema: dict[str, pl.DataType] = dict(self.entity.key_schema)
+        schema[EVENT_TIMESTAMP] = pl.Datetime("us", "UTC")
+        if self.has_created_timestamp:
+            schema[CREATED_TIMESTAMP] = pl.Datetime("us", "UTC")
+        for feature in self.features:
+            schema[feature.name] = feature.polars_dtype
+        return schema

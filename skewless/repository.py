@@ -1,0 +1,134 @@
+"""A feature repository: the set of definitions a user's module declares, validated as a whole.
+
+Checks that need every definition at once live here (duplicate group versions, services
+referring to groups that do not exist); single-object checks live on the objects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from skewless.errors import DefinitionError
+from skewless.language import Entity, FeatureGroup, FeatureRef, FeatureService, FileSource
+
+
+@dataclass
+class FeatureRepository:
+    """Every entity, source, group version and service of one feature repository."""
+
+    groups: list[FeatureGroup]
+    services: list[FeatureService] = field(default_factory=list)
+    name: str = "features"
+
+    def __post_init__(self) -> None:
+        self._groups: dict[tuple[str, int], FeatureGroup] = {}
+        for group in self.groups:
+            if not isinstance(group, FeatureGroup):
+                raise DefinitionError(f"repository '{self.name}': {group!r} is not a FeatureGroup")
+            key = (group.name, group.version)
+            if key in self._groups and self._groups[key] is not group:
+                raise DefinitionError(
+                    f"feature group '{group.ref}' is defined twice in repository '{self.name}'; "
+                    "bump the version of one of them"
+                )
+            self._groups[key] = group
+        self.groups = sorted(self._groups.values(), key=lambda g: (g.name, g.version))
+        self._check_unique("entity", [g.entity for g in self.groups])
+        self._check_unique("source", [g.source for g in self.groups])
+        services: dict[tuple[str, int], FeatureService] = {}
+        for service in self.services:
+            key = (service.name, service.version)
+            if key in services and services[key] is not service:
+                raise DefinitionError(f"feature service '{service.ref}' is defined twice")
+            services[key] = service
+            for ref in service.refs:
+                try:
+                    self.resolve(ref)
+                except DefinitionError as exc:
+                    raise DefinitionError(f"feature service '{service.ref}': {exc}") from None
+        self.services = sorted(services.values(), key=lambda s: (s.name, s.version))
+
+    def _check_unique(self, what: str, objects: Iterable[Entity | FileSource]) -> None:
+        by_name: dict[str, Entity | FileSource] = {}
+        for obj in objects:
+            other = by_name.setdefault(obj.name, obj)
+            if other != obj:
+                raise DefinitionError(
+                    f"two different {what} definitions are named '{obj.name}' in repository '{self.name}'"
+                )
+
+    @property
+    def entities(self) -> list[Entity]:
+        return list({g.entity.name: g.entity for g in self.groups}.values())
+
+    @property
+    def sources(self) -> list[FileSource]:
+        return list({g.source.name: g.source for g in self.groups}.values())
+
+    def group(self, name: str, version: int) -> FeatureGroup:
+        try:
+            return self._groups[(name, version)]
+        except KeyError:
+            known = sorted(g.ref for g in self.groups if g.name == name)
+            hint = f" (known versions: {', '.join(known)})" if known else ""
+            raise DefinitionError(f"unknown feature group '{name}:v{version}'{hint}") from None
+
+    def resolve(self, ref: FeatureRef) -> tuple[FeatureGroup, list[str]]:
+        """The group a reference points at and the feature names it selects."""
+        group = self.group(ref.group, ref.version)
+        if ref.feature is None:
+            return group, group.feature_names
+        if ref.feature not in group.feature_names:
+            raise DefinitionError(
+                f"unknown feature '{ref}': group '{group.ref}' has "
+                f"{', '.join(group.feature_names)}"
+            )
+        return group, [ref.feature]
+
+    def service(self, ref: str) -> FeatureService:
+        parsed = FeatureRef.parse(ref if ":" in ref else f"{ref}:v1")
+        for service in self.services:
+            if service.name == parsed.group and service.version == parsed.version:
+                return service
+        raise DefinitionError(
+            f"unknown feature service '{ref}' (known: {', '.join(s.ref for s in self.services) or 'none'})"
+        )
+
+
+def collect(module: ModuleType) -> FeatureRepository:
+    """Build a repository from a module: an explicit `repository` object, else its globals."""
+    explicit = getattr(module, "repository", None)
+    if isinstance(explicit, FeatureRepository):
+        return explicit
+    values = list(vars(module).values())
+    groups = [v for v in values if isinstance(v, FeatureGroup)]
+    services = [v for v in values if isinstance(v, FeatureService)]
+    if not groups:
+        raise DefinitionError(f"module '{module.__name__}' defines no FeatureGroup")
+    return FeatureRepository(groups=groups, services=services, name=module.__name__.rsplit(".", 1)[-1])
+
+
+def load_repository(target: str | Path | ModuleType) -> FeatureRepository:
+    """Load a repository from a module object, a dotted module name or a Python file path."""
+    if isinstance(target, ModuleType):
+        return collect(target)
+    text = str(target)
+    if text.endswith(".py") or Path(text).exists():
+        path = Path(text).resolve()
+        if path.is_dir():
+            path = path / "__init__.py"
+        name = f"skewless_repo_{path.parent.name}_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise DefinitionError(f"cannot load a feature repository from {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return collect(module)
+    return collect(importlib.import_module(text))

@@ -1,0 +1,41 @@
+"""Dagster resources wrapping the offline and online stores.
+
+Configuration lives here (what Dagster shows and lets a launchpad override); behaviour lives
+in `skewless.storage`, which the client uses directly without Dagster.
+"""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
+
+from skewless.storage.offline import OfflineStore
+from skewless.storage.online import OnlineStore
+
+
+class OfflineStoreResource(ConfigurableResource):
+    """The Parquet offline store rooted at `root` (a local folder)."""
+
+    root: str
+
+    def store(self) -> OfflineStore:
+        return OfflineStore(self.root)
+
+
+class OnlineStoreResource(ConfigurableResource):
+    """The Redis online store; `redis_url=None` starts the embedded Redis in `state_dir`."""
+
+    state_dir: str
+    redis_url: str | None = None
+    key_prefix: str = "skewless"
+
+    _store: OnlineStore | None = PrivateAttr(default=None)
+
+    def store(self) -> OnlineStore:
+        if self._store is None:
+            self._store = OnlineStore(self.redis_url, self.state_dir, self.key_prefix)
+        return self._store
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()

@@ -1,0 +1,1 @@
+"""Where features are stored: Parquet partitions offline, packed values in Redis online."""

@@ -1,0 +1,203 @@
+"""The online store: the latest feature values per entity and group version, in Redis.
+
+Key:   `<prefix>:{<entity>:<k1>|<k2>}:<group>:v<N>`. The braces are a Redis Cluster hash
+       tag, so all groups of one entity share a slot and one request stays one round trip.
+Value: one packed record per key (see `codec.py`), written through a Lua script that keeps
+       the newer event time whichever writer arrives last, and expiring when the group's
+       TTL says the value is too old to serve.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import polars as pl
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from skewless.errors import OnlineStoreError, RequestError
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.storage.codec import MAX_MICROS, GroupCodec
+from skewless.storage.embedded_redis import ensure_embedded_redis
+
+WRITE_BATCH = 2000
+
+
+def redact(url: str) -> str:
+    """A URL fit for error messages: the password is replaced."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def key_expression(group: FeatureGroup, prefix: str) -> pl.Expr:
+    """Vectorised online keys for a frame holding the group's join-key columns.
+
+    String keys are percent-escaped for the characters that delimit the key ('%', '|', '{',
+    '}') so that no two entities can share a key.
+    """
+    parts: list[pl.Expr] = [pl.lit(f"{prefix}:{{{group.entity.name}:")]
+    for i, (column, dtype) in enumerate(group.entity.key_schema.items()):
+        if i:
+            parts.append(pl.lit("|"))
+        if dtype == pl.String:
+            part = pl.col(column)
+            for char, code in (("%", "%25"), ("|", "%7C"), ("{", "%7B"), ("}", "%7D")):
+                part = part.str.replace_all(char, code, literal=True)
+        else:
+            part = pl.col(column).cast(pl.String)
+        parts.append(part)
+    parts.append(pl.lit(f"}}:{group.name}:v{group.version}"))
+    return pl.concat_str(parts)
+
+
+class OnlineStore:
+    """Redis-backed latest values; the embedded server is started when no URL is given."""
+
+    def __init__(self, url: str | None, state_dir: str, key_prefix: str = "skewless") -> None:
+        self._url = url
+        self._state_dir = state_dir
+        self.key_prefix = key_prefix
+        self._client: redis.Redis | None = None
+        self._codecs: dict[tuple[str, int], GroupCodec] = {}
+        self._write_script: Any = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            self._url = ensure_embedded_redis(self._state_dir)
+        return self._url
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=5,
+                socket_timeout=30,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                health_check_interval=30,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def codec(self, group: FeatureGroup) -> GroupCodec:
+        key = (group.name, group.version)
+        if key not in self._codecs:
+            self._codecs[key] = GroupCodec(group)
+        return self._codecs[key]
+
+    def _script(self) -> Any:
+        if self._write_script is None:
+            source = resources.files("skewless.storage").joinpath("lua/write_latest.lua").read_text()
+            self._write_script = self.client.register_script(source)
+        return self._write_script
+
+    def _unreachable(self, action: str, exc: Exception) -> OnlineStoreError:
+        return OnlineStoreError(f"Redis at {redact(self.url)} is unreachable while {action}: {exc}")
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise self._unreachable("checking the connection", exc) from exc
+
+    # ------------------------------------------------------------------ writes
+    def write_latest(self, group: FeatureGroup, latest: pl.DataFrame) -> dict[str, int]:
+        """Write one row per entity (its latest value), keeping newer stored values.
+
+        Rows whose value has already outlived the group's TTL are not written: they could
+        never be served. Safe to retry: writing the same rows again changes nothing.
+        """
+        where = f"writing feature group '{group.ref}'"
+        frame = latest.with_columns(key_expression(group, self.key_prefix).alias("__key"))
+        null_keys = frame["__key"].null_count()
+        if null_keys:
+            raise RequestError(f"{where}: {null_keys} rows have a null join key ({group.entity.key_columns})")
+        event_us = frame[EVENT_TIMESTAMP].dt.epoch("us")
+        if frame.height and (event_us.min() < 0 or event_us.max() > MAX_MICROS):  # type: ignore[operator]
+            raise RequestError(f"{where}: event times must lie between 1970 and 5138 to be stored online")
+        ttl = group.time_to_live
+        now_ms = int(time.time() * 1000)
+        if ttl is not None:
+            expire = (event_us // 1000 + int(ttl.total_seconds() * 1000)).alias("__expire")
+            frame = frame.with_columns(expire)
+            expired = frame.filter(pl.col("__expire") <= now_ms).height
+            frame = frame.filter(pl.col("__expire") > now_ms)
+        else:
+            frame = frame.with_columns(pl.lit(0, dtype=pl.Int64).alias("__expire"))
+            expired = 0
+        values = self.codec(group).encode(frame)
+        keys = frame["__key"].to_list()
+        expires = frame["__expire"].to_list()
+        written = skipped = 0
+        script = self._script()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            batches = 0
+            for start, stop in _batches(len(keys), WRITE_BATCH):
+                args: list[Any] = []
+                for value, expire_at in zip(values[start:stop], expires[start:stop], strict=True):
+                    args.append(value)
+                    args.append(expire_at)
+                script(keys=keys[start:stop], args=args, client=pipe)
+                batches += 1
+                if batches % 16 == 0:
+                    for w, s in pipe.execute():
+                        written, skipped = written + w, skipped + s
+            for w, s in pipe.execute():
+                written, skipped = written + w, skipped + s
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(where, exc) from exc
+        return {"written": written, "skipped_older": skipped, "expired": expired, "keys": len(keys)}
+
+    # ------------------------------------------------------------------ reads
+    def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
+        """Decoded stored values for each row of `entities`, in order (nulls where missing)."""
+        keys = entities.select(key_expression(group, self.key_prefix)).to_series().to_list()
+        try:
+            raw = self.client.mget(keys) if keys else []
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"reading feature group '{group.ref}'", exc) from exc
+        return self.codec(group).decode(raw)
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        try:
+            return self.client.mget(keys) if keys else []
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable("reading online features", exc) from exc
+
+    def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
+        """Scan the keys of one group version (or all of this prefix): for tests and the demo."""
+        pattern = f"{self.key_prefix}:*" if group is None else f"{self.key_prefix}:*}}:{group.name}:v{group.version}"
+        yield from self.client.scan_iter(match=pattern, count=1000)
+
+    def delete_all(self) -> int:
+        """Delete every key under this store's prefix (never a FLUSHDB: the server may be shared)."""
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.keys():
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += self.client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += self.client.unlink(*batch)
+        return deleted
+
+
+def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
