@@ -11,6 +11,11 @@ from skewless.errors import SkewlessError, SourceDataError, TransformationError
 from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureGroup
 
 
+def _first_line(exc: Exception) -> str:
+    """Polars appends its whole query plan to errors; the first line says what is wrong."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.DataFrame:
     """Feature rows with event time in `[start, end)`, in the offline layout, sorted.
 
@@ -34,7 +39,7 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
         except SkewlessError:
             raise
         except Exception as exc:
-            raise TransformationError(f"feature group '{group.ref}': transformation failed: {exc}") from exc
+            raise TransformationError(f"feature group '{group.ref}': transformation failed: {_first_line(exc)}") from exc
         if not isinstance(frame, pl.LazyFrame):
             raise TransformationError(
                 f"feature group '{group.ref}': transformation returned {type(frame).__name__}, "
@@ -43,7 +48,7 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
     try:
         schema = frame.collect_schema()
     except Exception as exc:
-        raise TransformationError(f"feature group '{group.ref}': transformation is invalid: {exc}") from exc
+        raise TransformationError(f"feature group '{group.ref}': transformation is invalid: {_first_line(exc)}") from exc
     check_output_schema(group, schema, time_columns=time_columns)
     keys = group.entity.key_columns
     columns = [*keys, *time_columns, *group.feature_names]
@@ -55,7 +60,7 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
             .collect()
         )
     except Exception as exc:
-        raise TransformationError(f"feature group '{group.ref}': computing rows failed: {exc}") from exc
+        raise TransformationError(f"feature group '{group.ref}': computing rows failed: {_first_line(exc)}") from exc
     check_rows(group, result)
     outside = result.filter((pl.col(EVENT_TIMESTAMP) < start) | (pl.col(EVENT_TIMESTAMP) >= end)).height
     if outside:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -98,23 +99,38 @@ def ensure_embedded_redis(state_dir: str | Path, timeout_s: float = 15.0) -> str
     )
 
 
-def stop_embedded_redis(state_dir: str | Path) -> bool:
-    """Stop the embedded server (data stays in its append-only file). True if one was running."""
+def _alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped) counts as stopped."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def stop_embedded_redis(state_dir: str | Path, timeout_s: float = 10.0) -> bool:
+    """Stop the embedded server (SIGTERM: it fsyncs its append-only file and exits).
+
+    Returns True if one was running. The data stays in the state folder for the next start.
+    """
     sock = socket_path(state_dir)
+    pid_file = Path(state_dir).resolve() / "redis" / "redis.pid"
     if not _answers(sock):
         return False
-    client = redis.Redis(unix_socket_path=str(sock))
     try:
-        client.shutdown(nosave=False)
-    except redis.ConnectionError:
-        pass  # the server closes the connection as it exits
-    pid_file = Path(state_dir).resolve() / "redis" / "redis.pid"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sock.exists() and _answers(sock):
-        time.sleep(0.05)
-    if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text().strip()), 0)
-        except (OSError, ValueError):
-            pid_file.unlink(missing_ok=True)
-    return True
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        raise OnlineStoreError(f"embedded Redis answers on {sock} but has no pid file at {pid_file}") from None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    raise OnlineStoreError(f"embedded Redis (pid {pid}) did not stop within {timeout_s:.0f}s")

@@ -1,0 +1,103 @@
+"""Small feature repositories over hand-made events, for tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureService, FileSource
+from skewless.config import StoreConfig
+from skewless.feature_assets.definitions import build_definitions
+
+START = "2026-03-01"
+
+
+def make_events(n: int = 400, days: int = 4, users: int = 25, seed: int = 1) -> pl.DataFrame:
+    """Events over `days` days from START, with some exact duplicates of event time (corrections)."""
+    rng = np.random.default_rng(seed)
+    start_us = int(datetime.fromisoformat(START + "T00:00:00+00:00").timestamp() * 1e6)
+    ts = start_us + rng.integers(0, days * 86_400_000_000, size=n)
+    created = ts + rng.integers(0, 3_600_000_000, size=n)
+    # a tenth of the rows repeat an earlier row's user and event time with a later created time
+    dup = rng.integers(0, n, size=n // 10)
+    user = rng.integers(1, users + 1, size=n)
+    frame = pl.DataFrame(
+        {
+            "user_id": np.concatenate([user, user[dup]]).astype(np.int64),
+            "ts": np.concatenate([ts, ts[dup]]),
+            "created": np.concatenate([created, created[dup] + 1_000_000]),
+            "amount": np.round(rng.normal(50, 20, size=n + len(dup)), 2),
+            "channel": rng.choice(["pos", "online", "atm"], size=n + len(dup)),
+        }
+    )
+    return frame.with_columns(
+        pl.col("ts").cast(pl.Datetime("us", "UTC")), pl.col("created").cast(pl.Datetime("us", "UTC"))
+    )
+
+
+def small_repo(data_dir: Path, events: pl.DataFrame | None = None, ttl: str | None = None) -> FeatureRepository:
+    events = make_events() if events is None else events
+    data_dir.mkdir(parents=True, exist_ok=True)
+    events.write_parquet(data_dir / "events.parquet")
+    user = Entity("user", {"user_id": pl.Int64})
+    source = FileSource(
+        "events", data_dir / "events.parquet", "ts", created_timestamp_field="created", start_date=START
+    )
+    group = FeatureGroup(
+        name="user_stats",
+        entity=user,
+        source=source,
+        transformation=lambda f: f.with_columns(
+            (pl.col("amount") * 2).alias("amount_x2"), (pl.col("channel") == "online").alias("online")
+        ),
+        features=[
+            Feature("amount", pl.Float64, default=0.0),
+            Feature("amount_x2", pl.Float64),
+            Feature("online", pl.Boolean, default=False),
+            Feature("channel", pl.String, default="none"),
+        ],
+        ttl=ttl,
+        owner="team:test",
+        tags=["pii"],
+    )
+    return FeatureRepository(
+        groups=[group], services=[FeatureService("svc", ["user_stats:v1:amount", "user_stats:v1:channel"])]
+    )
+
+
+def expected_rows(events: pl.DataFrame, day: str) -> pl.DataFrame:
+    """An independent computation of one day's offline rows."""
+    start = datetime.fromisoformat(day + "T00:00:00+00:00")
+    end = start + timedelta(days=1)
+    return (
+        events.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
+        .select(
+            "user_id",
+            pl.col("ts").alias("event_timestamp"),
+            pl.col("created").alias("created_timestamp"),
+            "amount",
+            (pl.col("amount") * 2).alias("amount_x2"),
+            (pl.col("channel") == "online").alias("online"),
+            "channel",
+        )
+        .sort(["user_id", "event_timestamp", "created_timestamp"], maintain_order=True)
+    )
+
+
+def materialize_days(
+    repo: FeatureRepository, config: StoreConfig, instance: dg.DagsterInstance, first: str, last: str,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """`materialize()` every asset of the repository for the days `first..last` in one run."""
+    defs = build_definitions(repo, config)
+    return dg.materialize(
+        list(defs.assets or []),
+        resources=defs.resources,
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        raise_on_error=raise_on_error,
+    )
