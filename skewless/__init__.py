@@ -23,7 +23,18 @@ _EXPORTS = {
     "build_definitions": "skewless.feature_assets.definitions",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Entity",
+    "Feature",
+    "FeatureGroup",
+    "FeatureRepository",
+    "FeatureService",
+    "FeatureStore",
+    "FileSource",
+    "StoreConfig",
+    "build_definitions",
+    "load_repository",
+]
 
 if TYPE_CHECKING:
     from skewless.client.feature_store import FeatureStore

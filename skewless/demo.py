@@ -54,7 +54,10 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     dagster_home = prepare_dagster_home()
     instance = DagsterInstance.get()
     first, last = end - timedelta(days=days), end - timedelta(days=1)
-    print(f"2. materializing partitions {first} .. {last} of {len(repo.groups)} group versions (Dagster, {dagster_home})")
+    print(
+        f"2. materializing partitions {first} .. {last} of {len(repo.groups)} group versions "
+        f"(Dagster instance {dagster_home})"
+    )
     job = defs.resolve_job_def("daily_features")
     result = job.execute_in_process(
         instance=instance,
@@ -84,7 +87,9 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     print("3. training set for service fraud_model:v1 (point-in-time correct)")
     tx = pl.scan_parquet(str(home() / "data" / "transactions" / "**" / "*.parquet"), hive_partitioning=False)
     labels = (
-        tx.select("transaction_id", "user_id", "merchant_id", pl.col("ts").alias("event_timestamp"), "is_fraud")
+        tx.select(
+            "transaction_id", "user_id", "merchant_id", pl.col("ts").alias("event_timestamp"), "is_fraud"
+        )
         .sort("transaction_id")
         .gather_every(10)
         .collect()
@@ -93,8 +98,18 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     out = home() / "training" / "fraud_model_v1.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     training.write_parquet(out)
-    print(f"   {training.height} label rows in -> {training.height} rows out, {training.width} columns -> {out}")
-    shown = ["transaction_id", "user_id", "event_timestamp", "last_amount", "segment", "credit_limit", "risk_score"]
+    print(
+        f"   {training.height} label rows in -> {training.height} rows out, {training.width} columns -> {out}"
+    )
+    shown = [
+        "transaction_id",
+        "user_id",
+        "event_timestamp",
+        "last_amount",
+        "segment",
+        "credit_limit",
+        "risk_score",
+    ]
     with pl.Config(tbl_cols=12, tbl_rows=5, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
         print(training.select(shown).head(5))
 

@@ -86,8 +86,7 @@ class FeatureRepository:
             return group, group.feature_names
         if ref.feature not in group.feature_names:
             raise DefinitionError(
-                f"unknown feature '{ref}': group '{group.ref}' has "
-                f"{', '.join(group.feature_names)}"
+                f"unknown feature '{ref}': group '{group.ref}' has {', '.join(group.feature_names)}"
             )
         return group, [ref.feature]
 

@@ -39,7 +39,9 @@ def make_events(n: int = 400, days: int = 4, users: int = 25, seed: int = 1) -> 
     )
 
 
-def small_repo(data_dir: Path, events: pl.DataFrame | None = None, ttl: str | None = None) -> FeatureRepository:
+def small_repo(
+    data_dir: Path, events: pl.DataFrame | None = None, ttl: str | None = None
+) -> FeatureRepository:
     events = make_events() if events is None else events
     data_dir.mkdir(parents=True, exist_ok=True)
     events.write_parquet(data_dir / "events.parquet")
@@ -89,7 +91,11 @@ def expected_rows(events: pl.DataFrame, day: str) -> pl.DataFrame:
 
 
 def materialize_days(
-    repo: FeatureRepository, config: StoreConfig, instance: dg.DagsterInstance, first: str, last: str,
+    repo: FeatureRepository,
+    config: StoreConfig,
+    instance: dg.DagsterInstance,
+    first: str,
+    last: str,
     raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
     """`materialize()` every asset of the repository for the days `first..last` in one run."""

@@ -31,7 +31,9 @@ def snapshot(config: StoreConfig, online: OnlineStore) -> tuple[dict, list]:
 
 
 @pytest.fixture
-def stored(tmp_path: Path, store_config: StoreConfig, instance: dg.DagsterInstance, online_store: OnlineStore):
+def stored(
+    tmp_path: Path, store_config: StoreConfig, instance: dg.DagsterInstance, online_store: OnlineStore
+):
     """A repository with two days already materialized; returns (repo, snapshot before)."""
     repo = small_repo(tmp_path / "data")
     assert materialize_days(repo, store_config, instance, DAY1, DAY2).success
@@ -74,11 +76,23 @@ def rewrite_source(repo: FeatureRepository, frame: pl.DataFrame) -> None:
             r"column 'user_id' has dtype String, declared Int64",
         ),
     ],
-    ids=["naive-times", "null-times", "missing-time-column", "missing-feature", "mistyped-feature", "mistyped-key"],
+    ids=[
+        "naive-times",
+        "null-times",
+        "missing-time-column",
+        "missing-feature",
+        "mistyped-feature",
+        "mistyped-key",
+    ],
 )
 def test_bad_source_fails_clearly_and_keeps_stored_data(
-    stored, store_config: StoreConfig, instance: dg.DagsterInstance, online_store: OnlineStore,
-    mutate, error, message,
+    stored,
+    store_config: StoreConfig,
+    instance: dg.DagsterInstance,
+    online_store: OnlineStore,
+    mutate,
+    error,
+    message,
 ) -> None:
     repo, before = stored
     rewrite_source(repo, mutate(make_events()))
@@ -105,11 +119,16 @@ def test_transformation_with_wrong_schema(tmp_path: Path, store_config: StoreCon
     assert not list(Path(store_config.offline_root).rglob("*.parquet"))
 
 
-def test_transformation_that_raises_names_the_group(tmp_path: Path, store_config: StoreConfig, instance) -> None:
+def test_transformation_that_raises_names_the_group(
+    tmp_path: Path, store_config: StoreConfig, instance
+) -> None:
     repo = small_repo(tmp_path / "data")
     good = repo.groups[0]
     bad = FeatureGroup(
-        name="exploding", entity=good.entity, source=good.source, features=good.features,
+        name="exploding",
+        entity=good.entity,
+        source=good.source,
+        features=good.features,
         transformation=lambda f: f.with_columns(pl.col("no_such_column") + 1),
     )
     with pytest.raises(TransformationError, match=r"feature group 'exploding:v1': transformation is invalid"):
@@ -134,7 +153,10 @@ def test_redis_unreachable_fails_clearly_then_retry_completes(
         state_dir=store_config.state_dir,
         key_prefix=store_config.key_prefix,
     )
-    with pytest.raises(OnlineStoreError, match=r"Redis at redis://127.0.0.1:1/0 is unreachable while writing feature group 'user_stats:v1'"):
+    with pytest.raises(
+        OnlineStoreError,
+        match=r"Redis at redis://127.0.0.1:1/0 is unreachable while writing feature group 'user_stats:v1'",
+    ):
         materialize_days(repo, down, instance, DAY1, DAY2)
     # the offline partitions were written; the retry against a live Redis completes
     assert len(OfflineStore(store_config.offline_root).files(repo.groups[0])) == 2

@@ -24,7 +24,9 @@ pair = Entity("pair", {"user_id": pl.Int64, "shop": pl.String})
 src = FileSource("s", "/tmp/unused", "ts", created_timestamp_field="created", start_date="2026-03-01")
 
 
-def oracle(labels: list[dict], rows: list[dict], keys: list[str], ttl: timedelta | None, feature: str, default):
+def oracle(
+    labels: list[dict], rows: list[dict], keys: list[str], ttl: timedelta | None, feature: str, default
+):
     """Plain loops: for each label, the latest row (by event, then created, then position) at or before t."""
     out = []
     for label in labels:
@@ -46,20 +48,33 @@ def oracle(labels: list[dict], rows: list[dict], keys: list[str], ttl: timedelta
 
 def write_rows(offline: OfflineStore, group: FeatureGroup, rows: list[dict]) -> None:
     """Store rows the way the offline asset does: one sorted file per day."""
-    frame = pl.DataFrame(rows, schema=group.offline_schema()) if rows else pl.DataFrame(schema=group.offline_schema())
-    frame = frame.with_row_index("__pos").sort(
-        [*group.entity.key_columns, "event_timestamp", "created_timestamp", "__pos"]
-    ).drop("__pos")
+    frame = (
+        pl.DataFrame(rows, schema=group.offline_schema())
+        if rows
+        else pl.DataFrame(schema=group.offline_schema())
+    )
+    frame = (
+        frame.with_row_index("__pos")
+        .sort([*group.entity.key_columns, "event_timestamp", "created_timestamp", "__pos"])
+        .drop("__pos")
+    )
     for (day,), part in frame.group_by(pl.col("event_timestamp").dt.date(), maintain_order=True):
         offline.write_partition(group, day, part)
 
 
 minutes = st.integers(0, 60 * 24 * 3)
 feature_row = st.fixed_dictionaries(
-    {"user_id": st.integers(1, 4), "shop": st.sampled_from(["a", "b"]), "e": minutes, "c": st.integers(0, 3),
-     "x": st.none() | st.integers(-5, 5)}
+    {
+        "user_id": st.integers(1, 4),
+        "shop": st.sampled_from(["a", "b"]),
+        "e": minutes,
+        "c": st.integers(0, 3),
+        "x": st.none() | st.integers(-5, 5),
+    }
 )
-label_row = st.fixed_dictionaries({"user_id": st.integers(0, 5), "shop": st.sampled_from(["a", "b", "z"]), "t": minutes})
+label_row = st.fixed_dictionaries(
+    {"user_id": st.integers(0, 5), "shop": st.sampled_from(["a", "b", "z"]), "t": minutes}
+)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -70,32 +85,43 @@ label_row = st.fixed_dictionaries({"user_id": st.integers(0, 5), "shop": st.samp
     composite=st.booleans(),
     default=st.none() | st.just(-99),
 )
-def test_training_set_matches_brute_force_oracle(rows, labels, ttl_minutes, composite, default, redis_url) -> None:
+def test_training_set_matches_brute_force_oracle(
+    rows, labels, ttl_minutes, composite, default, redis_url
+) -> None:
     ttl = None if ttl_minutes is None else timedelta(minutes=ttl_minutes)
     entity = pair if composite else user
     group = FeatureGroup("g", entity, src, [Feature("x", pl.Int64, default=default)], ttl=ttl)
     keys = entity.key_columns
     feature_rows = [
-        {"user_id": r["user_id"], "shop": r["shop"], "event_timestamp": BASE + timedelta(minutes=r["e"]),
-         "created_timestamp": BASE + timedelta(minutes=r["e"] + r["c"]), "x": r["x"]}
+        {
+            "user_id": r["user_id"],
+            "shop": r["shop"],
+            "event_timestamp": BASE + timedelta(minutes=r["e"]),
+            "created_timestamp": BASE + timedelta(minutes=r["e"] + r["c"]),
+            "x": r["x"],
+        }
         for r in rows
     ]
     if not composite:
         feature_rows = [{k: v for k, v in r.items() if k != "shop"} for r in feature_rows]
     label_dicts = [
-        {"user_id": lab["user_id"], "shop": lab["shop"], "t": BASE + timedelta(minutes=lab["t"])} for lab in labels
+        {"user_id": lab["user_id"], "shop": lab["shop"], "t": BASE + timedelta(minutes=lab["t"])}
+        for lab in labels
     ]
     with tempfile.TemporaryDirectory() as tmp:
         config = StoreConfig(offline_root=tmp, redis_url=redis_url, state_dir=tmp, key_prefix="sktest:pit")
         store = FeatureStore(FeatureRepository([group]), config)
         write_rows(store.offline, group, feature_rows)
-        entity_df = pl.DataFrame(label_dicts, schema={"user_id": pl.Int64, "shop": pl.String, "t": pl.Datetime("us", "UTC")})
+        entity_df = pl.DataFrame(
+            label_dicts, schema={"user_id": pl.Int64, "shop": pl.String, "t": pl.Datetime("us", "UTC")}
+        )
         result = store.get_training_dataset(entity_df, features=["g:v1:x"], timestamp_column="t")
     assert result.height == len(labels)
     assert result.select(entity_df.columns).equals(entity_df)  # order, duplicates, columns kept
     # rows sorted the way the store sorts them; ties on (event, created) resolved by that order
     ordered = sorted(
-        enumerate(feature_rows), key=lambda p: (*[p[1][k] for k in keys], p[1]["event_timestamp"], p[1]["created_timestamp"], p[0])
+        enumerate(feature_rows),
+        key=lambda p: (*[p[1][k] for k in keys], p[1]["event_timestamp"], p[1]["created_timestamp"], p[0]),
     )
     assert result["x"].to_list() == oracle(label_dicts, [r for _, r in ordered], keys, ttl, "x", default)
 
@@ -116,8 +142,14 @@ def test_training_set_over_materialized_partitions(materialized) -> None:
     labels = pl.DataFrame(
         {
             "user_id": [3, 3, 1, 999, 2, 3],
-            "t": [BASE + timedelta(days=2), BASE + timedelta(days=2), BASE + timedelta(hours=30),
-                  BASE + timedelta(days=1), BASE - timedelta(days=1), BASE + timedelta(days=9)],
+            "t": [
+                BASE + timedelta(days=2),
+                BASE + timedelta(days=2),
+                BASE + timedelta(hours=30),
+                BASE + timedelta(days=1),
+                BASE - timedelta(days=1),
+                BASE + timedelta(days=9),
+            ],
             "label": [1, 1, 0, 0, 1, 0],
         },
         schema_overrides={"t": pl.Datetime("us", "UTC")},
@@ -134,7 +166,10 @@ def test_training_set_over_materialized_partitions(materialized) -> None:
     latest = events.filter((pl.col("user_id") == 3) & (pl.col("ts") <= t)).sort(["ts", "created"]).tail(1)
     assert ds["amount"][0] == latest["amount"][0]
     # pandas and arrow on request
-    assert store.get_training_dataset(labels, service="svc", timestamp_column="t", output="pandas").shape == (6, 5)
+    assert store.get_training_dataset(labels, service="svc", timestamp_column="t", output="pandas").shape == (
+        6,
+        5,
+    )
     assert store.get_training_dataset(labels.to_pandas(), service="svc", timestamp_column="t").height == 6
     assert store.get_training_dataset(labels.to_arrow(), service="svc", timestamp_column="t").height == 6
 
@@ -144,12 +179,24 @@ def test_training_set_errors_name_the_problem(materialized) -> None:
     good = pl.DataFrame({"user_id": [1], "t": [BASE]}, schema_overrides={"t": pl.Datetime("us", "UTC")})
     cases = [
         (good, {"features": ["user_stats:v1:nope"]}, "unknown feature 'user_stats:v1:nope'"),
-        (good, {"features": ["user_stats:v9:amount"]}, r"unknown feature group 'user_stats:v9' \(known versions: user_stats:v1\)"),
+        (
+            good,
+            {"features": ["user_stats:v9:amount"]},
+            r"unknown feature group 'user_stats:v9' \(known versions: user_stats:v1\)",
+        ),
         (good, {"service": "nope:v1"}, "unknown feature service 'nope:v1'"),
         (good.rename({"user_id": "uid"}), {"service": "svc"}, "entity_df has no join key column 'user_id'"),
         (good.drop("t"), {"service": "svc"}, "label frame has no timestamp column 't'"),
-        (good.with_columns(pl.col("t").dt.replace_time_zone(None)), {"service": "svc"}, "label column 't' is timezone-naive"),
-        (good.with_columns(pl.col("user_id").cast(pl.String)), {"service": "svc"}, "join key 'user_id' has dtype String, but entity 'user' declares Int64"),
+        (
+            good.with_columns(pl.col("t").dt.replace_time_zone(None)),
+            {"service": "svc"},
+            "label column 't' is timezone-naive",
+        ),
+        (
+            good.with_columns(pl.col("user_id").cast(pl.String)),
+            {"service": "svc"},
+            "join key 'user_id' has dtype String, but entity 'user' declares Int64",
+        ),
         (good, {}, "pass exactly one of"),
     ]
     for frame, kwargs, message in cases:
@@ -165,7 +212,8 @@ def test_online_features_in_request_order_with_defaults(materialized, redis_url)
     probe = redis_lib.Redis.from_url(store.online.url)
     before = probe.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
     got = store.get_online_features(
-        [{"user_id": 5}, {"user_id": 424242}, {"user_id": 1}], features=["user_stats:v1:amount", "user_stats:v1:online"]
+        [{"user_id": 5}, {"user_id": 424242}, {"user_id": 1}],
+        features=["user_stats:v1:amount", "user_stats:v1:online"],
     )
     after = probe.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
     probe.close()
@@ -180,8 +228,13 @@ def test_online_features_in_request_order_with_defaults(materialized, redis_url)
 def test_online_features_fresh_values_and_errors(tmp_path: Path, store_config: StoreConfig) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     events = pl.DataFrame(
-        {"user_id": [1, 1, 2], "ts": [now - timedelta(hours=3), now - timedelta(hours=1), now - timedelta(minutes=5)],
-         "created": [now, now, now], "amount": [1.0, 2.0, 3.0], "channel": ["pos", "atm", "online"]},
+        {
+            "user_id": [1, 1, 2],
+            "ts": [now - timedelta(hours=3), now - timedelta(hours=1), now - timedelta(minutes=5)],
+            "created": [now, now, now],
+            "amount": [1.0, 2.0, 3.0],
+            "channel": ["pos", "atm", "online"],
+        },
         schema_overrides={"ts": pl.Datetime("us", "UTC"), "created": pl.Datetime("us", "UTC")},
     )
     repo = small_repo(tmp_path / "data", events)

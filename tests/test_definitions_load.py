@@ -18,7 +18,12 @@ def test_workspace_code_location_validates(tmp_path: Path) -> None:
     dagster = Path(sys.executable).parent / "dagster"
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Validation successful for code location card_fraud" in result.stderr + result.stdout
@@ -28,8 +33,13 @@ def test_example_definitions_shape() -> None:
     from examples.card_fraud.definitions import defs
 
     keys = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
-    for group, version in [("user_last_txn", 1), ("user_last_txn", 2), ("user_profile", 1),
-                           ("merchant_risk", 1), ("user_merchant_last_txn", 1)]:
+    for group, version in [
+        ("user_last_txn", 1),
+        ("user_last_txn", 2),
+        ("user_profile", 1),
+        ("merchant_risk", 1),
+        ("user_merchant_last_txn", 1),
+    ]:
         offline = keys[f"features/{group}/v{version}"]
         online = keys[f"online/{group}/v{version}"]
         assert offline.partitions_def is not None and online.partitions_def is not None

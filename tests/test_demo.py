@@ -20,8 +20,22 @@ def run_demo(home: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("SKEWLESS_REDIS_URL", "DAGSTER_HOME")}
     env["SKEWLESS_HOME"] = str(home)
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "skewless"), "demo", "--users", "300", "--merchants", "40", "--days", "3"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            str(Path(sys.executable).parent / "skewless"),
+            "demo",
+            "--users",
+            "300",
+            "--merchants",
+            "40",
+            "--days",
+            "3",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout

@@ -105,14 +105,16 @@ def test_old_partition_rerun_keeps_newer_online_values(
     result = materialize_days(repo, store_config, instance, DAYS[0], DAYS[0])
     assert result.success
     assert online_store.client.mget(keys) == newest
-    online_mat = [
+    online_mat = next(
         e.materialization
         for e in result.get_asset_materialization_events()
         if e.asset_key == dg.AssetKey(["online", "user_stats", "v1"])
-    ][0]
+    )
     first_day = pl.read_parquet(OfflineStore(store_config.offline_root).files(group)[0])
     entities = latest_per_entity(group, first_day).height
-    assert online_mat.metadata["kept_newer_value"].value + online_mat.metadata["keys_written"].value == entities
+    assert (
+        online_mat.metadata["kept_newer_value"].value + online_mat.metadata["keys_written"].value == entities
+    )
     assert online_mat.metadata["kept_newer_value"].value > 0
 
 

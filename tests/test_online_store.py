@@ -47,7 +47,10 @@ row = st.fixed_dictionaries(
         "f32": st.none() | st.floats(width=32, allow_nan=True),
         "flag": st.none() | st.booleans(),
         "text": st.none() | st.text(max_size=20),
-        "when": st.none() | st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)),
+        "when": st.none()
+        | st.datetimes(
+            min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+        ),
         "day": st.none() | st.dates(min_value=date(1800, 1, 1)),
         "vec": st.none() | st.lists(st.floats(width=32, allow_nan=True), min_size=3, max_size=3),
         "text2": st.none() | st.text(alphabet="|{}%ab€", max_size=5),
@@ -113,12 +116,16 @@ def test_composite_and_string_keys_do_not_collide(online_store: OnlineStore) -> 
     assert got["x"].to_list() == list(range(6))
 
 
-def write_one(store: OnlineStore, group: FeatureGroup, value: int, event: datetime, created: datetime | None = None):
+def write_one(
+    store: OnlineStore, group: FeatureGroup, value: int, event: datetime, created: datetime | None = None
+):
     frame = frame_of([{"i64": value}], start=1).with_columns(
         pl.lit(event).cast(pl.Datetime("us", "UTC")).alias("event_timestamp"),
         pl.lit(created or event).cast(pl.Datetime("us", "UTC")).alias("created_timestamp"),
     )
-    return store.write_latest(group, frame.select(["user_id", "event_timestamp", "created_timestamp", *group.feature_names]))
+    return store.write_latest(
+        group, frame.select(["user_id", "event_timestamp", "created_timestamp", *group.feature_names])
+    )
 
 
 def test_older_event_never_overwrites_newer(online_store: OnlineStore) -> None:
@@ -138,7 +145,11 @@ def test_ttl_sets_key_expiry_from_event_time(online_store: OnlineStore) -> None:
     group = FeatureGroup("short", user, source, [Feature("i64", pl.Int64)], ttl="1h")
     now = datetime.now(UTC)
     frame = pl.DataFrame(
-        {"user_id": [1, 2], "event_timestamp": [now - timedelta(minutes=30), now - timedelta(hours=2)], "i64": [1, 2]},
+        {
+            "user_id": [1, 2],
+            "event_timestamp": [now - timedelta(minutes=30), now - timedelta(hours=2)],
+            "i64": [1, 2],
+        },
         schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")},
     )
     stats = online_store.write_latest(group, frame)

@@ -71,16 +71,20 @@ def generate(
         }
     )
     corrections = changes.head(max(1, n_changes // 10)).with_columns(pl.col("credit_limit") + 100.0)
-    profiles = pl.concat(
-        [
-            base.with_columns(pl.col("updated_at").alias("created_at")),
-            changes.with_columns(pl.col("updated_at").alias("created_at")),
-            corrections.with_columns((pl.col("updated_at") + 3_600_000_000).alias("created_at")),
-        ]
-    ).with_columns(
-        pl.col("updated_at").cast(pl.Datetime("us", "UTC")),
-        pl.col("created_at").cast(pl.Datetime("us", "UTC")),
-    ).sort(["user_id", "updated_at", "created_at"])
+    profiles = (
+        pl.concat(
+            [
+                base.with_columns(pl.col("updated_at").alias("created_at")),
+                changes.with_columns(pl.col("updated_at").alias("created_at")),
+                corrections.with_columns((pl.col("updated_at") + 3_600_000_000).alias("created_at")),
+            ]
+        )
+        .with_columns(
+            pl.col("updated_at").cast(pl.Datetime("us", "UTC")),
+            pl.col("created_at").cast(pl.Datetime("us", "UTC")),
+        )
+        .sort(["user_id", "updated_at", "created_at"])
+    )
     _write(profiles, out / "user_profiles.parquet")
 
     # Merchants: a daily risk score snapshot.

@@ -63,7 +63,9 @@ def _last_transaction_v2(events: pl.LazyFrame) -> pl.LazyFrame:
 _last_txn_features = [
     Feature("last_amount", pl.Float64, default=0.0, description="Amount of the latest transaction"),
     Feature("last_channel", pl.String, default="none", description="pos / online / atm"),
-    Feature("last_foreign", pl.Boolean, default=False, description="Latest transaction in a foreign currency"),
+    Feature(
+        "last_foreign", pl.Boolean, default=False, description="Latest transaction in a foreign currency"
+    ),
 ]
 
 user_last_txn_v1 = FeatureGroup(

@@ -29,8 +29,10 @@ def check_output_schema(group: FeatureGroup, schema: pl.Schema, *, time_columns:
         expected[feature.name] = feature.polars_dtype
     for column, dtype in expected.items():
         if column not in schema:
-            kind = "join key" if column in group.entity.join_keys else (
-                "timestamp column" if column in time_columns else "feature"
+            kind = (
+                "join key"
+                if column in group.entity.join_keys
+                else ("timestamp column" if column in time_columns else "feature")
             )
             problems.append(f"{kind} '{column}' is missing")
         elif schema[column] != dtype:

@@ -115,7 +115,9 @@ def join_group(
     )
     ttl: timedelta | None = group.time_to_live
     if ttl is not None:
-        fresh = pl.col(FEATURE_TS) >= pl.col(LABEL_TS) - pl.duration(microseconds=ttl // timedelta(microseconds=1))
+        fresh = pl.col(FEATURE_TS) >= pl.col(LABEL_TS) - pl.duration(
+            microseconds=ttl // timedelta(microseconds=1)
+        )
         joined = joined.with_columns(
             [pl.when(fresh).then(pl.col(names[f])).otherwise(None).alias(names[f]) for f in features]
         )

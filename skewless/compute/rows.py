@@ -39,7 +39,9 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
         except SkewlessError:
             raise
         except Exception as exc:
-            raise TransformationError(f"feature group '{group.ref}': transformation failed: {_first_line(exc)}") from exc
+            raise TransformationError(
+                f"feature group '{group.ref}': transformation failed: {_first_line(exc)}"
+            ) from exc
         if not isinstance(frame, pl.LazyFrame):
             raise TransformationError(
                 f"feature group '{group.ref}': transformation returned {type(frame).__name__}, "
@@ -48,7 +50,9 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
     try:
         schema = frame.collect_schema()
     except Exception as exc:
-        raise TransformationError(f"feature group '{group.ref}': transformation is invalid: {_first_line(exc)}") from exc
+        raise TransformationError(
+            f"feature group '{group.ref}': transformation is invalid: {_first_line(exc)}"
+        ) from exc
     check_output_schema(group, schema, time_columns=time_columns)
     keys = group.entity.key_columns
     columns = [*keys, *time_columns, *group.feature_names]
@@ -60,7 +64,9 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
             .collect()
         )
     except Exception as exc:
-        raise TransformationError(f"feature group '{group.ref}': computing rows failed: {_first_line(exc)}") from exc
+        raise TransformationError(
+            f"feature group '{group.ref}': computing rows failed: {_first_line(exc)}"
+        ) from exc
     check_rows(group, result)
     outside = result.filter((pl.col(EVENT_TIMESTAMP) < start) | (pl.col(EVENT_TIMESTAMP) >= end)).height
     if outside:

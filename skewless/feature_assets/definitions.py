@@ -42,7 +42,7 @@ def build_definitions(
             name=name,
             selection=dg.AssetSelection.assets(*keys),
             partitions_def=partitions_by_start[start],
-            description="Materialize yesterday's partition of every feature group version, offline then online.",
+            description="Yesterday's partition of every feature group version, offline then online.",
         )
         jobs.append(job)
         schedules.append(dg.build_schedule_from_partitioned_job(job, hour_of_day=0, minute_of_hour=30))

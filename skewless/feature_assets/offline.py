@@ -1,11 +1,10 @@
 """The offline asset of a group version: daily partitions of feature rows in Parquet."""
 
-
 from datetime import date
 
 import dagster as dg
-from dagster import AssetExecutionContext
 import polars as pl
+from dagster import AssetExecutionContext
 
 from skewless.feature_assets.metadata import asset_tags, definition_metadata, partitions_table
 from skewless.feature_assets.sources import source_key
@@ -56,7 +55,9 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
                 "dagster/row_count": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],
                 "partitions_written": len(days),
-                "rows_per_partition": partitions_table(pl.DataFrame(counts, schema=["day", "rows"], orient="row")),
+                "rows_per_partition": partitions_table(
+                    pl.DataFrame(counts, schema=["day", "rows"], orient="row")
+                ),
                 "path": dg.MetadataValue.path(str(store.group_dir(group))),
                 "entities": rows.select(group.entity.key_columns).n_unique() if rows.height else 0,
             }

@@ -1,6 +1,5 @@
 """The online asset of a group version: push the latest value per entity to Redis."""
 
-
 from datetime import timedelta
 
 import dagster as dg
@@ -46,6 +45,7 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
         stats = store.write_latest(group, latest)
         context.log.info(f"{group.ref}: {stats}")
         ttl = group.time_to_live
+        key_pattern = f"{store.key_prefix}:{{{group.entity.name}:<keys>}}:{group.name}:v{group.version}"
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": latest.height,
@@ -54,7 +54,7 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
                 "kept_newer_value": stats["skipped_older"],
                 "expired_not_written": stats["expired"],
                 "ttl_seconds": int(ttl / timedelta(seconds=1)) if ttl else 0,
-                "key_pattern": f"{store.key_prefix}:{{{group.entity.name}:<keys>}}:{group.name}:v{group.version}",
+                "key_pattern": key_pattern,
             }
         )
 

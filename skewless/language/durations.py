@@ -26,8 +26,7 @@ def parse_duration(value: str | timedelta | None, *, what: str) -> timedelta | N
             if amount > 0:
                 return timedelta(**{_UNITS[unit]: amount})
     raise DefinitionError(
-        f"{what}: expected a positive duration such as '7d', '12h', '30m' or a timedelta, "
-        f"got {value!r}"
+        f"{what}: expected a positive duration such as '7d', '12h', '30m' or a timedelta, got {value!r}"
     )
 
 

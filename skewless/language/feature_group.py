@@ -115,9 +115,7 @@ class FeatureGroup:
         object.__setattr__(self, "features", tuple(features))
         object.__setattr__(self, "_ttl", parse_duration(self.ttl, what=f"{where} ttl"))
         if self.owner is not None and not _OWNER_RE.match(self.owner):
-            raise DefinitionError(
-                f"{where}: owner {self.owner!r} must be an email address or 'team:<name>'"
-            )
+            raise DefinitionError(f"{where}: owner {self.owner!r} must be an email address or 'team:<name>'")
         tags = dict.fromkeys(self.tags, "") if not isinstance(self.tags, Mapping) else dict(self.tags)
         for tag in tags:
             if not isinstance(tag, str) or not _TAG_RE.match(tag):

@@ -96,7 +96,5 @@ class FileSource:
                     f"source '{self.name}': column '{column}' is timezone-naive ({dtype}); "
                     "event times must be timezone-aware UTC"
                 )
-            frame = frame.with_columns(
-                pl.col(column).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-            )
+            frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.cast_time_unit("us"))
         return frame

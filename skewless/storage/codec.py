@@ -32,9 +32,18 @@ _POWERS = (10 ** np.arange(_DIGITS - 1, -1, -1)).astype(np.int64)
 MAX_MICROS = 10**_DIGITS - 1
 
 _NUMPY = {
-    pl.Int8: "<i1", pl.Int16: "<i2", pl.Int32: "<i4", pl.Int64: "<i8",
-    pl.UInt8: "<u1", pl.UInt16: "<u2", pl.UInt32: "<u4", pl.UInt64: "<u8",
-    pl.Float32: "<f4", pl.Float64: "<f8", pl.Boolean: "u1", pl.Date: "<i4",
+    pl.Int8: "<i1",
+    pl.Int16: "<i2",
+    pl.Int32: "<i4",
+    pl.Int64: "<i8",
+    pl.UInt8: "<u1",
+    pl.UInt16: "<u2",
+    pl.UInt32: "<u4",
+    pl.UInt64: "<u8",
+    pl.Float32: "<f4",
+    pl.Float64: "<f8",
+    pl.Boolean: "u1",
+    pl.Date: "<i4",
 }
 
 
@@ -60,7 +69,9 @@ class GroupCodec:
         fields += [(f"v_{name}", "u1") for name in self.names]
         for feature in self.features:
             spec = _field_type(feature.polars_dtype)
-            fields.append((f"f_{feature.name}", *spec) if isinstance(spec, tuple) else (f"f_{feature.name}", spec))
+            fields.append(
+                (f"f_{feature.name}", *spec) if isinstance(spec, tuple) else (f"f_{feature.name}", spec)
+            )
         self.record = np.dtype(fields)
         self.width = self.record.itemsize
 
@@ -74,15 +85,17 @@ class GroupCodec:
             if CREATED_TIMESTAMP in frame.columns
             else pl.repeat(0, n, eager=True, dtype=pl.Int64)
         )
-        header = pl.DataFrame(
-            {"e": frame[EVENT_TIMESTAMP].dt.epoch("us"), "c": created}
-        ).select(
-            pl.concat_str(
-                pl.lit("1"),
-                pl.col("e").cast(pl.String).str.zfill(_DIGITS),
-                pl.col("c").cast(pl.String).str.zfill(_DIGITS),
+        header = (
+            pl.DataFrame({"e": frame[EVENT_TIMESTAMP].dt.epoch("us"), "c": created})
+            .select(
+                pl.concat_str(
+                    pl.lit("1"),
+                    pl.col("e").cast(pl.String).str.zfill(_DIGITS),
+                    pl.col("c").cast(pl.String).str.zfill(_DIGITS),
+                )
             )
-        ).to_series()
+            .to_series()
+        )
         record["h"] = header.to_numpy().astype(f"S{HEADER_WIDTH}")
         for feature in self.features:
             column = frame[feature.name]
@@ -104,9 +117,11 @@ class GroupCodec:
         w = self.width
         if not self.strings:
             return [bytes(buffer[i * w : (i + 1) * w]) for i in range(n)]
-        tails = frame.select(
-            pl.concat_str([pl.col(s).fill_null("") for s in self.strings]).cast(pl.Binary)
-        ).to_series().to_list()
+        tails = (
+            frame.select(pl.concat_str([pl.col(s).fill_null("") for s in self.strings]).cast(pl.Binary))
+            .to_series()
+            .to_list()
+        )
         return [bytes(buffer[i * w : (i + 1) * w]) + tails[i] for i in range(n)]
 
     # ------------------------------------------------------------------ decode
@@ -126,10 +141,15 @@ class GroupCodec:
         event_us = digits[:, 1 : 1 + _DIGITS] @ _POWERS
         created_us = digits[:, 1 + _DIGITS :] @ _POWERS
         columns: dict[str, pl.Series] = {
-            EVENT_TIMESTAMP: pl.Series(EVENT_TIMESTAMP, event_us, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+            EVENT_TIMESTAMP: pl.Series(EVENT_TIMESTAMP, event_us, dtype=pl.Int64).cast(
+                pl.Datetime("us", "UTC")
+            ),
             CREATED_TIMESTAMP: pl.select(
                 pl.when(pl.lit(pl.Series(created_us)) > 0).then(pl.lit(pl.Series(created_us)))
-            ).to_series().cast(pl.Datetime("us", "UTC")).alias(CREATED_TIMESTAMP),
+            )
+            .to_series()
+            .cast(pl.Datetime("us", "UTC"))
+            .alias(CREATED_TIMESTAMP),
         }
         string_cols = self._decode_strings(kept, record) if self.strings else {}
         for feature in self.features:
@@ -155,7 +175,12 @@ class GroupCodec:
         positions = pl.DataFrame({"__pos": np.flatnonzero(present)})
         return (
             pl.DataFrame({"__pos": np.arange(n)})
-            .join(pl.concat([positions, decoded], how="horizontal"), on="__pos", how="left", maintain_order="left")
+            .join(
+                pl.concat([positions, decoded], how="horizontal"),
+                on="__pos",
+                how="left",
+                maintain_order="left",
+            )
             .drop("__pos")
         )
 

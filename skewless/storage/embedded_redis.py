@@ -72,16 +72,26 @@ def ensure_embedded_redis(state_dir: str | Path, timeout_s: float = 15.0) -> str
             sock.unlink()  # left behind by a server that died
         command = [
             redis_server_binary(),
-            "--port", "0",
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-            "--daemonize", "yes",
-            "--dir", str(directory),
-            "--pidfile", str(directory / "redis.pid"),
-            "--logfile", str(directory / "redis.log"),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(directory),
+            "--pidfile",
+            str(directory / "redis.pid"),
+            "--logfile",
+            str(directory / "redis.log"),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -126,7 +136,9 @@ def stop_embedded_redis(state_dir: str | Path, timeout_s: float = 10.0) -> bool:
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
-        raise OnlineStoreError(f"embedded Redis answers on {sock} but has no pid file at {pid_file}") from None
+        raise OnlineStoreError(
+            f"embedded Redis answers on {sock} but has no pid file at {pid_file}"
+        ) from None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

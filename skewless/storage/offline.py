@@ -56,7 +56,7 @@ class OfflineStore:
         days = []
         for child in base.iterdir():
             if child.name.startswith("date=") and (child / DATA_FILE).exists():
-                days.append(date.fromisoformat(child.name[len("date="):]))
+                days.append(date.fromisoformat(child.name[len("date=") :]))
         return sorted(days)
 
     def files(self, group: FeatureGroup, start: date | None = None, end: date | None = None) -> list[Path]:

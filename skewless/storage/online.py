@@ -146,14 +146,12 @@ class OnlineStore:
         script = self._script()
         try:
             pipe = self.client.pipeline(transaction=False)
-            batches = 0
-            for start, stop in _batches(len(keys), WRITE_BATCH):
+            for batches, (start, stop) in enumerate(_batches(len(keys), WRITE_BATCH), start=1):
                 args: list[Any] = []
                 for value, expire_at in zip(values[start:stop], expires[start:stop], strict=True):
                     args.append(value)
                     args.append(expire_at)
                 script(keys=keys[start:stop], args=args, client=pipe)
-                batches += 1
                 if batches % 16 == 0:
                     for w, s in pipe.execute():
                         written, skipped = written + w, skipped + s
@@ -181,7 +179,11 @@ class OnlineStore:
 
     def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
         """Scan the keys of one group version (or all of this prefix): for tests and the demo."""
-        pattern = f"{self.key_prefix}:*" if group is None else f"{self.key_prefix}:*}}:{group.name}:v{group.version}"
+        pattern = (
+            f"{self.key_prefix}:*"
+            if group is None
+            else f"{self.key_prefix}:*}}:{group.name}:v{group.version}"
+        )
         yield from self.client.scan_iter(match=pattern, count=1000)
 
     def delete_all(self) -> int:
