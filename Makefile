@@ -1,4 +1,5 @@
 # Two commands from a fresh machine: `make demo` and `make test` (see README.md).
+PYTEST_ARGS ?= -q
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin

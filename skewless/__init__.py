@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "DuckDBSource": "skewless.language",
     "Entity": "skewless.language",
     "Feature": "skewless.language",
     "FeatureGroup": "skewless.language",
@@ -24,6 +25,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DuckDBSource",
     "Entity",
     "Feature",
     "FeatureGroup",
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from skewless.client.feature_store import FeatureStore
     from skewless.config import StoreConfig
     from skewless.feature_assets.definitions import build_definitions
-    from skewless.language import Entity, Feature, FeatureGroup, FeatureService, FileSource
+    from skewless.language import DuckDBSource, Entity, Feature, FeatureGroup, FeatureService, FileSource
     from skewless.repository import FeatureRepository, load_repository
 
 

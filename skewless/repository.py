@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from skewless.errors import DefinitionError
-from skewless.language import Entity, FeatureGroup, FeatureRef, FeatureService, FileSource
+from skewless.language import Entity, FeatureGroup, FeatureRef, FeatureService, Source
 
 
 @dataclass
@@ -54,8 +54,8 @@ class FeatureRepository:
                     raise DefinitionError(f"feature service '{service.ref}': {exc}") from None
         self.services = sorted(services.values(), key=lambda s: (s.name, s.version))
 
-    def _check_unique(self, what: str, objects: Iterable[Entity | FileSource]) -> None:
-        by_name: dict[str, Entity | FileSource] = {}
+    def _check_unique(self, what: str, objects: Iterable[Entity | Source]) -> None:
+        by_name: dict[str, Entity | Source] = {}
         for obj in objects:
             other = by_name.setdefault(obj.name, obj)
             if other != obj:
@@ -68,7 +68,7 @@ class FeatureRepository:
         return list({g.entity.name: g.entity for g in self.groups}.values())
 
     @property
-    def sources(self) -> list[FileSource]:
+    def sources(self) -> list[Source]:
         return list({g.source.name: g.source for g in self.groups}.values())
 
     def group(self, name: str, version: int) -> FeatureGroup:

@@ -28,11 +28,10 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
     time_columns = {ts: EVENT_TIMESTAMP}
     if created:
         time_columns[created] = CREATED_TIMESTAMP
-    frame = source.scan()
-    null_times = frame.select(pl.col(ts).null_count()).collect().item()
+    frame = source.scan(start, end)
+    null_times = source.count_null_event_times()
     if null_times:
         raise SourceDataError(f"source '{source.name}': {null_times} rows have no event time in '{ts}'")
-    frame = frame.filter((pl.col(ts) >= start) & (pl.col(ts) < end))
     if group.transformation is not None:
         try:
             frame = group.transformation(frame)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import dagster as dg
 
-from skewless.language.source import FileSource
+from skewless.language.source import Source
 
 
-def source_key(source: FileSource) -> dg.AssetKey:
+def source_key(source: Source) -> dg.AssetKey:
     return dg.AssetKey(["sources", source.name])
 
 
-def source_spec(source: FileSource) -> dg.AssetSpec:
+def source_spec(source: Source) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=source_key(source),
-        description=source.description or f"Parquet events at {source.path}",
+        description=source.description or f"Events at {source.location()}",
         group_name="sources",
-        kinds={"parquet"},
+        kinds={source.kind},
         owners=[source.owner] if source.owner else [],
         metadata={
-            "path": dg.MetadataValue.path(str(source.path)),
+            "location": source.location(),
             "timestamp_field": source.timestamp_field,
             "created_timestamp_field": source.created_timestamp_field or "",
         },

@@ -7,6 +7,15 @@ repository loads (in `dagster dev`, the CLI or a test), naming what is wrong.
 from skewless.language.entity import Entity
 from skewless.language.feature_group import Feature, FeatureGroup
 from skewless.language.feature_service import FeatureRef, FeatureService
-from skewless.language.source import FileSource
+from skewless.language.source import DuckDBSource, FileSource, Source
 
-__all__ = ["Entity", "Feature", "FeatureGroup", "FeatureRef", "FeatureService", "FileSource"]
+__all__ = [
+    "DuckDBSource",
+    "Entity",
+    "Feature",
+    "FeatureGroup",
+    "FeatureRef",
+    "FeatureService",
+    "FileSource",
+    "Source",
+]

@@ -14,7 +14,7 @@ from skewless.errors import DefinitionError
 from skewless.language.dtypes import default_fits, is_supported_feature_dtype, normalize_dtype
 from skewless.language.durations import parse_duration
 from skewless.language.entity import Entity, check_name
-from skewless.language.source import FileSource
+from skewless.language.source import Source
 
 Transformation = Callable[[pl.LazyFrame], pl.LazyFrame]
 
@@ -65,7 +65,7 @@ class FeatureGroup:
 
     name: str
     entity: Entity
-    source: FileSource
+    source: Source
     features: Sequence[Feature]
     version: int = 1
     transformation: Transformation | None = None
@@ -83,8 +83,10 @@ class FeatureGroup:
         where = f"feature group '{self.ref}'"
         if not isinstance(self.entity, Entity):
             raise DefinitionError(f"{where}: entity must be an Entity, got {type(self.entity).__name__}")
-        if not isinstance(self.source, FileSource):
-            raise DefinitionError(f"{where}: source must be a FileSource, got {type(self.source).__name__}")
+        if not isinstance(self.source, Source):
+            raise DefinitionError(
+                f"{where}: source must be a FileSource or DuckDBSource, got {type(self.source).__name__}"
+            )
         if self.transformation is not None and not callable(self.transformation):
             raise DefinitionError(f"{where}: transformation must be a callable LazyFrame -> LazyFrame")
         features = list(self.features)

@@ -1,11 +1,17 @@
-"""Sources: where a feature group's raw events come from."""
+"""Sources: where a feature group's raw events come from (Parquet files or DuckDB).
+
+Every source hands out a LazyFrame whose event-time column is checked (present, a
+datetime, timezone-aware) and converted to UTC microseconds, so everything downstream can
+rely on one time representation. A naive time is refused: it names no instant, and guessing
+a zone would silently shift every feature value.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
@@ -14,24 +20,19 @@ from skewless.errors import DefinitionError, SourceDataError
 from skewless.language.entity import check_name
 
 
-@dataclass(frozen=True)
-class FileSource:
-    """Parquet events in a file, a folder (searched recursively) or a glob.
-
-    `timestamp_field` is the event time (timezone-aware); `created_timestamp_field`, when
-    given, orders corrections that share an event time (the latest created wins).
-    `start_date` is the first day partition of every feature group built on this source.
-    """
+class Source:
+    """What every source offers; the concrete ones are dataclasses below."""
 
     name: str
-    path: str | os.PathLike[str]
     timestamp_field: str
-    created_timestamp_field: str | None = None
-    start_date: str | date = "2026-01-01"
-    description: str = ""
-    owner: str | None = None
+    created_timestamp_field: str | None
+    start_date: str | date
+    description: str
+    owner: str | None
 
-    def __post_init__(self) -> None:
+    kind = "source"
+
+    def _check_common(self) -> None:
         check_name(self.name, "source")
         check_name(self.timestamp_field, f"source '{self.name}' timestamp_field")
         if self.created_timestamp_field is not None:
@@ -47,39 +48,28 @@ class FileSource:
                 f"source '{self.name}': start_date {self.start_date!r} is not an ISO date (YYYY-MM-DD)"
             ) from None
         object.__setattr__(self, "start_date", start)
-        object.__setattr__(self, "path", str(Path(self.path).expanduser()))
 
     @property
     def start(self) -> date:
         assert isinstance(self.start_date, date)
         return self.start_date
 
-    def files(self) -> list[str]:
-        """The Parquet files behind this source, sorted so reads are deterministic."""
-        path = str(self.path)
-        if any(ch in path for ch in "*?["):
-            found = glob.glob(path, recursive=True)
-        elif os.path.isdir(path):
-            found = glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
-        elif os.path.isfile(path):
-            found = [path]
-        else:
-            found = []
-        return sorted(found)
+    @property
+    def time_columns(self) -> list[str]:
+        return [c for c in (self.timestamp_field, self.created_timestamp_field) if c]
 
-    def scan(self) -> pl.LazyFrame:
-        """Lazily read the source, with its event-time column checked and made UTC.
+    def location(self) -> str:
+        """Where the data is, for metadata and messages."""
+        raise NotImplementedError
 
-        Raises SourceDataError naming the source and column when the event time is missing,
-        not a datetime, or timezone-naive: a naive time has no defined instant, so guessing
-        would silently shift every feature value.
-        """
-        files = self.files()
-        if not files:
-            raise SourceDataError(f"source '{self.name}': no Parquet files found at {self.path}")
-        frame = pl.scan_parquet(files, hive_partitioning=False)
+    def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:
+        raise NotImplementedError
+
+    def scan(self, start: datetime | None = None, end: datetime | None = None) -> pl.LazyFrame:
+        """Events with event time in `[start, end)` (either bound open), times checked and UTC."""
+        frame = self._raw(start, end)
         schema = frame.collect_schema()
-        for column in filter(None, (self.timestamp_field, self.created_timestamp_field)):
+        for column in self.time_columns:
             if column not in schema:
                 raise SourceDataError(
                     f"source '{self.name}': timestamp column '{column}' is missing "
@@ -97,4 +87,114 @@ class FileSource:
                     "event times must be timezone-aware UTC"
                 )
             frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.cast_time_unit("us"))
+        ts = pl.col(self.timestamp_field)
+        if start is not None:
+            frame = frame.filter(ts >= start)
+        if end is not None:
+            frame = frame.filter(ts < end)
         return frame
+
+    def count_null_event_times(self) -> int:
+        """Rows with no event time anywhere in the source: they can belong to no partition."""
+        return int(self._raw(None, None).select(pl.col(self.timestamp_field).null_count()).collect().item())
+
+
+@dataclass(frozen=True)
+class FileSource(Source):
+    """Parquet events in a file, a folder (searched recursively) or a glob.
+
+    `timestamp_field` is the event time (timezone-aware); `created_timestamp_field`, when
+    given, orders corrections that share an event time (the latest created wins).
+    `start_date` is the first day partition of every feature group built on this source.
+    """
+
+    name: str
+    path: str | os.PathLike[str]
+    timestamp_field: str
+    created_timestamp_field: str | None = None
+    start_date: str | date = "2026-01-01"
+    description: str = ""
+    owner: str | None = None
+
+    kind = "parquet"
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        object.__setattr__(self, "path", str(Path(self.path).expanduser()))
+
+    def location(self) -> str:
+        return str(self.path)
+
+    def files(self) -> list[str]:
+        """The Parquet files behind this source, sorted so reads are deterministic."""
+        path = str(self.path)
+        if any(ch in path for ch in "*?["):
+            found = glob.glob(path, recursive=True)
+        elif os.path.isdir(path):
+            found = glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
+        elif os.path.isfile(path):
+            found = [path]
+        else:
+            found = []
+        return sorted(found)
+
+    def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:
+        files = self.files()
+        if not files:
+            raise SourceDataError(f"source '{self.name}': no Parquet files found at {self.path}")
+        return pl.scan_parquet(files, hive_partitioning=False)
+
+
+@dataclass(frozen=True)
+class DuckDBSource(Source):
+    """Events from a DuckDB table or query, read-only, with the time filter pushed into SQL.
+
+    Give `table` or `query`. `database` is a DuckDB file (`:memory:` only makes sense for a
+    query over files, e.g. `SELECT * FROM read_csv(...)`). TIMESTAMPTZ columns arrive as UTC;
+    plain TIMESTAMP columns are naive and refused, like naive Parquet times.
+    """
+
+    name: str
+    timestamp_field: str
+    database: str = ":memory:"
+    table: str | None = None
+    query: str | None = None
+    created_timestamp_field: str | None = None
+    start_date: str | date = "2026-01-01"
+    description: str = ""
+    owner: str | None = None
+
+    kind = "duckdb"
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if (self.table is None) == (self.query is None):
+            raise DefinitionError(f"source '{self.name}': give exactly one of table= or query=")
+        if self.database != ":memory:":
+            object.__setattr__(self, "database", str(Path(self.database).expanduser()))
+
+    def location(self) -> str:
+        return f"{self.database}: {self.table or self.query}"
+
+    def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:
+        import duckdb
+
+        if self.database != ":memory:" and not os.path.exists(self.database):
+            raise SourceDataError(f"source '{self.name}': DuckDB database {self.database} does not exist")
+        relation = self.query if self.query is not None else f'SELECT * FROM "{self.table}"'
+        conditions, params = [], []
+        if start is not None:
+            conditions.append(f'"{self.timestamp_field}" >= ?')
+            params.append(start)
+        if end is not None:
+            conditions.append(f'"{self.timestamp_field}" < ?')
+            params.append(end)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT * FROM ({relation}) AS source{where}"
+        try:
+            with duckdb.connect(self.database, read_only=self.database != ":memory:") as conn:
+                conn.execute("SET TimeZone = 'UTC'")
+                frame = conn.execute(sql, params).pl()
+        except duckdb.Error as exc:
+            raise SourceDataError(f"source '{self.name}': DuckDB query failed: {exc}") from exc
+        return frame.lazy()
