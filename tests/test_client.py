@@ -84,9 +84,10 @@ label_row = st.fixed_dictionaries(
     ttl_minutes=st.none() | st.integers(1, 60 * 24),
     composite=st.booleans(),
     default=st.none() | st.just(-99),
+    engine=st.sampled_from(["memory", "partitioned"]),
 )
 def test_training_set_matches_brute_force_oracle(
-    rows, labels, ttl_minutes, composite, default, redis_url
+    rows, labels, ttl_minutes, composite, default, engine, redis_url
 ) -> None:
     ttl = None if ttl_minutes is None else timedelta(minutes=ttl_minutes)
     entity = pair if composite else user
@@ -115,7 +116,10 @@ def test_training_set_matches_brute_force_oracle(
         entity_df = pl.DataFrame(
             label_dicts, schema={"user_id": pl.Int64, "shop": pl.String, "t": pl.Datetime("us", "UTC")}
         )
-        result = store.get_training_dataset(entity_df, features=["g:v1:x"], timestamp_column="t")
+        result = store.get_training_dataset(
+            entity_df, features=["g:v1:x"], timestamp_column="t", engine=engine
+        )
+        assert store.last_training_stats.engine == engine
     assert result.height == len(labels)
     assert result.select(entity_df.columns).equals(entity_df)  # order, duplicates, columns kept
     # rows sorted the way the store sorts them; ties on (event, created) resolved by that order
@@ -124,6 +128,73 @@ def test_training_set_matches_brute_force_oracle(
         key=lambda p: (*[p[1][k] for k in keys], p[1]["event_timestamp"], p[1]["created_timestamp"], p[0]),
     )
     assert result["x"].to_list() == oracle(label_dicts, [r for _, r in ordered], keys, ttl, "x", default)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    user_rows=st.lists(feature_row, max_size=15),
+    pair_rows=st.lists(feature_row, max_size=15),
+    labels=st.lists(label_row, min_size=1, max_size=15),
+    engine=st.sampled_from(["memory", "partitioned"]),
+)
+def test_several_groups_and_entities_in_one_call(user_rows, pair_rows, labels, engine) -> None:
+    by_user = FeatureGroup("by_user", user, src, [Feature("x", pl.Int64)], ttl="6h")
+    by_pair = FeatureGroup("by_pair", pair, src, [Feature("x", pl.Int64, default=0)])
+
+    def as_rows(rows, composite):
+        out = []
+        for r in rows:
+            row = {
+                "user_id": r["user_id"],
+                "event_timestamp": BASE + timedelta(minutes=r["e"]),
+                "created_timestamp": BASE + timedelta(minutes=r["e"] + r["c"]),
+                "x": r["x"],
+            }
+            if composite:
+                row["shop"] = r["shop"]
+            out.append(row)
+        return out
+
+    u_rows, p_rows = as_rows(user_rows, False), as_rows(pair_rows, True)
+    label_dicts = [
+        {"user_id": lab["user_id"], "shop": lab["shop"], "t": BASE + timedelta(minutes=lab["t"])}
+        for lab in labels
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = StoreConfig(offline_root=tmp, redis_url=None, state_dir=tmp, key_prefix="sktest:pit2")
+        store = FeatureStore(FeatureRepository([by_user, by_pair]), config)
+        write_rows(store.offline, by_user, u_rows)
+        write_rows(store.offline, by_pair, p_rows)
+        entity_df = pl.DataFrame(
+            label_dicts, schema={"user_id": pl.Int64, "shop": pl.String, "t": pl.Datetime("us", "UTC")}
+        )
+        result = store.get_training_dataset(
+            entity_df,
+            features=["by_user:v1:x", "by_pair:v1:x"],
+            timestamp_column="t",
+            full_feature_names=True,
+            engine=engine,
+        )
+
+    def ordered(rows, keys):
+        pairs = sorted(
+            enumerate(rows),
+            key=lambda p: (
+                *[p[1][k] for k in keys],
+                p[1]["event_timestamp"],
+                p[1]["created_timestamp"],
+                p[0],
+            ),
+        )
+        return [r for _, r in pairs]
+
+    assert result.columns == ["user_id", "shop", "t", "by_user__v1__x", "by_pair__v1__x"]
+    assert result["by_user__v1__x"].to_list() == oracle(
+        label_dicts, ordered(u_rows, ["user_id"]), ["user_id"], timedelta(hours=6), "x", None
+    )
+    assert result["by_pair__v1__x"].to_list() == oracle(
+        label_dicts, ordered(p_rows, ["user_id", "shop"]), ["user_id", "shop"], None, "x", 0
+    )
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from skewless.compute.point_in_time import (
     ROW,
     apply_defaults,
     conform_keys,
-    join_group,
     normalize_label_times,
 )
+from skewless.compute.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
@@ -75,6 +75,7 @@ class FeatureStore:
         self.config = config or StoreConfig.from_env()
         self.offline = OfflineStore(self.config.offline_root)
         self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
+        self.last_training_stats = TrainingSetStats()
 
     @classmethod
     def from_repo(cls, target: Any, config: StoreConfig | None = None) -> FeatureStore:
@@ -138,8 +139,14 @@ class FeatureStore:
         timestamp_column: str = "event_timestamp",
         full_feature_names: bool = False,
         output: Literal["polars", "pandas", "arrow"] = "polars",
+        engine: Engine = "auto",
     ) -> Any:
-        """Point-in-time-correct features for each label row (see `compute.point_in_time`)."""
+        """Point-in-time-correct features for each label row (see `compute.point_in_time`).
+
+        `engine` chooses in-memory or partitioned (larger than memory) execution; `auto`
+        decides from the size of the partitions that can matter. `last_training_stats` tells
+        which engine ran and how many partitions were read.
+        """
         original = labels = to_polars(entity_df, "entity_df")
         selection = self.select(features, service)
         names = self.output_names(selection, full_feature_names)
@@ -149,21 +156,25 @@ class FeatureStore:
         label_ts = normalize_label_times(labels, timestamp_column)
         for group, _ in selection:
             labels = conform_keys(labels, group, "entity_df")
-        base = labels.with_columns(label_ts.alias(LABEL_TS)).with_row_index(ROW)
-        result = original
-        if base.height == 0:
-            return convert(self._empty_features(result, selection, names), output)
+        if labels.height == 0:
+            return convert(self._empty_features(original, selection, names), output)
+        keys = sorted({k for group, _ in selection for k in group.entity.key_columns})
+        base = labels.select(keys).with_columns(label_ts.alias(LABEL_TS)).with_row_index(ROW)
         t_min, t_max = label_ts.min(), label_ts.max()
-        lazy = base.lazy()
-        parts = []
-        for group, feats in selection:
-            ttl = group.time_to_live
-            first_day = (t_min - ttl).date() if ttl is not None else None  # type: ignore[operator]
-            rows = self.offline.scan(group, first_day, t_max.date())  # type: ignore[union-attr]
-            group_names = {f: names[(group.name, group.version, f)] for f in feats}
-            parts.append(join_group(lazy, group, feats, rows, group_names).sort(ROW).drop(ROW))
-        frames = pl.collect_all(parts)
-        return convert(pl.concat([result, *frames], how="horizontal"), output)
+        plans = [
+            plan_group(
+                self.offline,
+                group,
+                feats,
+                {f: names[(group.name, group.version, f)] for f in feats},
+                t_min,
+                t_max,  # type: ignore[arg-type]
+            )
+            for group, feats in selection
+        ]
+        self.last_training_stats = TrainingSetStats()
+        frames = build(base, plans, engine, self.last_training_stats)
+        return convert(pl.concat([original, *frames], how="horizontal"), output)
 
     @staticmethod
     def _empty_features(labels: pl.DataFrame, selection: Selection, names: dict) -> pl.DataFrame:

@@ -1,0 +1,191 @@
+"""Building a training set: choose an engine, read only the partitions that can matter, join.
+
+Two engines give identical results (the tests run both):
+- `memory`: one lazy Polars plan per group (`join_asof` on the pruned partitions), collected
+  together. Fastest while the feature rows fit comfortably in memory.
+- `partitioned`: larger than memory. Label rows and feature rows are hash-partitioned by the
+  entity's join keys into buckets on disk with Polars' streaming sink (bounded memory), then
+  each bucket is joined in memory and its result spilled; the buckets are finally gathered back
+  into label order. Every entity lives in exactly one bucket, so per-bucket joins are exact.
+`auto` picks `partitioned` when the estimated in-memory size of the feature rows exceeds the
+memory budget (`SKEWLESS_PIT_MEMORY_MB`, default a quarter of physical memory).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from skewless.compute.point_in_time import LABEL_TS, ROW, join_group
+from skewless.errors import RequestError
+from skewless.language.feature_group import FeatureGroup
+from skewless.storage.offline import OfflineStore
+
+Engine = Literal["auto", "memory", "partitioned"]
+BUCKET = "__skewless_bucket"
+
+
+@dataclass
+class GroupPlan:
+    """What one group contributes: its features, output names and the files to read."""
+
+    group: FeatureGroup
+    features: list[str]
+    names: dict[str, str]
+    files: list[Path]
+    partitions_total: int
+    rows: int = 0
+
+    @property
+    def first_day(self) -> date | None:
+        return None if not self.files else date.fromisoformat(self.files[0].parent.name[len("date=") :])
+
+
+@dataclass
+class TrainingSetStats:
+    """How the last training set was built: shown by the benchmark and in asset metadata."""
+
+    engine: str = ""
+    label_rows: int = 0
+    buckets: int = 0
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def plan_group(
+    offline: OfflineStore,
+    group: FeatureGroup,
+    features: list[str],
+    names: dict[str, str],
+    t_min: datetime,
+    t_max: datetime,
+) -> GroupPlan:
+    """Prune partitions: nothing after the last label's day, nothing before first label - TTL."""
+    ttl = group.time_to_live
+    first_day = (t_min - ttl).date() if ttl is not None else None
+    files = offline.files(group, first_day, t_max.date())
+    return GroupPlan(group, features, names, files, partitions_total=len(offline.partitions(group)))
+
+
+def memory_budget_bytes() -> int:
+    configured = os.environ.get("SKEWLESS_PIT_MEMORY_MB")
+    if configured:
+        return int(float(configured) * 1024 * 1024)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 1024**3
+    return total // 4
+
+
+def estimated_bytes(plan: GroupPlan) -> int:
+    """Rows from Parquet footers times a per-row width from the schema: cheap, no data read."""
+    plan.rows = sum(pq.ParquetFile(f).metadata.num_rows for f in plan.files)
+    width = 0
+    for dtype in plan.group.offline_schema().values():
+        if isinstance(dtype, pl.Array):
+            width += 8 * dtype.size
+        elif dtype == pl.String:
+            width += 24
+        else:
+            width += 8
+    # the join holds the rows, their sorted copy and the output columns
+    return plan.rows * width * 3
+
+
+def _scan(plan: GroupPlan) -> pl.LazyFrame:
+    if not plan.files:
+        return pl.LazyFrame(schema=plan.group.offline_schema())
+    return pl.scan_parquet(plan.files, schema=plan.group.offline_schema())
+
+
+def join_in_memory(labels: pl.DataFrame, plans: list[GroupPlan]) -> list[pl.DataFrame]:
+    lazy = labels.lazy()
+    parts = [join_group(lazy, p.group, p.features, _scan(p), p.names).sort(ROW).drop(ROW) for p in plans]
+    return pl.collect_all(parts)
+
+
+def _bucket_expr(keys: list[str], buckets: int) -> pl.Expr:
+    key = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
+    return (key.hash(seed=42) % buckets).cast(pl.UInt32).alias(BUCKET)
+
+
+def join_partitioned(
+    labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, spill_dir: str | None = None
+) -> list[pl.DataFrame]:
+    """Hash-partition labels and features by entity, join bucket by bucket, gather in order."""
+    root = Path(tempfile.mkdtemp(prefix="skewless-pit-", dir=spill_dir))
+    try:
+        outputs = []
+        for i, plan in enumerate(plans):
+            keys = plan.group.entity.key_columns
+            work = root / f"g{i}"
+            label_parts = labels.select(ROW, *keys, LABEL_TS).with_columns(_bucket_expr(keys, buckets))
+            label_parts.lazy().sink_parquet(
+                pl.PartitionBy(work / "labels", key=BUCKET, include_key=False), mkdir=True
+            )
+            del label_parts
+            columns = [
+                *keys,
+                "event_timestamp",
+                *(["created_timestamp"] if plan.group.has_created_timestamp else []),
+                *plan.features,
+            ]
+            _scan(plan).select(columns).with_columns(_bucket_expr(keys, buckets)).sink_parquet(
+                pl.PartitionBy(work / "features", key=BUCKET, include_key=False), mkdir=True
+            )
+            results = work / "results"
+            results.mkdir()
+            for b in range(buckets):
+                label_files = sorted((work / "labels").glob(f"{BUCKET}={b}/*.parquet"))
+                if not label_files:
+                    continue
+                feature_files = sorted((work / "features").glob(f"{BUCKET}={b}/*.parquet"))
+                schema = {c: plan.group.offline_schema()[c] for c in columns}
+                features = (
+                    pl.scan_parquet(feature_files, schema=schema)
+                    if feature_files
+                    else pl.LazyFrame(schema=schema)
+                )
+                joined = join_group(
+                    pl.scan_parquet(label_files), plan.group, plan.features, features, plan.names
+                )
+                joined.collect().write_parquet(results / f"{b}.parquet")
+            outputs.append(pl.scan_parquet(str(results / "*.parquet")).sort(ROW).drop(ROW).collect())
+        return outputs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def build(
+    labels: pl.DataFrame, plans: list[GroupPlan], engine: Engine, stats: TrainingSetStats
+) -> list[pl.DataFrame]:
+    """Feature columns for every label row (labels carry ROW, keys and LABEL_TS), per group."""
+    if engine not in ("auto", "memory", "partitioned"):
+        raise RequestError(f"unknown engine {engine!r}: use 'auto', 'memory' or 'partitioned'")
+    size = sum(estimated_bytes(p) for p in plans)
+    budget = memory_budget_bytes()
+    chosen = engine if engine != "auto" else ("partitioned" if size > budget else "memory")
+    stats.engine = chosen
+    stats.label_rows = labels.height
+    stats.groups = {
+        p.group.ref: {
+            "partitions_read": len(p.files),
+            "partitions_total": p.partitions_total,
+            "rows_read": p.rows,
+        }
+        for p in plans
+    }
+    if chosen == "memory":
+        stats.buckets = 0
+        return join_in_memory(labels, plans)
+    stats.buckets = max(2, math.ceil(size / max(budget // 2, 1)))
+    return join_partitioned(labels, plans, stats.buckets)
