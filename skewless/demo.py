@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def prepare_dagster_home() -> Path:
 
 def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int = 7) -> dict[str, object]:
     sys.path.insert(0, os.getcwd())
+    import dagster
     from dagster import DagsterInstance
+
+    for category in (dagster.BetaWarning, dagster.PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)
 
     from examples.card_fraud import data, features
     from skewless.client.feature_store import FeatureStore
@@ -71,6 +76,10 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     if not result.success:
         raise SystemExit("materialization failed; see the run in `make ui`")
     print(f"   run {result.run_id} succeeded")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    for name in ("training_sets", "sql_views"):
+        if not defs.resolve_job_def(name).execute_in_process(instance=instance, run_config=quiet).success:
+            raise SystemExit(f"job {name} failed; see the run in `make ui`")
 
     store = FeatureStore(repo, config)
     summary: dict[str, object] = {}
@@ -84,7 +93,18 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     print(f"   offline store: {store.offline.root}")
     print(f"   online store:  {store.online.url}")
 
-    print("3. training set for service fraud_model:v1 (point-in-time correct)")
+    asset_path = store.offline.training_set_path("fraud_model", 1)
+    asset_rows = pl.scan_parquet(asset_path).select(pl.len()).collect().item()
+    print(f"   training-set asset training_sets/fraud_model/v1: {asset_rows} rows -> {asset_path}")
+    daily = store.sql(
+        "SELECT date, count(*) AS txns, round(avg(last_amount), 2) AS avg_amount "
+        "FROM user_last_txn GROUP BY date ORDER BY date DESC LIMIT 3"
+    )
+    print("   SQL over the offline store (store.sql / DuckDB views), last three days:")
+    for day, txns, avg in daily.iter_rows():
+        print(f"     {day}  {txns:>6} transactions  avg amount {avg}")
+
+    print("3. training set for service fraud_model:v1 from the client (point-in-time correct)")
     tx = pl.scan_parquet(str(home() / "data" / "transactions" / "**" / "*.parquet"), hive_partitioning=False)
     labels = (
         tx.select(

@@ -53,6 +53,7 @@ class FeatureRepository:
                 except DefinitionError as exc:
                     raise DefinitionError(f"feature service '{service.ref}': {exc}") from None
         self.services = sorted(services.values(), key=lambda s: (s.name, s.version))
+        self._check_unique("source", self.sources)
 
     def _check_unique(self, what: str, objects: Iterable[Entity | Source]) -> None:
         by_name: dict[str, Entity | Source] = {}
@@ -69,7 +70,12 @@ class FeatureRepository:
 
     @property
     def sources(self) -> list[Source]:
-        return list({g.source.name: g.source for g in self.groups}.values())
+        """Feature sources and label sources, each once."""
+        found = {g.source.name: g.source for g in self.groups}
+        for service in self.services:
+            if service.labels is not None:
+                found.setdefault(service.labels.name, service.labels)
+        return list(found.values())
 
     def group(self, name: str, version: int) -> FeatureGroup:
         try:

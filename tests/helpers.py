@@ -98,10 +98,11 @@ def materialize_days(
     last: str,
     raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    """`materialize()` every asset of the repository for the days `first..last` in one run."""
+    """`materialize()` the offline and online assets for the days `first..last` in one run."""
     defs = build_definitions(repo, config)
     return dg.materialize(
         list(defs.assets or []),
+        selection=dg.AssetSelection.key_prefixes(["features"], ["online"]),
         resources=defs.resources,
         instance=instance,
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},

@@ -160,4 +160,12 @@ fraud_model = FeatureService(
     ],
     description="Features of the card-fraud model",
     owner="team:fraud",
+    labels=FileSource(
+        "fraud_labels",
+        path=DATA / "transactions",
+        timestamp_field="ts",
+        start_date="2026-10-01",
+        description="Transactions with their is_fraud label (the label time is the transaction time)",
+        owner="team:fraud",
+    ),
 )

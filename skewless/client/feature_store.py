@@ -185,6 +185,20 @@ class FeatureStore:
         ]
         return labels.hstack(columns)
 
+    def sql(self, query: str) -> pl.DataFrame:
+        """Run DuckDB SQL over the offline store: a view per group version (`<group>_v<N>`)
+        and per group (its highest version), with a `date` column for partition pruning."""
+        import duckdb
+
+        from skewless.storage.sql import create_views
+
+        with duckdb.connect() as conn:
+            create_views(conn, self.repository, self.offline)
+            try:
+                return conn.sql(query).pl()
+            except duckdb.Error as exc:
+                raise RequestError(f"SQL query failed: {exc}") from None
+
     # ----------------------------------------------------------------- online
     def get_online_features(
         self,

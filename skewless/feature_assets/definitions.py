@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from skewless.config import StoreConfig
 from skewless.feature_assets.offline import build_offline_asset, offline_key
 from skewless.feature_assets.online import build_online_asset, online_key
 from skewless.feature_assets.sources import source_spec
+from skewless.feature_assets.sql_views import build_sql_views_asset
+from skewless.feature_assets.training_sets import build_training_set_asset, training_set_key
 from skewless.repository import FeatureRepository, load_repository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
 
@@ -22,8 +26,9 @@ def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
 def build_definitions(
     repository: FeatureRepository | str, config: StoreConfig | None = None
 ) -> dg.Definitions:
-    """Sources as external assets, per group version an offline and an online asset, one
-    daily job and schedule per partition start date, and the two store resources."""
+    """Sources as external assets; per group version an offline and an online asset; per
+    feature service with labels a training-set asset; DuckDB views over the offline store;
+    one daily job and schedule per partition start date; the store resources."""
     repo = load_repository(repository) if isinstance(repository, str) else repository
     config = config or StoreConfig.from_env()
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
@@ -35,6 +40,8 @@ def build_definitions(
         assets.append(build_offline_asset(group, partitions))
         assets.append(build_online_asset(group, partitions))
         by_start[start] += [offline_key(group), online_key(group)]
+    training = [build_training_set_asset(repo, s) for s in repo.services if s.labels is not None]
+    assets += [*training, build_sql_views_asset(repo)]
     jobs, schedules = [], []
     for i, (start, keys) in enumerate(sorted(by_start.items())):
         name = "daily_features" if i == 0 else f"daily_features_from_{start.isoformat().replace('-', '_')}"
@@ -46,6 +53,19 @@ def build_definitions(
         )
         jobs.append(job)
         schedules.append(dg.build_schedule_from_partitioned_job(job, hour_of_day=0, minute_of_hour=30))
+    if training:
+        jobs.append(
+            dg.define_asset_job(
+                name="training_sets",
+                selection=dg.AssetSelection.assets(*(training_set_key(s) for s in repo.services if s.labels)),
+                description="Rebuild every feature service's training set from its labels.",
+            )
+        )
+    jobs.append(
+        dg.define_asset_job(
+            name="sql_views", selection=dg.AssetSelection.assets(dg.AssetKey(["sql", "offline_views"]))
+        )
+    )
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
@@ -55,5 +75,6 @@ def build_definitions(
             "online": OnlineStoreResource(
                 state_dir=config.state_dir, redis_url=config.redis_url, key_prefix=config.key_prefix
             ),
+            "duckdb": DuckDBResource(database=str(Path(config.state_dir) / "offline.duckdb")),
         },
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from skewless.errors import DefinitionError
 from skewless.language.entity import check_name
+from skewless.language.source import Source
 
 _REF_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):v?(\d+)(?::([A-Za-z][A-Za-z0-9_]*))?$")
 
@@ -39,13 +40,19 @@ class FeatureRef:
 
 @dataclass(frozen=True)
 class FeatureService:
-    """A named, versioned list of feature references that a model is pinned to."""
+    """A named, versioned list of feature references that a model is pinned to.
+
+    With `labels` (a source whose rows carry the entities' join keys and whose
+    `timestamp_field` is the label time), the service also gets a training-set asset, so the
+    lineage graph shows which feature versions each training set was built from.
+    """
 
     name: str
     features: Sequence[str]
     version: int = 1
     description: str = ""
     owner: str | None = None
+    labels: Source | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature service")
@@ -62,6 +69,11 @@ class FeatureService:
             except DefinitionError as exc:
                 raise DefinitionError(f"feature service '{self.ref}': {exc}") from None
         object.__setattr__(self, "features", tuple(str(r) for r in refs))
+        if self.labels is not None and not isinstance(self.labels, Source):
+            raise DefinitionError(
+                f"feature service '{self.ref}': labels must be a FileSource or DuckDBSource, "
+                f"got {type(self.labels).__name__}"
+            )
 
     @property
     def ref(self) -> str:

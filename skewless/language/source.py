@@ -194,7 +194,7 @@ class DuckDBSource(Source):
         try:
             with duckdb.connect(self.database, read_only=self.database != ":memory:") as conn:
                 conn.execute("SET TimeZone = 'UTC'")
-                frame = conn.execute(sql, params).pl()
+                frame = conn.sql(sql, params=params).pl()
         except duckdb.Error as exc:
             raise SourceDataError(f"source '{self.name}': DuckDB query failed: {exc}") from exc
         return frame.lazy()

@@ -36,7 +36,16 @@ class OfflineStore:
 
     def write_partition(self, group: FeatureGroup, day: date, frame: pl.DataFrame) -> Path:
         """Atomically replace one day's partition with `frame` (already validated and sorted)."""
-        target = self.partition_path(group, day)
+        return self._replace(self.partition_path(group, day), frame)
+
+    def training_set_path(self, service: str, version: int) -> Path:
+        # '_' cannot start a group name, so training sets never collide with group folders
+        return self.root / "_training_sets" / service / f"v{version}" / DATA_FILE
+
+    def write_training_set(self, service: str, version: int, frame: pl.DataFrame) -> Path:
+        return self._replace(self.training_set_path(service, version), frame)
+
+    def _replace(self, target: Path, frame: pl.DataFrame) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{DATA_FILE}.{uuid.uuid4().hex}.tmp")
         try:

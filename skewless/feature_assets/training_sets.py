@@ -1,0 +1,59 @@
+"""Training-set assets: a feature service's labels joined point-in-time with its features."""
+
+import dagster as dg
+from dagster import AssetExecutionContext
+
+from skewless.feature_assets.offline import offline_key
+from skewless.feature_assets.sources import source_key
+from skewless.language.feature_service import FeatureService
+from skewless.repository import FeatureRepository
+from skewless.resources.stores import OfflineStoreResource
+
+
+def training_set_key(service: FeatureService) -> dg.AssetKey:
+    return dg.AssetKey(["training_sets", service.name, f"v{service.version}"])
+
+
+def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -> dg.AssetsDefinition:
+    """Not partitioned: a training set is one file, rebuilt whole (atomically) on each run."""
+    assert service.labels is not None
+    groups = {(g.name, g.version): g for ref in service.refs for g in [repo.resolve(ref)[0]]}
+
+    @dg.asset(
+        key=training_set_key(service),
+        deps=[source_key(service.labels), *(offline_key(g) for g in groups.values())],
+        group_name="training_sets",
+        description=service.description or f"Training set of feature service {service.ref}",
+        owners=[service.owner] if service.owner else None,
+        kinds={"polars", "parquet"},
+        tags={"skewless/service": service.name, "skewless/version": f"v{service.version}"},
+        metadata={"features": ", ".join(service.features), "labels": service.labels.name},
+    )
+    def _training_set(context: AssetExecutionContext, offline: OfflineStoreResource) -> dg.MaterializeResult:
+        from skewless.client.feature_store import FeatureStore
+        from skewless.config import StoreConfig
+
+        assert service.labels is not None
+        labels = service.labels.scan().collect()
+        config = StoreConfig(offline_root=offline.root, redis_url=None, state_dir="", key_prefix="")
+        store = FeatureStore(repo, config)
+        frame = store.get_training_dataset(
+            labels, service=service.ref, timestamp_column=service.labels.timestamp_field
+        )
+        path = store.offline.write_training_set(service.name, service.version, frame)
+        stats = store.last_training_stats
+        context.log.info(f"{service.ref}: {frame.height} rows with engine {stats.engine}")
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": frame.height,
+                "dagster/column_schema": dg.TableSchema(
+                    columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
+                ),
+                "path": dg.MetadataValue.path(str(path)),
+                "engine": stats.engine,
+                "partitions_read": dg.MetadataValue.json(stats.groups),
+                "feature_versions": ", ".join(sorted(f"{n}:v{v}" for n, v in groups)),
+            }
+        )
+
+    return _training_set

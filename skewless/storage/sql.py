@@ -1,0 +1,75 @@
+"""SQL over the offline store with DuckDB: one view per group version.
+
+Views read the partition folders through a glob with Hive partitioning, so they stay current
+as partitions are written (and `WHERE date >= ...` prunes files). `<group>_v<N>` names a
+version; `<group>` names its highest version. A group version with no partition yet gets an
+empty view of the declared schema, so queries against it work rather than fail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from skewless.language.feature_group import FeatureGroup
+from skewless.repository import FeatureRepository
+from skewless.storage.offline import DATA_FILE, OfflineStore
+
+_DUCKDB_TYPES = {
+    pl.Int8: "TINYINT",
+    pl.Int16: "SMALLINT",
+    pl.Int32: "INTEGER",
+    pl.Int64: "BIGINT",
+    pl.UInt8: "UTINYINT",
+    pl.UInt16: "USMALLINT",
+    pl.UInt32: "UINTEGER",
+    pl.UInt64: "UBIGINT",
+    pl.Float32: "FLOAT",
+    pl.Float64: "DOUBLE",
+    pl.Boolean: "BOOLEAN",
+    pl.String: "VARCHAR",
+    pl.Date: "DATE",
+}
+
+
+def duckdb_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Datetime):
+        return "TIMESTAMPTZ"
+    if isinstance(dtype, pl.Array):
+        return f"{duckdb_type(dtype.inner)}[{dtype.size}]"
+    return _DUCKDB_TYPES[type(dtype)]
+
+
+def view_name(group: FeatureGroup) -> str:
+    return f"{group.name}_v{group.version}"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
+    if offline.partitions(group):
+        pattern = str(offline.group_dir(group) / "date=*" / DATA_FILE)
+        return f"SELECT * FROM read_parquet({_quote(pattern)}, hive_partitioning = true)"
+    columns = ", ".join(
+        f'CAST(NULL AS {duckdb_type(dtype)}) AS "{name}"' for name, dtype in group.offline_schema().items()
+    )
+    return f"SELECT {columns}, CAST(NULL AS DATE) AS date WHERE false"
+
+
+def create_views(conn: Any, repo: FeatureRepository, offline: OfflineStore) -> list[str]:
+    """(Re)create the views on a DuckDB connection; returns their names."""
+    conn.execute("SET TimeZone = 'UTC'")
+    names = []
+    latest: dict[str, FeatureGroup] = {}
+    for group in repo.groups:
+        conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS {view_sql(offline, group)}')
+        names.append(view_name(group))
+        if group.name not in latest or group.version > latest[group.name].version:
+            latest[group.name] = group
+    for name, group in latest.items():
+        conn.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{view_name(group)}"')
+        names.append(name)
+    return names
