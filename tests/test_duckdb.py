@@ -129,6 +129,6 @@ def test_training_set_and_views_assets(tmp_path: Path, store_config: StoreConfig
     assert training.equals(client)
     # the views asset wrote a DuckDB file anyone can open
     with duckdb.connect(str(Path(store_config.state_dir) / "offline.duckdb"), read_only=True) as conn:
-        assert conn.sql("SELECT count(*) FROM user_stats_v1").fetchone()[0] == events.height
+        assert conn.sql("SELECT count(*) FROM user_stats_v1").fetchall()[0][0] == events.height
     spec = {s.key: s for s in defs.resolve_all_asset_specs()}[dg.AssetKey(["training_sets", "model", "v1"])]
     assert dg.AssetKey(["features", "user_stats", "v1"]) in {d.asset_key for d in spec.deps}
