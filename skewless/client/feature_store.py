@@ -160,15 +160,14 @@ class FeatureStore:
             return convert(self._empty_features(original, selection, names), output)
         keys = sorted({k for group, _ in selection for k in group.entity.key_columns})
         base = labels.select(keys).with_columns(label_ts.alias(LABEL_TS)).with_row_index(ROW)
-        t_min, t_max = label_ts.min(), label_ts.max()
+        label_days = label_ts.dt.date().unique().to_list()
         plans = [
             plan_group(
                 self.offline,
                 group,
                 feats,
                 {f: names[(group.name, group.version, f)] for f in feats},
-                t_min,
-                t_max,  # type: ignore[arg-type]
+                label_days,
             )
             for group, feats in selection
         ]

@@ -17,7 +17,7 @@ from datetime import timedelta
 import polars as pl
 
 from skewless.errors import RequestError
-from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 
 ROW = "__skewless_row"
 LABEL_TS = "__skewless_label_ts"
@@ -98,11 +98,11 @@ def join_group(
     `labels` carries ROW, LABEL_TS and the join keys; `rows` is the group's offline rows.
     """
     keys = group.entity.key_columns
-    order = [EVENT_TIMESTAMP] + ([CREATED_TIMESTAMP] if group.has_created_timestamp else [])
-    right = (
-        rows.select([*keys, *order, *features])
-        .sort(order, maintain_order=True)
-        .rename({EVENT_TIMESTAMP: FEATURE_TS, **{f: names[f] for f in features}})
+    # No sort: offline partitions are sorted by (keys, event, created) and read in day order,
+    # so each entity's rows are already in (event, created, stored) order, which is all a
+    # `by` asof join needs; the last of equal rows wins, giving the documented tie rule.
+    right = rows.select([*keys, EVENT_TIMESTAMP, *features]).rename(
+        {EVENT_TIMESTAMP: FEATURE_TS, **{f: names[f] for f in features}}
     )
     left = labels.select([ROW, *keys, LABEL_TS]).sort(LABEL_TS)
     joined = left.join_asof(

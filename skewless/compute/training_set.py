@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -65,14 +65,25 @@ def plan_group(
     group: FeatureGroup,
     features: list[str],
     names: dict[str, str],
-    t_min: datetime,
-    t_max: datetime,
+    label_days: list[date],
 ) -> GroupPlan:
-    """Prune partitions: nothing after the last label's day, nothing before first label - TTL."""
+    """Prune partitions to the days that can hold a value for some label.
+
+    Without a TTL that is every day up to the last label's day. With one, only the days in
+    `[label day - ttl, label day]` of some label: a few early labels no longer force reading
+    everything in between.
+    """
+    days = offline.partitions(group)
+    last = max(label_days)
     ttl = group.time_to_live
-    first_day = (t_min - ttl).date() if ttl is not None else None
-    files = offline.files(group, first_day, t_max.date())
-    return GroupPlan(group, features, names, files, partitions_total=len(offline.partitions(group)))
+    if ttl is None:
+        needed = [d for d in days if d <= last]
+    else:
+        span = math.ceil(ttl / timedelta(days=1))
+        wanted = {d - timedelta(days=k) for d in label_days for k in range(span + 1)}
+        needed = [d for d in days if d in wanted]
+    files = [offline.partition_path(group, d) for d in needed]
+    return GroupPlan(group, features, names, files, partitions_total=len(days))
 
 
 def memory_budget_bytes() -> int:

@@ -18,6 +18,8 @@ rather than Python objects per feature; floats, NaN and infinities round-trip bi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -74,6 +76,11 @@ class GroupCodec:
             )
         self.record = np.dtype(fields)
         self.width = self.record.itemsize
+        empty = np.zeros(1, dtype=self.record)
+        empty["h"] = b"0" * HEADER_WIDTH
+        for name in self.strings:
+            empty[f"f_{name}"] = -1
+        self._empty = empty.tobytes()
 
     # ------------------------------------------------------------------ encode
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
@@ -125,88 +132,110 @@ class GroupCodec:
         return [bytes(buffer[i * w : (i + 1) * w]) + tails[i] for i in range(n)]
 
     # ------------------------------------------------------------------ decode
-    def decode(self, values: Sequence[bytes | None]) -> pl.DataFrame:
-        """Decode raw values (None for a missing key) into a frame, one row per value.
+    def decode_arrays(self, values: Sequence[bytes | None]) -> Decoded:
+        """Decode raw values (None for a missing key) into numpy columns, one row per value.
 
-        Missing values give nulls and `event_timestamp` null, so callers can tell "no value"
-        from "a null value" when they apply TTLs and defaults.
+        Missing keys decode as an all-null record with `present` False, so there is no
+        scatter step: the rows line up with the request whatever is missing.
         """
         n = len(values)
-        present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-        kept = [v for v in values if v is not None]
-        m = len(kept)
-        record = np.frombuffer(b"".join(v[: self.width] for v in kept), dtype=self.record, count=m)
-        digits = np.frombuffer(record["h"].tobytes(), dtype=np.uint8).reshape(m, HEADER_WIDTH)
-        digits = digits.astype(np.int64) - 48
+        if any(v is None for v in values):
+            values = [self._empty if v is None else v for v in values]
+        # without strings every value is exactly one fixed record: join them as they are
+        fixed = b"".join([v[: self.width] for v in values]) if self.strings else b"".join(values)  # type: ignore
+        record = np.frombuffer(fixed, dtype=self.record, count=n)
+        header = np.frombuffer(record["h"].tobytes(), dtype=np.uint8).reshape(n, HEADER_WIDTH)
+        present = header[:, 0] == FORMAT_TAG[0]
+        digits = header.astype(np.int64) - 48
         event_us = digits[:, 1 : 1 + _DIGITS] @ _POWERS
         created_us = digits[:, 1 + _DIGITS :] @ _POWERS
-        columns: dict[str, pl.Series] = {
-            EVENT_TIMESTAMP: pl.Series(EVENT_TIMESTAMP, event_us, dtype=pl.Int64).cast(
-                pl.Datetime("us", "UTC")
-            ),
-            CREATED_TIMESTAMP: pl.select(
-                pl.when(pl.lit(pl.Series(created_us)) > 0).then(pl.lit(pl.Series(created_us)))
-            )
-            .to_series()
-            .cast(pl.Datetime("us", "UTC"))
-            .alias(CREATED_TIMESTAMP),
-        }
-        string_cols = self._decode_strings(kept, record) if self.strings else {}
-        for feature in self.features:
-            name, dtype = feature.name, feature.polars_dtype
-            raw = record[f"f_{name}"]
-            if dtype == pl.String:
-                series = string_cols[name]
-            elif isinstance(dtype, pl.Datetime):
-                series = pl.Series(name, raw, dtype=pl.Int64).cast(dtype)
-            elif isinstance(dtype, pl.Array):
-                series = pl.Series(name, np.ascontiguousarray(raw)).cast(dtype)
-            elif dtype == pl.Boolean:
-                series = pl.Series(name, raw.astype(bool))
-            elif dtype == pl.Date:
-                series = pl.Series(name, raw, dtype=pl.Int32).cast(pl.Date)
-            else:
-                series = pl.Series(name, raw).cast(dtype)
-            valid = pl.Series(record[f"v_{name}"].astype(bool))
-            columns[name] = pl.select(pl.when(valid).then(series).otherwise(None).alias(name)).to_series()
-        decoded = pl.DataFrame(list(columns.values()))
-        if m == n:
-            return decoded
-        positions = pl.DataFrame({"__pos": np.flatnonzero(present)})
-        return (
-            pl.DataFrame({"__pos": np.arange(n)})
-            .join(
-                pl.concat([positions, decoded], how="horizontal"),
-                on="__pos",
-                how="left",
-                maintain_order="left",
-            )
-            .drop("__pos")
-        )
+        strings = self._decode_strings(values, record) if self.strings else {}  # type: ignore[arg-type]
+        columns: dict[str, tuple[Any, np.ndarray]] = {}
+        for name in self.names:
+            valid = record[f"v_{name}"].view(np.bool_)
+            columns[name] = (strings[name] if name in strings else record[f"f_{name}"], valid)
+        return Decoded(n, present, event_us, created_us, columns)
 
-    def _decode_strings(self, kept: list[bytes], record: np.ndarray) -> dict[str, pl.Series]:
-        m = len(kept)
-        tails = b"".join(v[self.width :] for v in kept)
+    def decode(self, values: Sequence[bytes | None]) -> pl.DataFrame:
+        """Decode raw values into a frame: `event_timestamp`, `created_timestamp`, features.
+
+        A missing key gives nulls everywhere, `event_timestamp` included, so callers can tell
+        "no value" from "a null value".
+        """
+        decoded = self.decode_arrays(values)
+        present = decoded.present
+        event = pl.Series(EVENT_TIMESTAMP, decoded.event_us, dtype=pl.Int64)
+        created = pl.Series(CREATED_TIMESTAMP, decoded.created_us, dtype=pl.Int64)
+        series = [
+            to_series(EVENT_TIMESTAMP, event.cast(pl.Datetime("us", "UTC")), present),
+            to_series(
+                CREATED_TIMESTAMP, created.cast(pl.Datetime("us", "UTC")), present & (decoded.created_us > 0)
+            ),
+        ]
+        for feature in self.features:
+            data, valid = decoded.columns[feature.name]
+            series.append(
+                to_series(feature.name, column_series(feature.name, feature.polars_dtype, data), valid)
+            )
+        return pl.DataFrame(series)
+
+    def _decode_strings(self, values: list[bytes], record: np.ndarray) -> dict[str, pa.Array]:
+        m = len(values)
+        tails = b"".join([v[self.width :] for v in values])
         data = np.frombuffer(tails, dtype=np.uint8)
         lengths = np.stack([record[f"f_{s}"].astype(np.int64) for s in self.strings], axis=1)
         sizes = np.maximum(lengths, 0)
         row_start = np.zeros(m, dtype=np.int64)
-        np.cumsum(sizes.sum(axis=1)[:-1], out=row_start[1:]) if m > 1 else None
+        if m > 1:
+            np.cumsum(sizes.sum(axis=1)[:-1], out=row_start[1:])
         within = np.cumsum(sizes, axis=1) - sizes
-        out: dict[str, pl.Series] = {}
+        out: dict[str, pa.Array] = {}
         for k, name in enumerate(self.strings):
-            starts = row_start + within[:, k]
             size = sizes[:, k]
             offsets = np.zeros(m + 1, dtype=np.int64)
             np.cumsum(size, out=offsets[1:])
-            gather = np.repeat(starts - offsets[:-1], size) + np.arange(offsets[-1])
-            chunk = data[gather] if offsets[-1] else np.zeros(0, dtype=np.uint8)
-            valid = lengths[:, k] >= 0
-            array = pa.LargeStringArray.from_buffers(
-                m,
-                pa.py_buffer(offsets.tobytes()),
-                pa.py_buffer(chunk.tobytes()),
-                pa.py_buffer(np.packbits(valid, bitorder="little").tobytes()),
+            if m == 1 or not offsets[-1]:
+                start = int(row_start[0] + within[0, k]) if m == 1 else 0
+                chunk = data[start : start + int(offsets[-1])]
+            else:
+                starts = row_start + within[:, k]
+                chunk = data[np.repeat(starts - offsets[:-1], size) + np.arange(offsets[-1])]
+            out[name] = pa.LargeStringArray.from_buffers(
+                m, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chunk.tobytes())
             )
-            out[name] = pl.Series(name, pl.from_arrow(array)).cast(pl.String)
         return out
+
+
+@dataclass
+class Decoded:
+    """Numpy columns of decoded values; `present` is False where the key was missing."""
+
+    n: int
+    present: np.ndarray
+    event_us: np.ndarray
+    created_us: np.ndarray
+    columns: dict[str, tuple[Any, np.ndarray]]
+
+
+def column_series(name: str, dtype: pl.DataType, data: Any) -> pl.Series:
+    """A Polars series of `dtype` from a decoded column (validity applied separately)."""
+    if dtype == pl.String:
+        return pl.Series(name, pl.from_arrow(data)).cast(pl.String)
+    if isinstance(dtype, pl.Datetime):
+        return pl.Series(name, data, dtype=pl.Int64).cast(dtype)
+    if isinstance(dtype, pl.Array):
+        return pl.Series(name, np.ascontiguousarray(data)).cast(dtype)
+    if dtype == pl.Boolean:
+        return pl.Series(name, data.view(np.bool_))
+    if dtype == pl.Date:
+        return pl.Series(name, data, dtype=pl.Int32).cast(pl.Date)
+    return pl.Series(name, data, dtype=dtype)
+
+
+def to_series(name: str, series: pl.Series, valid: np.ndarray) -> pl.Series:
+    """Null out the invalid rows (a scatter, only when there are any)."""
+    if valid.all():
+        return series.alias(name)
+    if isinstance(series.dtype, pl.Array):  # scatter does not support fixed-size lists
+        return pl.select(pl.when(pl.lit(pl.Series(valid))).then(pl.lit(series)).alias(name)).to_series()
+    return series.scatter(np.flatnonzero(~valid), None).alias(name)
