@@ -345,17 +345,6 @@ def run_ours(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, 
     from skewless.client.feature_store import FeatureStore
     from skewless.config import StoreConfig
     from skewless.repository import FeatureRepository
-    from skewless.storage.offline import OfflineStore
-
-    class CountingOfflineStore(OfflineStore):
-        """Records which partition files the client lists; reads are unchanged."""
-
-        listed: list[Path]
-
-        def files(self, group: Any, start: date | None = None, end: date | None = None) -> list[Path]:
-            found = super().files(group, start, end)
-            self.listed = [*getattr(self, "listed", []), *found]
-            return found
 
     state_dir = run_dir / "ours-state"
     group = make_group(data_dir, ttl_days)
@@ -363,8 +352,6 @@ def run_ours(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, 
         offline_root=str(offline_root(data_dir)), redis_url=None, state_dir=str(state_dir), key_prefix="bench"
     )
     store = FeatureStore(FeatureRepository([group]), config)
-    counting = CountingOfflineStore(config.offline_root)
-    store.offline = counting
     refs = [f"{GROUP}:v1:{name}" for name in FEATURES]
 
     started = time.perf_counter()
@@ -372,9 +359,10 @@ def run_ours(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, 
     result = store.get_training_dataset(labels, features=refs, timestamp_column="label_ts")
     elapsed = time.perf_counter() - started
 
-    listed = getattr(counting, "listed", None)
+    stats = store.last_training_stats
     info = {
-        "partitions_read": len(set(listed)) if listed is not None else None,
+        "partitions_read": stats.groups[f"{GROUP}:v1"]["partitions_read"],
+        "engine": stats.engine,
         "redis_started": (state_dir / "redis").exists() or getattr(store.online, "_client", None) is not None,
     }
     store.close()
