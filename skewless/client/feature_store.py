@@ -7,29 +7,26 @@ training and serving from drifting apart.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any, Literal
 
 import polars as pl
 
 from skewless.compute.point_in_time import (
-    FEATURE_TS,
     LABEL_TS,
     ROW,
-    apply_defaults,
     conform_keys,
     normalize_label_times,
 )
 from skewless.compute.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError
-from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import FeatureGroup
 from skewless.language.feature_service import FeatureRef
 from skewless.repository import FeatureRepository, load_repository
+from skewless.serving.reader import ReadPlan
 from skewless.storage.offline import OfflineStore
-from skewless.storage.online import OnlineStore, key_expression
+from skewless.storage.online import OnlineStore
 
 Selection = list[tuple[FeatureGroup, list[str]]]
 
@@ -76,6 +73,7 @@ class FeatureStore:
         self.offline = OfflineStore(self.config.offline_root)
         self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
         self.last_training_stats = TrainingSetStats()
+        self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
 
     @classmethod
     def from_repo(cls, target: Any, config: StoreConfig | None = None) -> FeatureStore:
@@ -205,42 +203,35 @@ class FeatureStore:
         features: Sequence[str] | None = None,
         service: str | None = None,
         full_feature_names: bool = False,
-        output: Literal["polars", "pandas", "arrow", "dicts"] = "polars",
+        output: Literal["polars", "pandas", "arrow", "dicts", "numpy"] = "polars",
     ) -> Any:
         """Current values for each requested entity, in request order, in one Redis round trip.
 
-        A stored value older than the group's TTL is not served; missing values get the
-        feature's declared default, as in training sets.
+        `entities`: a list of dicts, a dict of columns, or a Polars/pandas/Arrow frame holding
+        the join keys. A stored value older than the group's TTL is not served; missing values
+        get the feature's declared default, as in training sets. `output="dicts"` skips
+        building a frame (the fastest for a handful of entities); `"numpy"` gives a dict of
+        arrays.
         """
-        frame = to_polars(entities, "entities")
-        selection = self.select(features, service)
-        names = self.output_names(selection, full_feature_names)
-        key_lists: list[list[str]] = []
-        for group, _ in selection:
-            frame = conform_keys(frame, group, "entities")
-            keys = frame.select(key_expression(group, self.online.key_prefix)).to_series()
-            if keys.null_count():
-                raise RequestError(f"entities: {keys.null_count()} rows have a null join key for {group.ref}")
-            key_lists.append(keys.to_list())
-        raw = self.online.mget([k for keys in key_lists for k in keys])
-        now = pl.lit(int(time.time() * 1_000_000)).cast(pl.Datetime("us", "UTC"))
-        columns: list[pl.Series] = []
-        offset = 0
-        for (group, feats), keys in zip(selection, key_lists, strict=True):
-            decoded = self.online.codec(group).decode(raw[offset : offset + len(keys)])
-            offset += len(keys)
-            group_names = {f: names[(group.name, group.version, f)] for f in feats}
-            decoded = decoded.select(
-                pl.col(EVENT_TIMESTAMP).alias(FEATURE_TS), *[pl.col(f).alias(group_names[f]) for f in feats]
-            )
-            ttl: timedelta | None = group.time_to_live
-            if ttl is not None:
-                cutoff = now - pl.duration(microseconds=ttl // timedelta(microseconds=1))
-                decoded = decoded.with_columns(
-                    [
-                        pl.when(pl.col(FEATURE_TS) >= cutoff).then(pl.col(n)).otherwise(None).alias(n)
-                        for n in group_names.values()
-                    ]
-                )
-            columns.extend(decoded.select(apply_defaults(group, feats, group_names)).get_columns())
-        return convert(frame.hstack(columns), output)
+        plan = self.read_plan(features, service, full_feature_names)
+        columns, n = plan.entity_columns(entities)
+        if output == "dicts":
+            return plan.to_dicts(columns, n)
+        frame = plan.to_polars(columns, n)
+        if output == "numpy":
+            return {name: frame.get_column(name).to_numpy() for name in frame.columns}
+        return convert(frame, output)
+
+    def read_plan(
+        self, features: Sequence[str] | None, service: str | None, full_feature_names: bool
+    ) -> ReadPlan:
+        """The resolved request shape, cached: repeated requests skip parsing and checks."""
+        cache_key = (tuple(features) if features is not None else None, service, full_feature_names)
+        plan = self._read_plans.get(cache_key)
+        if plan is None:
+            if isinstance(features, str):
+                raise RequestError("features must be a list of 'group:vN:feature' strings, not one string")
+            selection = self.select(features, service)
+            plan = ReadPlan(self.online, selection, self.output_names(selection, full_feature_names))
+            self._read_plans[cache_key] = plan
+        return plan

@@ -1,0 +1,1 @@
+"""Where features are served: the online read path (in-process) and the HTTP feature server."""

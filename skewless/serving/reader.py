@@ -1,0 +1,198 @@
+"""The online read path: one MGET per request, numpy decoding, the same TTL and default rules
+as training sets.
+
+A `ReadPlan` is resolved once per feature list (or service) and cached, so a request does no
+parsing or schema work: it turns entity keys into Redis keys with string formatting, issues a
+single MGET for every group and entity, decodes each group's packed records in one numpy call,
+and builds the output columns. Small requests are dominated by the round trip; large ones by
+decoding, which does not create Python objects per feature.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from skewless.errors import RequestError
+from skewless.language.feature_group import FeatureGroup
+from skewless.storage.codec import Decoded, GroupCodec, column_series, to_series
+from skewless.storage.online import OnlineStore
+
+_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
+
+
+@dataclass
+class GroupRead:
+    """Everything needed to read one group version, computed once."""
+
+    group: FeatureGroup
+    codec: GroupCodec
+    features: list[str]
+    names: list[str]
+    prefix: str
+    suffix: str
+    ttl_us: int | None
+
+    def keys(self, columns: Mapping[str, list[Any]]) -> list[str]:
+        """Online keys, formatted exactly as `storage.online.key_expression` builds them."""
+        parts = []
+        for column, dtype in self.group.entity.key_schema.items():
+            values = columns[column]
+            parts.append([v.translate(_ESCAPES) for v in values] if dtype == pl.String else values)
+        pre, suf = self.prefix, self.suffix
+        if len(parts) == 1:
+            return [f"{pre}{v}{suf}" for v in parts[0]]
+        return [f"{pre}{'|'.join(map(str, vs))}{suf}" for vs in zip(*parts, strict=True)]
+
+
+class ReadPlan:
+    """A resolved online request shape: which groups, features and output names."""
+
+    def __init__(
+        self, store: OnlineStore, selection: list[tuple[FeatureGroup, list[str]]], names: dict
+    ) -> None:
+        self.store = store
+        self.groups: list[GroupRead] = []
+        self.key_schema: dict[str, pl.DataType] = {}
+        for group, features in selection:
+            for column, dtype in group.entity.key_schema.items():
+                known = self.key_schema.setdefault(column, dtype)
+                if known != dtype:
+                    raise RequestError(
+                        f"join key '{column}' is {known} for one requested group and {dtype} for "
+                        f"'{group.ref}'; request them separately"
+                    )
+            ttl = group.time_to_live
+            self.groups.append(
+                GroupRead(
+                    group=group,
+                    codec=store.codec(group),
+                    features=list(features),
+                    names=[names[(group.name, group.version, f)] for f in features],
+                    prefix=f"{store.key_prefix}:{{{group.entity.name}:",
+                    suffix=f"}}:{group.name}:v{group.version}",
+                    ttl_us=None if ttl is None else ttl // timedelta(microseconds=1),
+                )
+            )
+
+    # ------------------------------------------------------------------ request parsing
+    def entity_columns(self, entities: Any) -> tuple[dict[str, list[Any]], int]:
+        """The join-key columns of a request as Python lists, checked against declared dtypes."""
+        if isinstance(entities, pl.LazyFrame):
+            entities = entities.collect()
+        module = type(entities).__module__
+        if module.startswith("pandas"):
+            entities = pl.from_pandas(entities)
+        elif module.startswith("pyarrow"):
+            entities = pl.from_arrow(entities)
+        columns: dict[str, list[Any]] = {}
+        if isinstance(entities, pl.DataFrame):
+            for column in self.key_schema:
+                if column not in entities.columns:
+                    raise self._missing(column, entities.columns)
+                columns[column] = entities.get_column(column).to_list()
+        elif isinstance(entities, Mapping):
+            for column in self.key_schema:
+                if column not in entities:
+                    raise self._missing(column, list(entities))
+                values = entities[column]
+                columns[column] = values.tolist() if hasattr(values, "tolist") else list(values)
+        elif isinstance(entities, Sequence) and not isinstance(entities, str):
+            for column in self.key_schema:
+                try:
+                    columns[column] = [entity[column] for entity in entities]
+                except KeyError:
+                    raise self._missing(column, list(next(e for e in entities if column not in e))) from None
+                except TypeError:
+                    raise RequestError("entities must be dicts of join keys, e.g. [{'user_id': 7}]") from None
+        else:
+            raise RequestError(
+                "entities must be a list of dicts, a dict of columns, or a Polars/pandas/Arrow frame"
+            )
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise RequestError(f"entities: key columns have different lengths {sorted(lengths)}")
+        for column, dtype in self.key_schema.items():
+            columns[column] = self._checked(column, dtype, columns[column])
+        return columns, lengths.pop() if lengths else 0
+
+    def _missing(self, column: str, present: list[str]) -> RequestError:
+        return RequestError(
+            f"entities has no join key column '{column}' (needs {', '.join(self.key_schema)}; "
+            f"got {', '.join(map(str, present)) or 'nothing'})"
+        )
+
+    @staticmethod
+    def _checked(column: str, dtype: pl.DataType, values: list[Any]) -> list[Any]:
+        want = str if dtype == pl.String else int
+        if all(type(v) is want for v in values):
+            return values
+        out = []
+        for i, v in enumerate(values):
+            if want is int and isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                out.append(int(v))
+            elif want is str and isinstance(v, str):
+                out.append(v)
+            else:
+                raise RequestError(
+                    f"entities: join key '{column}' row {i} is {v!r} ({type(v).__name__}), "
+                    f"but the entity declares {dtype}"
+                )
+        return out
+
+    # ------------------------------------------------------------------ reading
+    def fetch(self, columns: dict[str, list[Any]], n: int) -> list[Decoded]:
+        """One MGET for every group and entity; the decoded records per group."""
+        keys: list[str] = []
+        for read in self.groups:
+            keys.extend(read.keys(columns))
+        raw = self.store.mget(keys) if n else []
+        return [read.codec.decode_arrays(raw[i * n : (i + 1) * n]) for i, read in enumerate(self.groups)]
+
+    def _valid_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> np.ndarray:
+        if read.ttl_us is None:
+            return decoded.present
+        return decoded.present & (decoded.event_us >= now_us - read.ttl_us)
+
+    def to_polars(self, columns: dict[str, list[Any]], n: int) -> pl.DataFrame:
+        now_us = time.time_ns() // 1000
+        series = [pl.Series(c, columns[c], dtype=d) for c, d in self.key_schema.items()]
+        for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
+            rows = self._valid_rows(read, decoded, now_us)
+            for feature, name in zip(read.features, read.names, strict=True):
+                spec = read.group.feature(feature)
+                data, valid = decoded.columns[feature]
+                column = to_series(name, column_series(name, spec.polars_dtype, data), valid & rows)
+                if spec.default is not None and column.null_count():
+                    column = column.fill_null(pl.lit(spec.default, dtype=spec.polars_dtype))
+                series.append(column)
+        return pl.DataFrame(series)
+
+    def to_dicts(self, columns: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
+        now_us = time.time_ns() // 1000
+        names: list[str] = list(self.key_schema)
+        values: list[list[Any]] = [columns[c] for c in self.key_schema]
+        for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
+            rows = self._valid_rows(read, decoded, now_us)
+            for feature, name in zip(read.features, read.names, strict=True):
+                spec = read.group.feature(feature)
+                data, valid = decoded.columns[feature]
+                ok = valid & rows
+                dtype = spec.polars_dtype
+                if dtype.is_numeric() and not isinstance(dtype, pl.Array):
+                    items = data.tolist()
+                elif dtype == pl.Boolean:
+                    items = data.view(np.bool_).tolist()
+                else:
+                    items = column_series(name, dtype, data).to_list()
+                if not ok.all():
+                    items = [x if good else spec.default for x, good in zip(items, ok.tolist(), strict=True)]
+                names.append(name)
+                values.append(items)
+        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
