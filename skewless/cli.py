@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=14)
     redis_cmd = sub.add_parser("redis", help="the embedded Redis in the state folder")
     redis_cmd.add_argument("action", choices=["start", "stop", "url"])
+    serve = sub.add_parser("serve", help="run the HTTP feature server")
+    serve.add_argument("repo", nargs="?", default="examples/card_fraud/features.py")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=6566)
     listing = sub.add_parser("list", help="list the feature group versions of a repository")
     listing.add_argument("repo", nargs="?", default="examples/card_fraud/features.py")
     args = parser.parse_args(argv)
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("stopped" if stop_embedded_redis(home()) else "not running")
             else:
                 print(ensure_embedded_redis(home()))
+        elif args.command == "serve":
+            from skewless.serving.http import serve as run_server
+
+            run_server(args.repo, host=args.host, port=args.port)
         elif args.command == "list":
             from skewless.repository import load_repository
 
