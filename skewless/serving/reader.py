@@ -28,6 +28,18 @@ _ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
 
 
 @dataclass
+class FeatureRead:
+    """One requested feature: where it sits in the decoded record and how to convert it."""
+
+    name: str  # output column name
+    field: str  # numpy field of the packed record
+    position: int  # index among the group's features (validity column)
+    dtype: pl.DataType
+    default: Any
+    plain: bool  # numeric: numpy's tolist() already gives the Python value
+
+
+@dataclass
 class GroupRead:
     """Everything needed to read one group version, computed once."""
 
@@ -38,6 +50,18 @@ class GroupRead:
     prefix: str
     suffix: str
     ttl_us: int | None
+
+    def __post_init__(self) -> None:
+        order = self.group.feature_names
+        self.reads = []
+        for feature, name in zip(self.features, self.names, strict=True):
+            spec = self.group.feature(feature)
+            dtype = spec.polars_dtype
+            plain = dtype.is_numeric() and not isinstance(dtype, pl.Array)
+            self.reads.append(
+                FeatureRead(name, f"f_{feature}", order.index(feature), dtype, spec.default, plain)
+            )
+        self.positions = [r.position for r in self.reads]
 
     def keys(self, columns: Mapping[str, list[Any]]) -> list[str]:
         """Online keys, formatted exactly as `storage.online.key_expression` builds them."""
@@ -160,17 +184,24 @@ class ReadPlan:
             return decoded.present
         return decoded.present & (decoded.event_us >= now_us - read.ttl_us)
 
+    def _validity(self, read: GroupRead, decoded: Decoded, now_us: int) -> tuple[np.ndarray, bool]:
+        """(n, requested features) validity after TTL, and whether every cell is valid."""
+        assert decoded.validity is not None
+        valid = decoded.validity[:, read.positions] & self._valid_rows(read, decoded, now_us)[:, None]
+        return valid, bool(valid.all())
+
     def to_polars(self, columns: dict[str, list[Any]], n: int) -> pl.DataFrame:
         now_us = time.time_ns() // 1000
         series = [pl.Series(c, columns[c], dtype=d) for c, d in self.key_schema.items()]
         for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
-            rows = self._valid_rows(read, decoded, now_us)
-            for feature, name in zip(read.features, read.names, strict=True):
-                spec = read.group.feature(feature)
-                data, valid = decoded.columns[feature]
-                column = to_series(name, column_series(name, spec.polars_dtype, data), valid & rows)
-                if spec.default is not None and column.null_count():
-                    column = column.fill_null(pl.lit(spec.default, dtype=spec.polars_dtype))
+            valid, all_valid = self._validity(read, decoded, now_us)
+            for j, feature in enumerate(read.reads):
+                data = decoded.columns[read.features[j]][0]
+                column = column_series(feature.name, feature.dtype, data)
+                if not all_valid:
+                    column = to_series(feature.name, column, valid[:, j])
+                    if feature.default is not None:
+                        column = column.fill_null(pl.lit(feature.default, dtype=feature.dtype))
                 series.append(column)
         return pl.DataFrame(series)
 
@@ -179,20 +210,19 @@ class ReadPlan:
         names: list[str] = list(self.key_schema)
         values: list[list[Any]] = [columns[c] for c in self.key_schema]
         for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
-            rows = self._valid_rows(read, decoded, now_us)
-            for feature, name in zip(read.features, read.names, strict=True):
-                spec = read.group.feature(feature)
-                data, valid = decoded.columns[feature]
-                ok = valid & rows
-                dtype = spec.polars_dtype
-                if dtype.is_numeric() and not isinstance(dtype, pl.Array):
-                    items = data.tolist()
-                elif dtype == pl.Boolean:
-                    items = data.view(np.bool_).tolist()
+            valid, all_valid = self._validity(read, decoded, now_us)
+            assert decoded.record is not None
+            for j, feature in enumerate(read.reads):
+                if feature.plain:
+                    items = decoded.record[feature.field].tolist()
+                elif feature.dtype == pl.Boolean:
+                    items = decoded.record[feature.field].view(np.bool_).tolist()
                 else:
-                    items = column_series(name, dtype, data).to_list()
-                if not ok.all():
-                    items = [x if good else spec.default for x, good in zip(items, ok.tolist(), strict=True)]
-                names.append(name)
+                    data = decoded.columns[read.features[j]][0]
+                    items = column_series(feature.name, feature.dtype, data).to_list()
+                if not all_valid:
+                    ok = valid[:, j].tolist()
+                    items = [x if good else feature.default for x, good in zip(items, ok, strict=True)]
+                names.append(feature.name)
                 values.append(items)
         return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]

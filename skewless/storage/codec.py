@@ -154,7 +154,10 @@ class GroupCodec:
         for name in self.names:
             valid = record[f"v_{name}"].view(np.bool_)
             columns[name] = (strings[name] if name in strings else record[f"f_{name}"], valid)
-        return Decoded(n, present, event_us, created_us, columns)
+        validity = np.ndarray(
+            (n, len(self.names)), dtype=np.bool_, buffer=record, offset=HEADER_WIDTH, strides=(self.width, 1)
+        )
+        return Decoded(n, present, event_us, created_us, columns, record, validity)
 
     def decode(self, values: Sequence[bytes | None]) -> pl.DataFrame:
         """Decode raw values into a frame: `event_timestamp`, `created_timestamp`, features.
@@ -215,6 +218,8 @@ class Decoded:
     event_us: np.ndarray
     created_us: np.ndarray
     columns: dict[str, tuple[Any, np.ndarray]]
+    record: np.ndarray | None = None
+    validity: np.ndarray | None = None  # (n, features) view of the validity bytes
 
 
 def column_series(name: str, dtype: pl.DataType, data: Any) -> pl.Series:

@@ -1,0 +1,329 @@
+"""Online serving benchmark: our client and HTTP server against a plain redis-py pipeline.
+
+    python bench/online.py --size medium|large [--redis-url URL]
+
+Writes N entities x 20 float features (seeded) for three group versions, then, against the
+same Redis and in the same run, measures:
+
+- reads: p50/p99 latency of `FeatureStore.get_online_features` for 1, 100 and 1,000 entities
+  of one group, and 1,000 entities x 3 groups (60 features), with the default Polars output
+  and with `output="dicts"`; the baseline is redis-py + hiredis doing what a hand-written
+  online store does: one pipeline of HMGETs (one per entity and group) over hashes of 20
+  fields. The baseline returns raw bytes; ours returns typed, TTL-checked, defaulted values.
+- writes: entities/s of `OnlineStore.write_latest` (what the online asset runs: packed values
+  through the Lua event-time guard, batched) against an HSET pipeline of 20-field hashes,
+  both from the same Polars frame.
+- HTTP: `skewless`'s feature server in a second process; 4 keep-alive connections from this
+  process, 100 entities per request; p50/p99 and requests/s.
+
+Sizes: medium = 100k entities (writes 100k), large = 1M entities (writes 1M). The last line
+is one JSON object; `ratio_*` are ours/baseline (below 1 is faster for reads; `ratio_writes`
+is ours/baseline throughput, above 1 is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource  # noqa: E402
+from skewless.config import StoreConfig  # noqa: E402
+
+SIZES = {"medium": 100_000, "large": 1_000_000}
+FEATURES = [f"f{i:02d}" for i in range(20)]
+GROUPS = ["g0", "g1", "g2"]
+
+
+def repository() -> FeatureRepository:
+    user = Entity("user", {"user_id": pl.Int64})
+    source = FileSource("bench_events", "/nonexistent/bench.parquet", "ts")
+    groups = [
+        FeatureGroup(name, user, source, [Feature(f, pl.Float64, default=0.0) for f in FEATURES], ttl="30d")
+        for name in GROUPS
+    ]
+    return FeatureRepository(groups)
+
+
+def resolve_redis(url: str | None, state: Path) -> str:
+    if url:
+        return url
+    local = "redis://127.0.0.1:6379/0"
+    try:
+        if redis.Redis.from_url(local, socket_connect_timeout=0.5).ping():
+            return local
+    except redis.RedisError:
+        pass
+    from skewless.storage.embedded_redis import ensure_embedded_redis
+
+    return ensure_embedded_redis(state)
+
+
+def frame_for(n: int, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    now = datetime.now(UTC).replace(microsecond=0)
+    return pl.DataFrame(
+        {"user_id": np.arange(n, dtype=np.int64), **{f: rng.random(n) for f in FEATURES}}
+    ).with_columns(pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("event_timestamp"))
+
+
+def timed(fn: Any, repeats: int) -> dict[str, float]:
+    for _ in range(min(20, repeats)):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - started)
+    samples.sort()
+    return {"p50_ms": samples[len(samples) // 2] / 1e6, "p99_ms": samples[int(len(samples) * 0.99) - 1] / 1e6}
+
+
+def baseline_write(client: redis.Redis, prefix: str, group: str, frame: pl.DataFrame) -> float:
+    started = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    for i, row in enumerate(frame.select("user_id", *FEATURES).iter_rows()):
+        pipe.hset(f"{prefix}:{group}:{row[0]}", mapping=dict(zip(FEATURES, row[1:], strict=True)))
+        if i % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+    return time.perf_counter() - started
+
+
+def baseline_read(client: redis.Redis, prefix: str, groups: list[str], ids: list[int]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for i in ids:
+        for group in groups:
+            pipe.hmget(f"{prefix}:{group}:{i}", FEATURES)
+    return pipe.execute()
+
+
+def serve(port: int, url: str, prefix: str, state: str) -> None:
+    """Child mode: the HTTP server over the same Redis and definitions."""
+    import uvicorn
+
+    from skewless.serving.http import create_app
+
+    store = FeatureStore(repository(), StoreConfig(state, url, state, prefix))
+    uvicorn.run(create_app(store), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def http_load(
+    port: int, n_entities: int, per_request: int, connections: int, seconds: float
+) -> dict[str, Any]:
+    rng = np.random.default_rng(3)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine = []
+        while time.monotonic() < stop:
+            ids = local.integers(0, n_entities, per_request).tolist()
+            body = json.dumps({"features": [f"g0:v1:{f}" for f in FEATURES], "entities": {"user_id": ids}})
+            started = time.perf_counter_ns()
+            conn.request("POST", "/features/online", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+            mine.append(time.perf_counter_ns() - started)
+            if response.status != 200 or not payload:
+                errors[0] += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [
+        threading.Thread(target=worker, args=(int(rng.integers(1 << 30)),)) for _ in range(connections)
+    ]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    return {
+        "http_requests": len(latencies),
+        "http_errors": errors[0],
+        "http_rps": round(len(latencies) / elapsed, 1),
+        "http_p50_ms": round(latencies[len(latencies) // 2] / 1e6, 3),
+        "http_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] / 1e6, 3),
+        "http_connections": connections,
+        "http_entities_per_request": per_request,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="medium")
+    parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
+    parser.add_argument("--http-seconds", type=float, default=10.0)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--state", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.redis_url, args.prefix, args.state)
+        return 0
+
+    n = SIZES[args.size]
+    state = Path(f"/tmp/skewless-bench-online-{os.getpid()}")
+    url = resolve_redis(args.redis_url, state)
+    prefix = f"skbench:{uuid.uuid4().hex[:8]}"
+    base_prefix = f"{prefix}:base"
+    repo = repository()
+    store = FeatureStore(repo, StoreConfig(str(state), url, str(state), prefix))
+    client = redis.Redis.from_url(url)
+    server = None
+    print(f"[online] {args.size}: {n} entities x 20 features x 3 groups, Redis {url}", flush=True)
+    try:
+        # ---------------------------------------------------------------- writes
+        frames = [frame_for(n, seed) for seed in range(len(GROUPS))]
+        ours_w = []
+        base_w = []
+        for group, frame in zip(repo.groups, frames, strict=True):
+            started = time.perf_counter()
+            stats = store.online.write_latest(group, frame)
+            ours_w.append(time.perf_counter() - started)
+            assert stats["written"] == n, stats
+            base_w.append(baseline_write(client, base_prefix, group.name, frame))
+        writes = n / min(ours_w)
+        base_writes = n / min(base_w)
+        print(
+            f"[online] writes: ours {writes:,.0f}/s, baseline HSET pipeline {base_writes:,.0f}/s", flush=True
+        )
+
+        # ---------------------------------------------------------------- reads
+        rng = np.random.default_rng(11)
+        one = [f"g0:v1:{f}" for f in FEATURES]
+        three = [f"{g}:v1:{f}" for g in GROUPS for f in FEATURES]
+        result: dict[str, Any] = {"size": args.size, "entities": n}
+        for label, count, refs, groups, repeats in [
+            ("1", 1, one, ["g0"], 3000),
+            ("100", 100, one, ["g0"], 1000),
+            ("1000", 1000, one, ["g0"], 300),
+            ("3x1000", 1000, three, GROUPS, 150),
+        ]:
+            batches = [rng.integers(0, n, count).tolist() for _ in range(64)]
+            it = iter(range(1 << 62))
+
+            def pick(batches: list[list[int]] = batches, it: Any = it) -> list[int]:
+                return batches[next(it) % len(batches)]
+
+            ours = timed(
+                lambda refs=refs: store.get_online_features({"user_id": pick()}, features=refs), repeats
+            )
+            dicts = timed(
+                lambda refs=refs: store.get_online_features(
+                    {"user_id": pick()}, features=refs, output="dicts"
+                ),
+                repeats,
+            )
+            base = timed(lambda groups=groups: baseline_read(client, base_prefix, groups, pick()), repeats)
+            check = store.get_online_features({"user_id": batches[0]}, features=refs)
+            assert check.height == count and check.null_count().sum_horizontal().item() == 0
+            result.update(
+                {
+                    f"ours_p50_ms_{label}": round(ours["p50_ms"], 3),
+                    f"ours_p99_ms_{label}": round(ours["p99_ms"], 3),
+                    f"ours_dicts_p50_ms_{label}": round(dicts["p50_ms"], 3),
+                    f"baseline_p50_ms_{label}": round(base["p50_ms"], 3),
+                    f"baseline_p99_ms_{label}": round(base["p99_ms"], 3),
+                    f"ratio_p50_{label}": round(ours["p50_ms"] / base["p50_ms"], 3),
+                    f"ratio_dicts_p50_{label}": round(dicts["p50_ms"] / base["p50_ms"], 3),
+                }
+            )
+            print(
+                f"[online] {label:>6} entities: ours p50 {ours['p50_ms']:.3f} ms "
+                f"(dicts {dicts['p50_ms']:.3f}), "
+                f"baseline p50 {base['p50_ms']:.3f} ms -> ratio {ours['p50_ms'] / base['p50_ms']:.2f}",
+                flush=True,
+            )
+
+        # ---------------------------------------------------------------- HTTP
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(port),
+                "--redis-url",
+                url,
+                "--prefix",
+                prefix,
+                "--state",
+                str(state),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit(
+                        f"server did not start: {server.stderr.read().decode()[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+        result.update(http_load(port, n, 100, 4, args.http_seconds))
+        print(
+            f"[online] HTTP: p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
+            f"{result['http_rps']} req/s",
+            flush=True,
+        )
+        result.update(
+            {
+                "writes_per_s": round(writes),
+                "baseline_writes_per_s": round(base_writes),
+                "ratio_writes": round(writes / base_writes, 2),
+            }
+        )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=20)
+        store.online.delete_all()
+        for key in client.scan_iter(f"{base_prefix}:*", count=10_000):
+            client.unlink(key)
+        store.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
