@@ -87,23 +87,17 @@ class GroupCodec:
         """One value per row of `frame` (offline layout: event/created time and features)."""
         n = frame.height
         record = np.zeros(n, dtype=self.record)
-        created = (
-            frame[CREATED_TIMESTAMP].dt.epoch("us").fill_null(0)
+        event_us = frame[EVENT_TIMESTAMP].dt.epoch("us").to_numpy()
+        created_us = (
+            frame[CREATED_TIMESTAMP].dt.epoch("us").fill_null(0).to_numpy()
             if CREATED_TIMESTAMP in frame.columns
-            else pl.repeat(0, n, eager=True, dtype=pl.Int64)
+            else np.zeros(n, dtype=np.int64)
         )
-        header = (
-            pl.DataFrame({"e": frame[EVENT_TIMESTAMP].dt.epoch("us"), "c": created})
-            .select(
-                pl.concat_str(
-                    pl.lit("1"),
-                    pl.col("e").cast(pl.String).str.zfill(_DIGITS),
-                    pl.col("c").cast(pl.String).str.zfill(_DIGITS),
-                )
-            )
-            .to_series()
-        )
-        record["h"] = header.to_numpy().astype(f"S{HEADER_WIDTH}")
+        header = np.empty((n, HEADER_WIDTH), dtype=np.uint8)
+        header[:, 0] = FORMAT_TAG[0]
+        header[:, 1 : 1 + _DIGITS] = (event_us[:, None] // _POWERS) % 10 + 48
+        header[:, 1 + _DIGITS :] = (created_us[:, None] // _POWERS) % 10 + 48
+        record["h"] = header.view(f"S{HEADER_WIDTH}").ravel()
         for feature in self.features:
             column = frame[feature.name]
             dtype = feature.polars_dtype
