@@ -238,17 +238,23 @@ def main() -> int:
             def pick(batches: list[list[int]] = batches, it: Any = it) -> list[int]:
                 return batches[next(it) % len(batches)]
 
+            full = len(groups) > 1
             ours = timed(
-                lambda refs=refs: store.get_online_features({"user_id": pick()}, features=refs), repeats
+                lambda refs=refs, full=full: store.get_online_features(
+                    {"user_id": pick()}, features=refs, full_feature_names=full
+                ),
+                repeats,
             )
             dicts = timed(
-                lambda refs=refs: store.get_online_features(
-                    {"user_id": pick()}, features=refs, output="dicts"
+                lambda refs=refs, full=full: store.get_online_features(
+                    {"user_id": pick()}, features=refs, output="dicts", full_feature_names=full
                 ),
                 repeats,
             )
             base = timed(lambda groups=groups: baseline_read(client, base_prefix, groups, pick()), repeats)
-            check = store.get_online_features({"user_id": batches[0]}, features=refs)
+            check = store.get_online_features(
+                {"user_id": batches[0]}, features=refs, full_feature_names=len(groups) > 1
+            )
             assert check.height == count and check.null_count().sum_horizontal().item() == 0
             result.update(
                 {
