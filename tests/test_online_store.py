@@ -93,6 +93,29 @@ def test_every_type_round_trips_exactly(online_store: OnlineStore, rows: list[di
     assert got["f64"].filter(valid).to_numpy().tobytes() == frame["f64"].filter(valid).to_numpy().tobytes()
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row, min_size=1, max_size=40))
+def test_client_reads_every_type_exactly(store_config, online_store: OnlineStore, rows: list[dict]) -> None:
+    """Through `FeatureStore.get_online_features`: Polars output (small and large requests) and dicts."""
+    from skewless import FeatureRepository, FeatureStore
+
+    online_store.delete_all()
+    frame = frame_of(rows)
+    online_store.write_latest(ALL_TYPES, frame)
+    store = FeatureStore(FeatureRepository([ALL_TYPES]), store_config)
+    refs = [f"all_types:v1:{name}" for name in ALL_TYPES.feature_names]
+    request = {"user_id": [*frame["user_id"].to_list(), 10**6]}  # plus one unknown entity
+    got = store.get_online_features(request, features=refs)
+    dicts = store.get_online_features(request, features=refs, output="dicts")
+    store.close()
+    assert got.height == frame.height + 1 and len(dicts) == frame.height + 1
+    for feature in ALL_TYPES.feature_names:
+        assert got[feature].dtype == frame[feature].dtype, feature
+        expected = [*frame[feature].to_list(), None]
+        for e, a, d in zip(expected, got[feature].to_list(), [r[feature] for r in dicts], strict=True):
+            assert same(e, a) and same(e, d), (feature, e, a, d)
+
+
 def test_missing_keys_decode_as_nulls(online_store: OnlineStore) -> None:
     frame = frame_of([{"i64": 5, "text": "x"}])
     online_store.write_latest(ALL_TYPES, frame)

@@ -24,6 +24,7 @@ from skewless.language.feature_group import FeatureGroup
 from skewless.storage.codec import Decoded, GroupCodec, column_series, to_series
 from skewless.storage.online import OnlineStore
 
+SMALL = 16  # requests up to this many entities build their frame from rows
 _ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
 
 
@@ -62,6 +63,8 @@ class GroupRead:
                 FeatureRead(name, f"f_{feature}", order.index(feature), dtype, spec.default, plain)
             )
         self.positions = [r.position for r in self.reads]
+        self.fields = [r.field for r in self.reads]
+        self.all_plain = all(r.plain for r in self.reads)
 
     def keys(self, columns: Mapping[str, list[Any]]) -> list[str]:
         """Online keys, formatted exactly as `storage.online.key_expression` builds them."""
@@ -84,6 +87,7 @@ class ReadPlan:
         self.store = store
         self.groups: list[GroupRead] = []
         self.key_schema: dict[str, pl.DataType] = {}
+        self.schema: dict[str, pl.DataType] = {}
         for group, features in selection:
             for column, dtype in group.entity.key_schema.items():
                 known = self.key_schema.setdefault(column, dtype)
@@ -104,6 +108,11 @@ class ReadPlan:
                     ttl_us=None if ttl is None else ttl // timedelta(microseconds=1),
                 )
             )
+
+        self.schema = dict(self.key_schema)
+        for read in self.groups:
+            for feature in read.reads:
+                self.schema[feature.name] = feature.dtype
 
     # ------------------------------------------------------------------ request parsing
     def entity_columns(self, entities: Any) -> tuple[dict[str, list[Any]], int]:
@@ -191,12 +200,15 @@ class ReadPlan:
         return valid, bool(valid.all())
 
     def to_polars(self, columns: dict[str, list[Any]], n: int) -> pl.DataFrame:
+        if n <= SMALL:
+            # a few rows: one frame from Python tuples beats a Series per feature
+            return pl.from_dicts(self.to_dicts(columns, n), schema=self.schema)
         now_us = time.time_ns() // 1000
         series = [pl.Series(c, columns[c], dtype=d) for c, d in self.key_schema.items()]
         for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
             valid, all_valid = self._validity(read, decoded, now_us)
             for j, feature in enumerate(read.reads):
-                data = decoded.columns[read.features[j]][0]
+                data = decoded.data(read.features[j])
                 column = column_series(feature.name, feature.dtype, data)
                 if not all_valid:
                     column = to_series(feature.name, column, valid[:, j])
@@ -205,24 +217,45 @@ class ReadPlan:
                 series.append(column)
         return pl.DataFrame(series)
 
-    def to_dicts(self, columns: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
-        now_us = time.time_ns() // 1000
-        names: list[str] = list(self.key_schema)
-        values: list[list[Any]] = [columns[c] for c in self.key_schema]
-        for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
-            valid, all_valid = self._validity(read, decoded, now_us)
-            assert decoded.record is not None
+    def _group_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> list[tuple[Any, ...]]:
+        """One tuple of Python values per entity for one group, TTL and defaults applied."""
+        valid, all_valid = self._validity(read, decoded, now_us)
+        if read.all_plain:
+            # numeric features: one structured tolist() gives every row's Python values
+            rows = decoded.record[read.fields].tolist()
+        else:
+            columns = []
             for j, feature in enumerate(read.reads):
                 if feature.plain:
-                    items = decoded.record[feature.field].tolist()
+                    columns.append(decoded.record[feature.field].tolist())
                 elif feature.dtype == pl.Boolean:
-                    items = decoded.record[feature.field].view(np.bool_).tolist()
+                    columns.append(decoded.record[feature.field].view(np.bool_).tolist())
                 else:
-                    data = decoded.columns[read.features[j]][0]
-                    items = column_series(feature.name, feature.dtype, data).to_list()
-                if not all_valid:
-                    ok = valid[:, j].tolist()
-                    items = [x if good else feature.default for x, good in zip(items, ok, strict=True)]
-                names.append(feature.name)
-                values.append(items)
-        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+                    data = decoded.data(read.features[j])
+                    columns.append(column_series(feature.name, feature.dtype, data).to_list())
+            rows = list(zip(*columns, strict=True)) if columns else [()] * decoded.n
+        if all_valid:
+            return rows
+        defaults = [feature.default for feature in read.reads]
+        out = []
+        for row, ok in zip(rows, valid.tolist(), strict=True):
+            out.append(
+                row
+                if all(ok)
+                else tuple(x if good else d for x, good, d in zip(row, ok, defaults, strict=True))
+            )
+        return out
+
+    def _rows(self, columns: dict[str, list[Any]], n: int) -> list[tuple[Any, ...]]:
+        """Output rows as tuples: join keys, then each group's features."""
+        now_us = time.time_ns() // 1000
+        parts: list[list[Any]] = [list(zip(*(columns[c] for c in self.key_schema), strict=True))]
+        for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
+            parts.append(self._group_rows(read, decoded, now_us))
+        if len(parts) == 2:
+            return [(*k, *g) for k, g in zip(*parts, strict=True)]
+        return [tuple(v for part in row for v in part) for row in zip(*parts, strict=True)]
+
+    def to_dicts(self, columns: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
+        names = list(self.schema)
+        return [dict(zip(names, row, strict=True)) for row in self._rows(columns, n)]

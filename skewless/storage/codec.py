@@ -28,6 +28,7 @@ import pyarrow as pa
 from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureGroup
 
 FORMAT_TAG = b"1"
+TAG = FORMAT_TAG[0]
 HEADER_WIDTH = 35
 _DIGITS = 17
 _POWERS = (10 ** np.arange(_DIGITS - 1, -1, -1)).astype(np.int64)
@@ -138,20 +139,21 @@ class GroupCodec:
         # without strings every value is exactly one fixed record: join them as they are
         fixed = b"".join([v[: self.width] for v in values]) if self.strings else b"".join(values)  # type: ignore
         record = np.frombuffer(fixed, dtype=self.record, count=n)
-        header = np.frombuffer(record["h"].tobytes(), dtype=np.uint8).reshape(n, HEADER_WIDTH)
-        present = header[:, 0] == FORMAT_TAG[0]
-        digits = header.astype(np.int64) - 48
-        event_us = digits[:, 1 : 1 + _DIGITS] @ _POWERS
-        created_us = digits[:, 1 + _DIGITS :] @ _POWERS
+        if n <= 16:  # a few records: Python slicing beats a dozen numpy calls
+            present = np.array([v[0] == TAG for v in values], dtype=np.bool_)  # type: ignore[index]
+            event_us = np.array([int(v[1 : 1 + _DIGITS]) for v in values], dtype=np.int64)  # type: ignore[index]
+            created_us = np.array([int(v[1 + _DIGITS : HEADER_WIDTH]) for v in values], dtype=np.int64)  # type: ignore[index]
+        else:
+            header = np.frombuffer(record["h"].tobytes(), dtype=np.uint8).reshape(n, HEADER_WIDTH)
+            present = header[:, 0] == TAG
+            digits = header.astype(np.int64) - 48
+            event_us = digits[:, 1 : 1 + _DIGITS] @ _POWERS
+            created_us = digits[:, 1 + _DIGITS :] @ _POWERS
         strings = self._decode_strings(values, record) if self.strings else {}  # type: ignore[arg-type]
-        columns: dict[str, tuple[Any, np.ndarray]] = {}
-        for name in self.names:
-            valid = record[f"v_{name}"].view(np.bool_)
-            columns[name] = (strings[name] if name in strings else record[f"f_{name}"], valid)
         validity = np.ndarray(
             (n, len(self.names)), dtype=np.bool_, buffer=record, offset=HEADER_WIDTH, strides=(self.width, 1)
         )
-        return Decoded(n, present, event_us, created_us, columns, record, validity)
+        return Decoded(n, present, event_us, created_us, record, validity, strings)
 
     def decode(self, values: Sequence[bytes | None]) -> pl.DataFrame:
         """Decode raw values into a frame: `event_timestamp`, `created_timestamp`, features.
@@ -169,11 +171,9 @@ class GroupCodec:
                 CREATED_TIMESTAMP, created.cast(pl.Datetime("us", "UTC")), present & (decoded.created_us > 0)
             ),
         ]
-        for feature in self.features:
-            data, valid = decoded.columns[feature.name]
-            series.append(
-                to_series(feature.name, column_series(feature.name, feature.polars_dtype, data), valid)
-            )
+        for i, feature in enumerate(self.features):
+            column = column_series(feature.name, feature.polars_dtype, decoded.data(feature.name))
+            series.append(to_series(feature.name, column, decoded.validity[:, i]))
         return pl.DataFrame(series)
 
     def _decode_strings(self, values: list[bytes], record: np.ndarray) -> dict[str, pa.Array]:
@@ -205,15 +205,19 @@ class GroupCodec:
 
 @dataclass
 class Decoded:
-    """Numpy columns of decoded values; `present` is False where the key was missing."""
+    """Decoded records; `present` is False where the key was missing."""
 
     n: int
     present: np.ndarray
     event_us: np.ndarray
     created_us: np.ndarray
-    columns: dict[str, tuple[Any, np.ndarray]]
-    record: np.ndarray | None = None
-    validity: np.ndarray | None = None  # (n, features) view of the validity bytes
+    record: np.ndarray  # the packed fixed-width records, one per value
+    validity: np.ndarray  # (n, features) view of the validity bytes
+    strings: dict[str, pa.Array]
+
+    def data(self, feature: str) -> Any:
+        """A feature's raw column: a numpy field of the record, or an Arrow array for strings."""
+        return self.strings[feature] if feature in self.strings else self.record[f"f_{feature}"]
 
 
 def column_series(name: str, dtype: pl.DataType, data: Any) -> pl.Series:
