@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/skewless demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || bash .ci/install-chromium.sh || echo "warning: no chromium; the browser UI test will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -10,7 +10,7 @@ fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
+    SUDO="sudo -n"
 fi
 
 export DEBIAN_FRONTEND=noninteractive
