@@ -11,32 +11,11 @@ from typing import Any
 
 import polars as pl
 
-KEY_DTYPES: tuple[type[pl.DataType], ...] = (
-    pl.Int8,
-    pl.Int16,
-    pl.Int32,
-    pl.Int64,
-    pl.UInt8,
-    pl.UInt16,
-    pl.UInt32,
-    pl.UInt64,
-    pl.String,
-)
-
-_FIXED_NUMERIC = (
-    pl.Int8,
-    pl.Int16,
-    pl.Int32,
-    pl.Int64,
-    pl.UInt8,
-    pl.UInt16,
-    pl.UInt32,
-    pl.UInt64,
-    pl.Float32,
-    pl.Float64,
-    pl.Boolean,
-    pl.Date,
-)
+_INTEGERS: tuple[type[pl.DataType], ...] = (
+    pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+)  # fmt: skip
+KEY_DTYPES: tuple[type[pl.DataType], ...] = (*_INTEGERS, pl.String)
+_FIXED_NUMERIC = (*_INTEGERS, pl.Float32, pl.Float64, pl.Boolean, pl.Date)
 
 UTC_DATETIME = pl.Datetime("us", "UTC")
 
