@@ -96,8 +96,9 @@ class GroupCodec:
         )
         header = np.empty((n, HEADER_WIDTH), dtype=np.uint8)
         header[:, 0] = FORMAT_TAG[0]
-        header[:, 1 : 1 + _DIGITS] = (event_us[:, None] // _POWERS) % 10 + 48
-        header[:, 1 + _DIGITS :] = (created_us[:, None] // _POWERS) % 10 + 48
+        # cast before assigning: numpy's implicit int64 -> uint8 cast on assignment is 4x slower
+        header[:, 1 : 1 + _DIGITS] = ((event_us[:, None] // _POWERS) % 10 + 48).astype(np.uint8)
+        header[:, 1 + _DIGITS :] = ((created_us[:, None] // _POWERS) % 10 + 48).astype(np.uint8)
         record["h"] = header.view(f"S{HEADER_WIDTH}").ravel()
         for feature in self.features:
             column = frame[feature.name]

@@ -10,6 +10,7 @@ Value: one packed record per key (see `codec.py`), written through a Lua script 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
 
-WRITE_BATCH = 2000
+WRITE_BATCH = 2000  # keys per EVALSHA (the script unpacks 2 values a key; Lua's C stack holds 8000)
+ENCODE_CHUNK = 50_000  # rows encoded at a time while the previous chunk is sent
 
 
 def redact(url: str) -> str:
@@ -150,42 +152,66 @@ class OnlineStore:
         else:
             frame = frame.with_columns(pl.lit(0, dtype=pl.Int64).alias("__expire"))
             expired = 0
-        values = self.codec(group).encode(frame)
-        keys = frame["__key"].to_list()
-        expires = frame["__expire"].to_list()
         try:
             try:
-                written, skipped = self._write_batches(keys, values, expires)
+                written, skipped = self._write_batches(group, frame)
             except redis.exceptions.NoScriptError:
                 # the server lost its script cache (restart, SCRIPT FLUSH): load and redo;
                 # writes are idempotent, so batches that did run are harmless to repeat
                 self._write_script = None
-                written, skipped = self._write_batches(keys, values, expires)
+                written, skipped = self._write_batches(group, frame)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise self._unreachable(where, exc) from exc
-        return {"written": written, "skipped_older": skipped, "expired": expired, "keys": len(keys)}
+        return {"written": written, "skipped_older": skipped, "expired": expired, "keys": frame.height}
 
-    def _write_batches(self, keys: list[str], values: list[bytes], expires: list[int]) -> tuple[int, int]:
-        """Stream EVALSHA batches down one connection, then read the replies.
+    def _write_batches(self, group: FeatureGroup, frame: pl.DataFrame) -> tuple[int, int]:
+        """Encode in chunks and stream EVALSHA batches down one connection; then read replies.
 
-        Commands are packed by hiredis and sent back to back (Redis runs one batch while the
-        next is packed); replies are tiny. This is redis-py's pipeline without its
-        per-argument Python checks, which cost more than the packing itself at 40 arguments
-        a row. Any error drops the connection, so no half-read replies are left behind.
+        A sender thread writes to the socket (releasing the GIL while Redis catches up) as the
+        main thread encodes and packs the next chunk, so encoding overlaps Redis' own work.
+        Commands are packed by hiredis: redis-py's pipeline spends more on per-argument checks
+        than on packing at 40 arguments a row. Replies are tiny and read at the end. Any
+        error drops the connection, so no half-read replies are left behind.
         """
-        script = self._script()
-        sha = self.client.script_load(script.script)
+        codec = self.codec(group)
+        sha = self.client.script_load(self._script().script)
         pool = self.client.connection_pool
         connection = pool.get_connection()
+        outbox: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=4)
+        failures: list[BaseException] = []
+
+        def send() -> None:
+            while (commands := outbox.get()) is not None:
+                if not failures:
+                    try:
+                        connection.send_packed_command(commands, check_health=False)
+                    except BaseException as exc:  # reported by the main thread
+                        failures.append(exc)
+
+        sender = threading.Thread(target=send, name="skewless-online-writer", daemon=True)
+        sender.start()
         try:
             sent = 0
-            for start, stop in _batches(len(keys), WRITE_BATCH):
-                args: list[Any] = [None] * (2 * (stop - start))
-                args[0::2] = values[start:stop]
-                args[1::2] = expires[start:stop]
-                command = hiredis.pack_command(("EVALSHA", sha, stop - start, *keys[start:stop], *args))
-                connection.send_packed_command([command], check_health=sent == 0)
-                sent += 1
+            try:
+                for chunk in frame.iter_slices(ENCODE_CHUNK):
+                    values = codec.encode(chunk)
+                    keys = chunk["__key"].to_list()
+                    expires = chunk["__expire"].to_list()
+                    commands = []
+                    for start, stop in _batches(len(keys), WRITE_BATCH):
+                        args: list[Any] = [None] * (2 * (stop - start))
+                        args[0::2] = values[start:stop]
+                        args[1::2] = expires[start:stop]
+                        commands.append(
+                            hiredis.pack_command(("EVALSHA", sha, stop - start, *keys[start:stop], *args))
+                        )
+                    outbox.put(commands)
+                    sent += len(commands)
+            finally:
+                outbox.put(None)
+                sender.join()
+            if failures:
+                raise failures[0]
             written = skipped = 0
             for _ in range(sent):
                 w, s = connection.read_response()
