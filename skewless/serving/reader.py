@@ -65,6 +65,17 @@ class GroupRead:
         self.positions = [r.position for r in self.reads]
         self.fields = [r.field for r in self.reads]
         self.all_plain = all(r.plain for r in self.reads)
+        self.whole = self.positions == list(range(len(self.group.features)))
+        # every feature requested, in order, all of one numeric type: the record's value
+        # bytes are then a plain (n, k) matrix, read without a structured-dtype view
+        record = self.codec.record
+        kinds = {record.fields[f][0] for f in self.fields}
+        self.matrix: tuple[np.dtype, int] | None = None
+        if self.whole and self.all_plain and len(kinds) == 1:
+            (kind,) = kinds
+            offsets = [record.fields[f][1] for f in self.fields]
+            if offsets == [offsets[0] + i * kind.itemsize for i in range(len(offsets))]:
+                self.matrix = (kind, offsets[0])
 
     def keys(self, columns: Mapping[str, list[Any]]) -> list[str]:
         """Online keys, formatted exactly as `storage.online.key_expression` builds them."""
@@ -195,8 +206,11 @@ class ReadPlan:
 
     def _validity(self, read: GroupRead, decoded: Decoded, now_us: int) -> tuple[np.ndarray, bool]:
         """(n, requested features) validity after TTL, and whether every cell is valid."""
-        assert decoded.validity is not None
-        valid = decoded.validity[:, read.positions] & self._valid_rows(read, decoded, now_us)[:, None]
+        cells = decoded.validity if read.whole else decoded.validity[:, read.positions]
+        rows = self._valid_rows(read, decoded, now_us)
+        if rows.all():
+            return cells, bool(cells.all())
+        valid = cells & rows[:, None]
         return valid, bool(valid.all())
 
     def to_polars(self, columns: dict[str, list[Any]], n: int) -> pl.DataFrame:
@@ -220,7 +234,18 @@ class ReadPlan:
     def _group_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> list[tuple[Any, ...]]:
         """One tuple of Python values per entity for one group, TTL and defaults applied."""
         valid, all_valid = self._validity(read, decoded, now_us)
-        if read.all_plain:
+        if read.matrix is not None:
+            kind, offset = read.matrix
+            record = decoded.record
+            matrix = np.ndarray(
+                (decoded.n, len(read.fields)),
+                kind,
+                buffer=record,
+                offset=offset,
+                strides=(record.itemsize, kind.itemsize),
+            )
+            rows = matrix.tolist()
+        elif read.all_plain:
             # numeric features: one structured tolist() gives every row's Python values
             rows = decoded.record[read.fields].tolist()
         else:
