@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "Aggregation": "skewless.language",
     "DuckDBSource": "skewless.language",
     "Entity": "skewless.language",
     "Feature": "skewless.language",
@@ -25,6 +26,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Aggregation",
     "DuckDBSource",
     "Entity",
     "Feature",
@@ -42,7 +44,15 @@ if TYPE_CHECKING:
     from skewless.client.feature_store import FeatureStore
     from skewless.config import StoreConfig
     from skewless.feature_assets.definitions import build_definitions
-    from skewless.language import DuckDBSource, Entity, Feature, FeatureGroup, FeatureService, FileSource
+    from skewless.language import (
+        Aggregation,
+        DuckDBSource,
+        Entity,
+        Feature,
+        FeatureGroup,
+        FeatureService,
+        FileSource,
+    )
     from skewless.repository import FeatureRepository, load_repository
 
 

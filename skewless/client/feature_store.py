@@ -8,6 +8,7 @@ training and serving from drifting apart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 import polars as pl
@@ -204,6 +205,7 @@ class FeatureStore:
         service: str | None = None,
         full_feature_names: bool = False,
         output: Literal["polars", "pandas", "arrow", "dicts", "numpy"] = "polars",
+        at: datetime | None = None,
     ) -> Any:
         """Current values for each requested entity, in request order, in one Redis round trip.
 
@@ -211,13 +213,15 @@ class FeatureStore:
         the join keys. A stored value older than the group's TTL is not served; missing values
         get the feature's declared default, as in training sets. `output="dicts"` skips
         building a frame (the fastest for a handful of entities); `"numpy"` gives a dict of
-        arrays.
+        arrays. `at` evaluates TTLs and windows as of that instant instead of now (to replay
+        the online path, e.g. against a training set).
         """
         plan = self.read_plan(features, service, full_feature_names)
         columns, n = plan.entity_columns(entities)
+        now_us = None if at is None else int(at.timestamp() * 1_000_000)
         if output == "dicts":
-            return plan.to_dicts(columns, n)
-        frame = plan.to_polars(columns, n)
+            return plan.to_dicts(columns, n, now_us)
+        frame = plan.to_polars(columns, n, now_us)
         if output == "numpy":
             return {name: frame.get_column(name).to_numpy() for name in frame.columns}
         return convert(frame, output)

@@ -95,8 +95,15 @@ def join_group(
 ) -> pl.LazyFrame:
     """Feature columns of one group for every label row, as `(ROW, *features)`.
 
+    Window groups aggregate their stored events at each label time (`compute/windows.py`);
+    row groups take the latest row.
+
     `labels` carries ROW, LABEL_TS and the join keys; `rows` is the group's offline rows.
     """
+    if group.is_windowed:
+        from skewless.compute.windows import window_values
+
+        return window_values(group, rows, labels, names)
     keys = group.entity.key_columns
     # No sort: offline partitions are sorted by (keys, event, created) and read in day order,
     # so each entity's rows are already in (event, created, stored) order, which is all a

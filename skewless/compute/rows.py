@@ -52,6 +52,10 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
         raise TransformationError(
             f"feature group '{group.ref}': transformation is invalid: {_first_line(exc)}"
         ) from exc
+    if group.is_windowed:
+        from skewless.compute.windows import event_rows
+
+        return event_rows(group, frame, start, end)
     check_output_schema(group, schema, time_columns=time_columns)
     keys = group.entity.key_columns
     columns = [*keys, *time_columns, *group.feature_names]

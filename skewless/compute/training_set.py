@@ -75,7 +75,7 @@ def plan_group(
     """
     days = offline.partitions(group)
     last = max(label_days)
-    ttl = group.time_to_live
+    ttl = group.max_window if group.is_windowed else group.time_to_live
     if ttl is None:
         needed = [d for d in days if d <= last]
     else:
@@ -144,12 +144,16 @@ def join_partitioned(
                 pl.PartitionBy(work / "labels", key=BUCKET, include_key=False), mkdir=True
             )
             del label_parts
-            columns = [
-                *keys,
-                "event_timestamp",
-                *(["created_timestamp"] if plan.group.has_created_timestamp else []),
-                *plan.features,
-            ]
+            columns = (
+                list(plan.group.offline_schema())
+                if plan.group.is_windowed
+                else [
+                    *keys,
+                    "event_timestamp",
+                    *(["created_timestamp"] if plan.group.has_created_timestamp else []),
+                    *plan.features,
+                ]
+            )
             _scan(plan).select(columns).with_columns(_bucket_expr(keys, buckets)).sink_parquet(
                 pl.PartitionBy(work / "features", key=BUCKET, include_key=False), mkdir=True
             )

@@ -4,12 +4,14 @@ Plain, typed Python objects validated when constructed, so a bad definition fail
 repository loads (in `dagster dev`, the CLI or a test), naming what is wrong.
 """
 
+from skewless.language.aggregation import Aggregation
 from skewless.language.entity import Entity
 from skewless.language.feature_group import Feature, FeatureGroup
 from skewless.language.feature_service import FeatureRef, FeatureService
 from skewless.language.source import DuckDBSource, FileSource, Source
 
 __all__ = [
+    "Aggregation",
     "DuckDBSource",
     "Entity",
     "Feature",

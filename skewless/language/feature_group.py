@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from skewless.errors import DefinitionError
+from skewless.language.aggregation import Aggregation, windowed_features
 from skewless.language.dtypes import default_fits, is_supported_feature_dtype, normalize_dtype
 from skewless.language.durations import parse_duration
 from skewless.language.entity import Entity, check_name
@@ -20,7 +21,8 @@ Transformation = Callable[[pl.LazyFrame], pl.LazyFrame]
 
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
-RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, "date"})
+EVENT_ID = "event_id"
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_ID, "date"})
 
 _OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
@@ -66,13 +68,14 @@ class FeatureGroup:
     name: str
     entity: Entity
     source: Source
-    features: Sequence[Feature]
+    features: Sequence[Feature] = ()
     version: int = 1
     transformation: Transformation | None = None
     ttl: str | timedelta | None = None
     owner: str | None = None
     description: str = ""
     tags: Sequence[str] | Mapping[str, str] = ()
+    aggregations: Sequence[Aggregation] = ()
     _ttl: timedelta | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -89,7 +92,22 @@ class FeatureGroup:
             )
         if self.transformation is not None and not callable(self.transformation):
             raise DefinitionError(f"{where}: transformation must be a callable LazyFrame -> LazyFrame")
-        features = list(self.features)
+        aggregations = list(self.aggregations)
+        if aggregations:
+            if self.features:
+                raise DefinitionError(
+                    f"{where}: declare row features or window aggregations, not both (use two groups)"
+                )
+            if not all(isinstance(a, Aggregation) for a in aggregations):
+                raise DefinitionError(f"{where}: aggregations must be Aggregation objects")
+            object.__setattr__(self, "aggregations", tuple(aggregations))
+            features = [
+                Feature(name, agg.output_dtype, default=agg.default, description=f"{agg.function} over {w}")
+                for agg, w, name in windowed_features(aggregations)
+            ]
+            self._check_inputs(where)
+        else:
+            features = list(self.features)
         if not features:
             raise DefinitionError(f"{where}: declares no features")
         seen: set[str] = set()
@@ -124,6 +142,38 @@ class FeatureGroup:
                 raise DefinitionError(f"{where}: tag {tag!r} must match [A-Za-z0-9_.-]{{1,63}}")
         object.__setattr__(self, "tags", tags)
 
+    def _check_inputs(self, where: str) -> None:
+        inputs: dict[str, pl.DataType] = {}
+        for agg in self.aggregations:
+            if agg.column is None:
+                continue
+            known = inputs.setdefault(agg.column, agg.dtype)
+            if known != agg.dtype:
+                raise DefinitionError(
+                    f"{where}: column '{agg.column}' is declared as {known} and as {agg.dtype} "
+                    "by two aggregations"
+                )
+            if agg.column in RESERVED_COLUMNS or agg.column in self.entity.join_keys:
+                raise DefinitionError(
+                    f"{where}: aggregation column '{agg.column}' collides with a reserved column"
+                )
+
+    @property
+    def is_windowed(self) -> bool:
+        return bool(self.aggregations)
+
+    @property
+    def max_window(self) -> timedelta:
+        return max(w for agg in self.aggregations for w in agg.window_list)
+
+    def input_columns(self) -> dict[str, pl.DataType]:
+        """Aggregated source columns of a window group, with their dtypes."""
+        return {a.column: a.dtype for a in self.aggregations if a.column is not None}
+
+    def where_columns(self) -> dict[str, pl.Expr]:
+        """One boolean column per filtered aggregation, evaluated once when events are stored."""
+        return {f"__where_{i}": a.where for i, a in enumerate(self.aggregations) if a.where is not None}
+
     @property
     def ref(self) -> str:
         """`group:vN`, the spelling used in feature references and messages."""
@@ -148,9 +198,18 @@ class FeatureGroup:
         return self.source.created_timestamp_field is not None
 
     def offline_schema(self) -> dict[str, pl.DataType]:
-        """Columns of every offline partition file, in order."""
+        """Columns of every offline partition file, in order.
+
+        Row groups store feature rows; window groups store their events (the window state):
+        keys, event time, event id, the aggregated columns and one flag per `where`.
+        """
         schema: dict[str, pl.DataType] = dict(self.entity.key_schema)
         schema[EVENT_TIMESTAMP] = pl.Datetime("us", "UTC")
+        if self.is_windowed:
+            schema[EVENT_ID] = pl.String()
+            schema.update(self.input_columns())
+            schema.update({name: pl.Boolean() for name in self.where_columns()})
+            return schema
         if self.has_created_timestamp:
             schema[CREATED_TIMESTAMP] = pl.Datetime("us", "UTC")
         for feature in self.features:

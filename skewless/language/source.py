@@ -29,6 +29,7 @@ class Source:
     start_date: str | date
     description: str
     owner: str | None
+    id_field: str | None
 
     kind = "source"
 
@@ -41,6 +42,8 @@ class Source:
                 raise DefinitionError(
                     f"source '{self.name}': created_timestamp_field must differ from timestamp_field"
                 )
+        if self.id_field is not None:
+            check_name(self.id_field, f"source '{self.name}' id_field")
         try:
             start = date.fromisoformat(str(self.start_date))
         except ValueError:
@@ -115,6 +118,7 @@ class FileSource(Source):
     start_date: str | date = "2026-01-01"
     description: str = ""
     owner: str | None = None
+    id_field: str | None = None
 
     kind = "parquet"
 
@@ -163,6 +167,7 @@ class DuckDBSource(Source):
     start_date: str | date = "2026-01-01"
     description: str = ""
     owner: str | None = None
+    id_field: str | None = None
 
     kind = "duckdb"
 

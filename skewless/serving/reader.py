@@ -115,8 +115,8 @@ class ReadPlan:
                     features=list(features),
                     names=[names[(group.name, group.version, f)] for f in features],
                     prefix=f"{store.key_prefix}:{{{group.entity.name}:",
-                    suffix=f"}}:{group.name}:v{group.version}",
-                    ttl_us=None if ttl is None else ttl // timedelta(microseconds=1),
+                    suffix=f"}}:{group.name}:v{group.version}" + (":events" if group.is_windowed else ""),
+                    ttl_us=None if ttl is None or group.is_windowed else ttl // timedelta(microseconds=1),
                 )
             )
 
@@ -191,20 +191,58 @@ class ReadPlan:
         return out
 
     # ------------------------------------------------------------------ reading
-    def fetch(self, columns: dict[str, list[Any]], n: int) -> list[Decoded]:
-        """One MGET for every group and entity; the decoded records per group."""
-        keys: list[str] = []
+    def fetch(self, columns: dict[str, list[Any]], n: int, now_us: int) -> list[Decoded | pl.DataFrame]:
+        """One round trip for every group and entity.
+
+        Row groups: one MGET, decoded records per group. Window groups: a ZRANGEBYSCORE per
+        entity for the events in the longest window, aggregated as of `now_us` by the same
+        function training sets use; their result is the finished feature frame.
+        """
+        row_keys: list[str] = []
+        window_keys: list[str] = []
         for read in self.groups:
-            keys.extend(read.keys(columns))
-        raw = self.store.mget(keys) if n else []
-        return [read.codec.decode_arrays(raw[i * n : (i + 1) * n]) for i, read in enumerate(self.groups)]
+            (window_keys if read.group.is_windowed else row_keys).extend(read.keys(columns))
+        longest = max(
+            (r.group.max_window // timedelta(microseconds=1) for r in self.groups if r.group.is_windowed),
+            default=0,
+        )
+        raw, sets = self.store.read_mixed(row_keys, window_keys, now_us - longest, now_us) if n else ([], [])
+        out: list[Decoded | pl.DataFrame] = []
+        rows_at = sets_at = 0
+        for read in self.groups:
+            if read.group.is_windowed:
+                out.append(self._windows(read, columns, n, now_us, sets[sets_at * n : (sets_at + 1) * n]))
+                sets_at += 1
+            else:
+                out.append(read.codec.decode_arrays(raw[rows_at * n : (rows_at + 1) * n]))
+                rows_at += 1
+        return out
+
+    def _windows(
+        self, read: GroupRead, columns: dict[str, list[Any]], n: int, now_us: int, replies: list[list[bytes]]
+    ) -> pl.DataFrame:
+        from skewless.compute.windows import QUERY_TS, ROW, window_values
+
+        group = read.group
+        keys = group.entity.key_schema
+        queries = pl.DataFrame(
+            [pl.Series(ROW, range(n), dtype=pl.UInt32)]
+            + [pl.Series(c, columns[c], dtype=d) for c, d in keys.items()]
+            + [pl.Series(QUERY_TS, [now_us] * n, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))]
+        )
+        events = self.store.read_events(group, replies).join(
+            queries.select(pl.col(ROW).alias("__entity"), *keys), on="__entity", how="left"
+        )
+        names = dict(zip(read.features, read.names, strict=True))
+        values = window_values(group, events.lazy(), queries.lazy(), names)
+        return values.sort(ROW).drop(ROW).collect()
 
     def _valid_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> np.ndarray:
         if read.ttl_us is None:
             return decoded.present
         return decoded.present & (decoded.event_us >= now_us - read.ttl_us)
 
-    def _validity(self, read: GroupRead, decoded: Decoded, now_us: int) -> tuple[np.ndarray, bool]:
+    def _validity(self, read: GroupRead, decoded: Any, now_us: int) -> tuple[np.ndarray, bool]:
         """(n, requested features) validity after TTL, and whether every cell is valid."""
         cells = decoded.validity if read.whole else decoded.validity[:, read.positions]
         rows = self._valid_rows(read, decoded, now_us)
@@ -213,13 +251,16 @@ class ReadPlan:
         valid = cells & rows[:, None]
         return valid, bool(valid.all())
 
-    def to_polars(self, columns: dict[str, list[Any]], n: int) -> pl.DataFrame:
+    def to_polars(self, columns: dict[str, list[Any]], n: int, now_us: int | None = None) -> pl.DataFrame:
         if n <= SMALL:
             # a few rows: one frame from Python tuples beats a Series per feature
-            return pl.from_dicts(self.to_dicts(columns, n), schema=self.schema)
-        now_us = time.time_ns() // 1000
+            return pl.from_dicts(self.to_dicts(columns, n, now_us), schema=self.schema)
+        now_us = now_us or time.time_ns() // 1000
         series = [pl.Series(c, columns[c], dtype=d) for c, d in self.key_schema.items()]
-        for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
+        for read, decoded in zip(self.groups, self.fetch(columns, n, now_us), strict=True):
+            if isinstance(decoded, pl.DataFrame):
+                series.extend(decoded.get_columns())
+                continue
             valid, all_valid = self._validity(read, decoded, now_us)
             for j, feature in enumerate(read.reads):
                 data = decoded.data(read.features[j])
@@ -231,8 +272,12 @@ class ReadPlan:
                 series.append(column)
         return pl.DataFrame(series)
 
-    def _group_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> list[tuple[Any, ...]]:
+    def _group_rows(
+        self, read: GroupRead, decoded: Decoded | pl.DataFrame, now_us: int
+    ) -> list[tuple[Any, ...]]:
         """One tuple of Python values per entity for one group, TTL and defaults applied."""
+        if isinstance(decoded, pl.DataFrame):
+            return decoded.rows()
         valid, all_valid = self._validity(read, decoded, now_us)
         if read.matrix is not None:
             kind, offset = read.matrix
@@ -271,16 +316,20 @@ class ReadPlan:
             )
         return out
 
-    def _rows(self, columns: dict[str, list[Any]], n: int) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, columns: dict[str, list[Any]], n: int, now_us: int | None = None
+    ) -> list[tuple[Any, ...]]:
         """Output rows as tuples: join keys, then each group's features."""
-        now_us = time.time_ns() // 1000
+        now_us = now_us or time.time_ns() // 1000
         parts: list[list[Any]] = [list(zip(*(columns[c] for c in self.key_schema), strict=True))]
-        for read, decoded in zip(self.groups, self.fetch(columns, n), strict=True):
+        for read, decoded in zip(self.groups, self.fetch(columns, n, now_us), strict=True):
             parts.append(self._group_rows(read, decoded, now_us))
         if len(parts) == 2:
             return [(*k, *g) for k, g in zip(*parts, strict=True)]
         return [tuple(v for part in row for v in part) for row in zip(*parts, strict=True)]
 
-    def to_dicts(self, columns: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
+    def to_dicts(
+        self, columns: dict[str, list[Any]], n: int, now_us: int | None = None
+    ) -> list[dict[str, Any]]:
         names = list(self.schema)
-        return [dict(zip(names, row, strict=True)) for row in self._rows(columns, n)]
+        return [dict(zip(names, row, strict=True)) for row in self._rows(columns, n, now_us)]

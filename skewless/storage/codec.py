@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Feature, FeatureGroup
 
 FORMAT_TAG = b"1"
 TAG = FORMAT_TAG[0]
@@ -63,9 +63,9 @@ def _field_type(dtype: pl.DataType) -> str | tuple[str, tuple[int, ...]]:
 class GroupCodec:
     """Encodes and decodes the latest feature rows of one group version."""
 
-    def __init__(self, group: FeatureGroup) -> None:
+    def __init__(self, group: FeatureGroup, features: list[Feature] | None = None) -> None:
         self.group = group
-        self.features = list(group.features)
+        self.features = list(group.features) if features is None else features
         self.names = [f.name for f in self.features]
         self.strings = [f.name for f in self.features if f.polars_dtype == pl.String]
         fields: list[tuple] = [("h", f"S{HEADER_WIDTH}")]

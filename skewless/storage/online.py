@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,7 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from skewless.errors import OnlineStoreError, RequestError
-from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, Feature, FeatureGroup
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
 
@@ -73,6 +74,7 @@ class OnlineStore:
         self._client: redis.Redis | None = None
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._write_script: Any = None
+        self._events_lua: Any = None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._read_connections: list[Any] = []
@@ -223,6 +225,70 @@ class OnlineStore:
         finally:
             pool.release(connection)
 
+    # ------------------------------------------------------------------ window state
+    def events_codec(self, group: FeatureGroup) -> GroupCodec:
+        """Packs one event of a window group: id, aggregated columns, `where` flags."""
+        key = (group.name, -group.version)
+        if key not in self._codecs:
+            columns = {EVENT_ID: pl.String(), **group.input_columns()}
+            columns.update({name: pl.Boolean() for name in group.where_columns()})
+            self._codecs[key] = GroupCodec(group, [Feature(n, d) for n, d in columns.items()])
+        return self._codecs[key]
+
+    def write_events(self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None) -> int:
+        """Add events (offline event layout) to the entities' window state; returns new events.
+
+        Events older than the longest window are not kept online (they stay in the offline
+        history). Idempotent: the same event twice is one member of the sorted set.
+        """
+        now_us = int((now or datetime.now(UTC)).timestamp() * 1_000_000)
+        window_us = group.max_window // timedelta(microseconds=1)
+        cutoff = now_us - window_us
+        frame = events.filter(pl.col(EVENT_TIMESTAMP).dt.epoch("us") > cutoff).with_columns(
+            (key_expression(group, self.key_prefix) + ":events").alias("__key"),
+            pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
+        )
+        if frame.height == 0:
+            return 0
+        frame = frame.with_columns(
+            pl.Series("__member", self.events_codec(group).encode(frame), dtype=pl.Binary)
+        )
+        batches = frame.group_by("__key", maintain_order=True).agg("__score", "__member")
+        script = self._events_script()
+        added = 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for rows in batches.iter_slices(500):
+                args: list[Any] = [cutoff, window_us // 1000]
+                for scores, members in zip(
+                    rows["__score"].to_list(), rows["__member"].to_list(), strict=True
+                ):
+                    args.append(len(scores))
+                    for score, member in zip(scores, members, strict=True):
+                        args += [score, member]
+                script(keys=rows["__key"].to_list(), args=args, client=pipe)
+            added = sum(pipe.execute())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"writing window state of '{group.ref}'", exc) from exc
+        return added
+
+    def _events_script(self) -> Any:
+        if self._events_lua is None:
+            source = resources.files("skewless.storage").joinpath("lua/write_events.lua").read_text()
+            self._events_lua = self.client.register_script(source)
+        return self._events_lua
+
+    def read_events(self, group: FeatureGroup, replies: list[list[bytes]]) -> pl.DataFrame:
+        """Decode ZRANGEBYSCORE replies (one per entity) into events with an `__entity` index."""
+        codec = self.events_codec(group)
+        members: list[bytes] = []
+        owners: list[int] = []
+        for i, found in enumerate(replies):
+            members.extend(found)
+            owners.extend([i] * len(found))
+        decoded = codec.decode(members)
+        return decoded.with_columns(pl.Series("__entity", owners, dtype=pl.UInt32)).drop("created_timestamp")
+
     # ------------------------------------------------------------------ reads
     def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
         """Decoded stored values for each row of `entities`, in order (nulls where missing)."""
@@ -263,6 +329,34 @@ class OnlineStore:
             return self.client.mget(keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable("reading online features", exc) from exc
+
+    def read_mixed(
+        self, mget_keys: list[str], zset_keys: list[str], low_us: int, high_us: int
+    ) -> tuple[list[bytes | None], list[list[bytes]]]:
+        """One round trip: an MGET for row features and a ZRANGEBYSCORE per window-state key
+        (events with `low_us < score <= high_us`), sent together, replies read in order."""
+        commands: list[tuple[Any, ...]] = []
+        if mget_keys:
+            commands.append(("MGET", *mget_keys))
+        commands += [("ZRANGEBYSCORE", key, f"({low_us}", high_us) for key in zset_keys]
+        if not commands:
+            return [], []
+        connection = self._read_connection()
+        try:
+            connection.send_packed_command([hiredis.pack_command(c) for c in commands], check_health=False)
+            replies = [connection.read_response() for _ in commands]
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise self._unreachable("reading online features", exc) from exc
+        if mget_keys:
+            return replies[0], replies[1:]
+        return [], replies
 
     def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
         """Scan the keys of one group version (or all of this prefix): for tests and the demo."""

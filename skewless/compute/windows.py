@@ -1,0 +1,144 @@
+"""Window aggregations: the one function every path uses to turn events into window values.
+
+Training sets call it with label rows as queries and the offline window state as events;
+online reads call it with the requested entities at request time and the events kept in
+Redis. Same events in, same query time, same function: the values agree exactly. Each
+query's value is computed from its own events only (no sliding add/subtract state), in the
+documented order — event time, then event id — so float sums are the same left-to-right
+fold on both paths, whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from skewless.checks.schema import check_rows
+from skewless.errors import TransformationError
+from skewless.language.aggregation import windowed_features
+from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
+
+ROW = "__skewless_row"
+QUERY_TS = "__skewless_label_ts"
+
+
+def event_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:
+    """A window group's stored events: keys, time, id, aggregated columns, `where` flags.
+
+    Events without an id column get one from a hash of the whole row (stable for a given
+    Polars version). Re-delivered events (same keys and id) are kept once.
+    """
+    source = group.source
+    schema = frame.collect_schema()
+    problems = []
+    for column, dtype in {**group.entity.key_schema, **group.input_columns()}.items():
+        if column not in schema:
+            problems.append(f"column '{column}' is missing")
+        elif schema[column] != dtype:
+            problems.append(f"column '{column}' has dtype {schema[column]}, declared {dtype}")
+    if source.id_field is not None and source.id_field not in schema:
+        problems.append(f"id column '{source.id_field}' is missing")
+    if problems:
+        raise TransformationError(
+            f"feature group '{group.ref}': events do not match the declared aggregations: "
+            + "; ".join(problems)
+        )
+    event_id = (
+        pl.col(source.id_field).cast(pl.String)
+        if source.id_field is not None
+        else pl.struct(pl.all()).hash(seed=0).cast(pl.String)
+    )
+    keys = group.entity.key_columns
+    try:
+        events = (
+            frame.select(
+                *keys,
+                pl.col(source.timestamp_field).alias(EVENT_TIMESTAMP),
+                event_id.alias(EVENT_ID),
+                *group.input_columns(),
+                *[expr.fill_null(False).alias(name) for name, expr in group.where_columns().items()],
+            )
+            .filter((pl.col(EVENT_TIMESTAMP) >= start) & (pl.col(EVENT_TIMESTAMP) < end))
+            .sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
+            .unique(subset=[*keys, EVENT_ID], keep="first", maintain_order=True)
+            .collect()
+        )
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TransformationError(f"feature group '{group.ref}': computing events failed: {message}") from exc
+    check_rows(group, events)
+    return events
+
+
+def window_values(
+    group: FeatureGroup, events: pl.LazyFrame, queries: pl.LazyFrame, names: dict[str, str]
+) -> pl.LazyFrame:
+    """Window features for each query `(ROW, *keys, QUERY_TS)`, as `(ROW, *features)`.
+
+    `names` maps feature names to output column names. Queries with no events get each
+    feature's empty-window value (0 for counts and sums, null otherwise), then defaults.
+    """
+    keys = group.entity.key_columns
+    longest = group.max_window
+    wanted = [
+        (agg, window, name) for agg, window, name in windowed_features(group.aggregations) if name in names
+    ]
+    joined = (
+        queries.select(ROW, *keys, QUERY_TS)
+        .join(events, on=keys, how="left")
+        .with_columns(
+            (
+                (pl.col(EVENT_TIMESTAMP) <= pl.col(QUERY_TS))
+                & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(longest))
+            )
+            .fill_null(False)
+            .alias("__in_longest")
+        )
+        .with_columns(
+            # events outside the longest window (or none at all) stay as a single null row
+            [pl.when(pl.col("__in_longest")).then(pl.col(c)).alias(c) for c in [EVENT_TIMESTAMP, EVENT_ID]]
+        )
+        .sort([ROW, EVENT_TIMESTAMP, EVENT_ID], nulls_last=False)
+    )
+    where = {i: f"__where_{i}" for i, a in enumerate(group.aggregations) if a.where is not None}
+    exprs = []
+    for agg, window, name in wanted:
+        index = group.aggregations.index(agg)
+        inside = pl.col("__in_longest") & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(window))
+        if index in where:
+            inside = inside & pl.col(where[index])
+        inside = inside.fill_null(False)
+        out = names[name]
+        if agg.function == "count":
+            exprs.append(inside.sum().cast(pl.Int64).alias(out))
+            continue
+        column = pl.col(agg.column)  # type: ignore[arg-type]
+        present = inside & column.is_not_null()
+        values = column.filter(present)
+        if agg.function == "sum":
+            exprs.append(values.cum_sum().last().fill_null(0).cast(agg.output_dtype).alias(out))
+        elif agg.function == "mean":
+            total = values.cast(pl.Float64).cum_sum().last()
+            exprs.append((total / present.sum()).alias(out))
+        elif agg.function == "min":
+            exprs.append(values.min().alias(out))
+        elif agg.function == "max":
+            exprs.append(values.max().alias(out))
+        elif agg.function == "last":
+            exprs.append(values.last().alias(out))
+        else:  # distinct_count
+            exprs.append(values.n_unique().cast(pl.Int64).alias(out))
+    result = joined.group_by(ROW, maintain_order=True).agg(exprs)
+    defaults = []
+    for _agg, _window, name in wanted:
+        feature = group.feature(name)
+        expr = pl.col(names[name])
+        if feature.default is not None:
+            expr = expr.fill_null(pl.lit(feature.default, dtype=feature.polars_dtype))
+        defaults.append(expr.cast(feature.polars_dtype))
+    return result.select(ROW, *defaults)
+
+
+def _micros(window: timedelta) -> pl.Expr:
+    return pl.duration(microseconds=window // timedelta(microseconds=1))
