@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -140,6 +140,35 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     with pl.Config(tbl_cols=12, tbl_rows=5, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
         print(online.select("user_id", "merchant_id", "last_amount", "last_channel", "segment", "risk_score"))
     print("   (the unknown user gets each feature's declared default, as training sets do)")
+
+    print("5. push a transaction directly (same definitions as the batch path), twice, and read windows")
+    user_id = int(entities["user_id"][0])
+    windows = [
+        "user_txn_windows:v1:txn_count_1d",
+        "user_txn_windows:v1:amount_sum_1d",
+        "user_txn_windows:v1:foreign_count_7d",
+    ]
+    # a fixed event (id and time), so a second demo run re-delivers it rather than adding one
+    when = datetime(end.year, end.month, end.day, tzinfo=UTC) - timedelta(seconds=1)
+    event = pl.DataFrame(
+        {
+            "transaction_id": [10**9],
+            "user_id": [user_id],
+            "merchant_id": [1],
+            "amount": [99.5],
+            "currency_foreign": [True],
+            "channel": ["online"],
+            "is_fraud": [False],
+            "ts": [when],
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+    store.push("transactions", event)
+    once = store.get_online_features([{"user_id": user_id}], features=windows, output="dicts")[0]
+    store.push("transactions", event)  # delivered again: counted once
+    twice = store.get_online_features([{"user_id": user_id}], features=windows, output="dicts")[0]
+    print(f"   windows as of now (they slide with the clock): {once}")
+    print(f"   after re-delivering the same event: {'unchanged' if once == twice else twice}")
     store.close()
     summary["training_rows"] = training.height
     summary["seconds"] = round(time.perf_counter() - started, 1)

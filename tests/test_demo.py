@@ -42,6 +42,8 @@ def run_demo(home: Path) -> str:
 
 
 def stable(output: str) -> str:
+    # window values slide with the wall clock by design; everything else must be identical
+    output = re.sub(r"windows as of now .*", "", output)
     return re.sub(r"run \S+ succeeded|done in [\d.]+s", "", output)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from skewless import Entity, Feature, FeatureGroup, FeatureService, FileSource
+from skewless import Aggregation, Entity, Feature, FeatureGroup, FeatureService, FileSource
 from skewless.config import home
 
 DATA = home() / "data"
@@ -19,6 +19,7 @@ transactions = FileSource(
     "transactions",
     path=DATA / "transactions",
     timestamp_field="ts",
+    id_field="transaction_id",
     start_date="2026-10-01",
     description="Card transactions, one Parquet file per day",
     owner="team:payments",
@@ -148,6 +149,22 @@ user_merchant_last_txn = FeatureGroup(
     description="The user's latest transaction at this merchant (composite key)",
 )
 
+user_txn_windows = FeatureGroup(
+    name="user_txn_windows",
+    entity=user,
+    source=transactions,
+    aggregations=[
+        Aggregation("count", windows=["1h", "1d", "7d"], name="txn_count"),
+        Aggregation("sum", "amount", ["1d", "7d"]),
+        Aggregation("mean", "amount", ["7d", "14d"]),
+        Aggregation("max", "amount", ["1d"]),
+        Aggregation("count", windows=["7d"], where=pl.col("currency_foreign"), name="foreign_count"),
+        Aggregation("distinct_count", "merchant_id", ["7d"], dtype=pl.Int64),
+    ],
+    owner="team:fraud",
+    description="Sliding-window aggregates of the user's transactions (batch and push paths agree)",
+)
+
 fraud_model = FeatureService(
     name="fraud_model",
     version=1,
@@ -157,6 +174,9 @@ fraud_model = FeatureService(
         "user_profile:v1:credit_limit",
         "merchant_risk:v1:risk_score",
         "user_merchant_last_txn:v1:last_amount_here",
+        "user_txn_windows:v1:txn_count_1d",
+        "user_txn_windows:v1:amount_mean_7d",
+        "user_txn_windows:v1:foreign_count_7d",
     ],
     description="Features of the card-fraud model",
     owner="team:fraud",

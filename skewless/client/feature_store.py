@@ -8,7 +8,7 @@ training and serving from drifting apart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import polars as pl
@@ -19,9 +19,10 @@ from skewless.compute.point_in_time import (
     conform_keys,
     normalize_label_times,
 )
+from skewless.compute.rows import latest_per_entity, transform_rows
 from skewless.compute.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.config import StoreConfig
-from skewless.errors import DefinitionError, RequestError
+from skewless.errors import DefinitionError, RequestError, SkewlessError
 from skewless.language.feature_group import FeatureGroup
 from skewless.language.feature_service import FeatureRef
 from skewless.repository import FeatureRepository, load_repository
@@ -182,6 +183,44 @@ class FeatureStore:
             for f in feats
         ]
         return labels.hstack(columns)
+
+    def push(self, source: str, rows: Any, at: datetime | None = None) -> dict[str, int]:
+        """Apply events to the online store now: the direct push path.
+
+        `rows` are events of the named source (any table form). Every group on that source
+        runs its own definition over them — window groups add the events to their window
+        state, row groups write their latest values through the write guard — exactly as the
+        batch path would. Everything is computed and checked before anything is written, so a
+        bad event rejects the push with an error naming it and stores nothing. Pushing the
+        same events again changes nothing. Returns events (window groups) or keys written.
+        `at` replaces "now" when deciding which events are too old to keep online (replays).
+        """
+        groups = [g for g in self.repository.groups if g.source.name == source]
+        if not groups:
+            known = ", ".join(sorted({g.source.name for g in self.repository.groups}))
+            raise RequestError(f"unknown source '{source}' (sources with feature groups: {known})")
+        frame = to_polars(rows, f"rows pushed to source '{source}'")
+        if frame.height == 0:
+            return {g.ref: 0 for g in groups}
+        src = groups[0].source
+        try:
+            checked = src.checked(frame.lazy())
+        except SkewlessError as exc:
+            raise RequestError(f"rows pushed to {exc}") from None
+        missing = checked.select(pl.col(src.timestamp_field).null_count()).collect().item()
+        if missing:
+            raise RequestError(f"rows pushed to source '{source}': {missing} rows have no event time")
+        start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+        computed = [(g, transform_rows(g, checked, start, end)) for g in groups]
+        written = {}
+        for group, result in computed:
+            if group.is_windowed:
+                written[group.ref] = self.online.write_events(group, result, now=at)
+            else:
+                written[group.ref] = self.online.write_latest(group, latest_per_entity(group, result))[
+                    "written"
+                ]
+        return written
 
     def sql(self, query: str) -> pl.DataFrame:
         """Run DuckDB SQL over the offline store: a view per group version (`<group>_v<N>`)

@@ -32,6 +32,16 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
     null_times = source.count_null_event_times()
     if null_times:
         raise SourceDataError(f"source '{source.name}': {null_times} rows have no event time in '{ts}'")
+    return transform_rows(group, frame, start, end)
+
+
+def transform_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:
+    """Apply a group's definition to checked source events: the batch and push paths share it."""
+    source = group.source
+    ts, created = source.timestamp_field, source.created_timestamp_field
+    time_columns = {ts: EVENT_TIMESTAMP}
+    if created:
+        time_columns[created] = CREATED_TIMESTAMP
     if group.transformation is not None:
         try:
             frame = group.transformation(frame)

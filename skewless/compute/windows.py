@@ -101,7 +101,7 @@ def window_values(
         )
         .sort([ROW, EVENT_TIMESTAMP, EVENT_ID], nulls_last=False)
     )
-    where = {i: f"__where_{i}" for i, a in enumerate(group.aggregations) if a.where is not None}
+    where = {i: f"where__{i}" for i, a in enumerate(group.aggregations) if a.where is not None}
     exprs = []
     for agg, window, name in wanted:
         index = group.aggregations.index(agg)

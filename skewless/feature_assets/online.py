@@ -40,6 +40,17 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
 
         days = partition_days(context)
         rows = offline.store().scan(group, days[0], days[-1]).collect()
+        if group.is_windowed:
+            # window groups: the events still inside the longest window become online state
+            added = online.store().write_events(group, rows)
+            context.log.info(f"{group.ref}: {added} new events in the online window state")
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": rows.height,
+                    "events_added": added,
+                    "longest_window": str(group.max_window),
+                }
+            )
         latest = latest_per_entity(group, rows)
         store = online.store()
         stats = store.write_latest(group, latest)

@@ -172,7 +172,7 @@ class FeatureGroup:
 
     def where_columns(self) -> dict[str, pl.Expr]:
         """One boolean column per filtered aggregation, evaluated once when events are stored."""
-        return {f"__where_{i}": a.where for i, a in enumerate(self.aggregations) if a.where is not None}
+        return {f"where__{i}": a.where for i, a in enumerate(self.aggregations) if a.where is not None}
 
     @property
     def ref(self) -> str:

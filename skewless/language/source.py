@@ -70,7 +70,15 @@ class Source:
 
     def scan(self, start: datetime | None = None, end: datetime | None = None) -> pl.LazyFrame:
         """Events with event time in `[start, end)` (either bound open), times checked and UTC."""
-        frame = self._raw(start, end)
+        return self.checked(self._raw(start, end), start, end)
+
+    def checked(
+        self, frame: pl.LazyFrame, start: datetime | None = None, end: datetime | None = None
+    ) -> pl.LazyFrame:
+        """`frame` with its time columns checked (present, tz-aware) and made UTC µs.
+
+        Used for files and tables, and for rows pushed directly, so both get the same errors.
+        """
         schema = frame.collect_schema()
         for column in self.time_columns:
             if column not in schema:

@@ -151,8 +151,16 @@ class GroupCodec:
             event_us = digits[:, 1 : 1 + _DIGITS] @ _POWERS
             created_us = digits[:, 1 + _DIGITS :] @ _POWERS
         strings = self._decode_strings(values, record) if self.strings else {}  # type: ignore[arg-type]
-        validity = np.ndarray(
-            (n, len(self.names)), dtype=np.bool_, buffer=record, offset=HEADER_WIDTH, strides=(self.width, 1)
+        validity = (
+            np.ndarray(
+                (n, len(self.names)),
+                dtype=np.bool_,
+                buffer=record,
+                offset=HEADER_WIDTH,
+                strides=(self.width, 1),
+            )
+            if n
+            else np.zeros((0, len(self.names)), dtype=np.bool_)
         )
         return Decoded(n, present, event_us, created_us, record, validity, strings)
 

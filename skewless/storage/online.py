@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -241,7 +241,9 @@ class OnlineStore:
         Events older than the longest window are not kept online (they stay in the offline
         history). Idempotent: the same event twice is one member of the sorted set.
         """
-        now_us = int((now or datetime.now(UTC)).timestamp() * 1_000_000)
+        wall_us = time.time_ns() // 1000
+        now_us = wall_us if now is None else int(now.timestamp() * 1_000_000)
+        shift_ms = max(0, (wall_us - now_us) // 1000)
         window_us = group.max_window // timedelta(microseconds=1)
         cutoff = now_us - window_us
         frame = events.filter(pl.col(EVENT_TIMESTAMP).dt.epoch("us") > cutoff).with_columns(
@@ -259,7 +261,7 @@ class OnlineStore:
         try:
             pipe = self.client.pipeline(transaction=False)
             for rows in batches.iter_slices(500):
-                args: list[Any] = [cutoff, window_us // 1000]
+                args: list[Any] = [cutoff, window_us // 1000, shift_ms]
                 for scores, members in zip(
                     rows["__score"].to_list(), rows["__member"].to_list(), strict=True
                 ):
@@ -364,6 +366,7 @@ class OnlineStore:
             f"{self.key_prefix}:*"
             if group is None
             else f"{self.key_prefix}:*}}:{group.name}:v{group.version}"
+            + (":events" if group.is_windowed else "")
         )
         yield from self.client.scan_iter(match=pattern, count=1000)
 
