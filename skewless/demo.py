@@ -133,16 +133,8 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     with pl.Config(tbl_cols=12, tbl_rows=5, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
         print(training.select(shown).head(5))
 
-    print("4. online features for three (user, merchant) pairs and an unknown user (one Redis round trip)")
-    entities = labels.select("user_id", "merchant_id").unique(maintain_order=True).head(3)
-    entities = pl.concat([entities, pl.DataFrame({"user_id": [10**9], "merchant_id": [1]})])
-    online = store.get_online_features(entities, service="fraud_model:v1")
-    with pl.Config(tbl_cols=12, tbl_rows=5, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
-        print(online.select("user_id", "merchant_id", "last_amount", "last_channel", "segment", "risk_score"))
-    print("   (the unknown user gets each feature's declared default, as training sets do)")
-
-    print("5. push a transaction directly (same definitions as the batch path), twice, and read windows")
-    user_id = int(entities["user_id"][0])
+    print("4. push a transaction directly (same definitions as the batch path), twice, and read windows")
+    user_id, merchant_id = int(labels["user_id"][0]), int(labels["merchant_id"][0])
     windows = [
         "user_txn_windows:v1:txn_count_1d",
         "user_txn_windows:v1:amount_sum_1d",
@@ -154,7 +146,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         {
             "transaction_id": [10**9],
             "user_id": [user_id],
-            "merchant_id": [1],
+            "merchant_id": [merchant_id],
             "amount": [99.5],
             "currency_foreign": [True],
             "channel": ["online"],
@@ -169,6 +161,14 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     twice = store.get_online_features([{"user_id": user_id}], features=windows, output="dicts")[0]
     print(f"   windows as of now (they slide with the clock): {once}")
     print(f"   after re-delivering the same event: {'unchanged' if once == twice else twice}")
+    print("5. online features for three (user, merchant) pairs and an unknown user (one Redis round trip)")
+    entities = labels.select("user_id", "merchant_id").unique(maintain_order=True).head(3)
+    entities = pl.concat([entities, pl.DataFrame({"user_id": [10**9], "merchant_id": [1]})])
+    online = store.get_online_features(entities, service="fraud_model:v1")
+    with pl.Config(tbl_cols=12, tbl_rows=5, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
+        print(online.select("user_id", "merchant_id", "last_amount", "last_channel", "segment", "risk_score"))
+    print("   (the unknown user gets each feature's declared default, as training sets do)")
+
     store.close()
     summary["training_rows"] = training.height
     summary["seconds"] = round(time.perf_counter() - started, 1)
