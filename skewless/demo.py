@@ -161,6 +161,19 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     twice = store.get_online_features([{"user_id": user_id}], features=windows, output="dicts")[0]
     print(f"   windows as of now (they slide with the clock): {once}")
     print(f"   after re-delivering the same event: {'unchanged' if once == twice else twice}")
+    sensor = defs.resolve_sensor_def("stream_transactions_sensor")
+    with dagster.build_sensor_context(instance=instance, resources=defs.resources) as context:
+        tick = sensor.evaluate_tick(context)
+    for request in tick.run_requests:
+        batch = defs.resolve_job_def("stream_transactions").execute_in_process(
+            run_config={**request.run_config, **quiet}, instance=instance
+        )
+        if not batch.success:
+            raise SystemExit("stream micro-batch failed; see the run in `make ui`")
+    print(
+        f"   sensor tick -> {len(tick.run_requests)} micro-batch run: "
+        "the pushed events are now in the offline store too"
+    )
     print("5. online features for three (user, merchant) pairs and an unknown user (one Redis round trip)")
     entities = labels.select("user_id", "merchant_id").unique(maintain_order=True).head(3)
     entities = pl.concat([entities, pl.DataFrame({"user_id": [10**9], "merchant_id": [1]})])

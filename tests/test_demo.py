@@ -65,4 +65,4 @@ def test_demo_runs_twice_with_the_same_result(tmp_path: Path) -> None:
     # the runs are recorded on the instance in the state folder, so `make ui` shows them
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 6 and all(r.is_success for r in runs)  # daily, training sets, sql views; twice
+        assert len(runs) == 8 and all(r.is_success for r in runs)  # daily, training sets, views, stream; x2

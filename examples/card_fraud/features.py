@@ -20,6 +20,7 @@ transactions = FileSource(
     path=DATA / "transactions",
     timestamp_field="ts",
     id_field="transaction_id",
+    stream=True,
     start_date="2026-10-01",
     description="Card transactions, one Parquet file per day",
     owner="team:payments",

@@ -184,7 +184,7 @@ class FeatureStore:
         ]
         return labels.hstack(columns)
 
-    def push(self, source: str, rows: Any, at: datetime | None = None) -> dict[str, int]:
+    def push(self, source: str, rows: Any, at: datetime | None = None, direct: bool = True) -> dict[str, int]:
         """Apply events to the online store now: the direct push path.
 
         `rows` are events of the named source (any table form). Every group on that source
@@ -194,6 +194,9 @@ class FeatureStore:
         bad event rejects the push with an error naming it and stores nothing. Pushing the
         same events again changes nothing. Returns events (window groups) or keys written.
         `at` replaces "now" when deciding which events are too old to keep online (replays).
+        For a source declared `stream=True` the rows are also appended to its Redis Stream,
+        from which the sensor's micro-batch appends them to the offline store (and, with
+        `direct=False`, applies them online too, instead of this call).
         """
         groups = [g for g in self.repository.groups if g.source.name == source]
         if not groups:
@@ -212,7 +215,13 @@ class FeatureStore:
             raise RequestError(f"rows pushed to source '{source}': {missing} rows have no event time")
         start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
         computed = [(g, transform_rows(g, checked, start, end)) for g in groups]
-        written = {}
+        if src.stream:
+            from skewless.storage import streams
+
+            streams.append(self.online, source, checked.collect())
+        written: dict[str, int] = {}
+        if not direct:
+            return written
         for group, result in computed:
             if group.is_windowed:
                 written[group.ref] = self.online.write_events(group, result, now=at)

@@ -17,6 +17,7 @@ from skewless.feature_assets.sql_views import build_sql_views_asset
 from skewless.feature_assets.training_sets import build_training_set_asset, training_set_key
 from skewless.repository import FeatureRepository, load_repository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+from skewless.sensors.streams import build_stream_job, build_stream_sensor
 
 
 def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
@@ -66,8 +67,15 @@ def build_definitions(
             name="sql_views", selection=dg.AssetSelection.assets(dg.AssetKey(["sql", "offline_views"]))
         )
     )
+    sensors = []
+    for source in repo.sources:
+        if source.stream and any(g.source.name == source.name for g in repo.groups):
+            stream_job = build_stream_job(repo, source.name)
+            jobs.append(stream_job)
+            sensors.append(build_stream_sensor(source.name, stream_job))
     return dg.Definitions(
         assets=assets,
+        sensors=sensors,
         jobs=jobs,
         schedules=schedules,
         resources={

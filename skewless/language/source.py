@@ -30,6 +30,8 @@ class Source:
     description: str
     owner: str | None
     id_field: str | None
+    # also fed by pushed events through a Redis Stream, applied by a sensor's micro-batches
+    stream: bool
 
     kind = "source"
 
@@ -127,6 +129,7 @@ class FileSource(Source):
     description: str = ""
     owner: str | None = None
     id_field: str | None = None
+    stream: bool = False
 
     kind = "parquet"
 
@@ -176,6 +179,7 @@ class DuckDBSource(Source):
     description: str = ""
     owner: str | None = None
     id_field: str | None = None
+    stream: bool = False
 
     kind = "duckdb"
 
