@@ -47,9 +47,18 @@ def append_offline(offline: OfflineStore, group: FeatureGroup, rows: pl.DataFram
 
 
 def apply_stream_batch(
-    repo: FeatureRepository, offline: OfflineStore, online: OnlineStore, source: str, after: str, until: str
+    repo: FeatureRepository,
+    offline: OfflineStore,
+    online: OnlineStore,
+    source: str,
+    after: str,
+    until: str,
+    at: datetime | None = None,
 ) -> dict[str, int]:
-    """Apply the entries `after < id <= until` of a source's stream to both stores."""
+    """Apply the entries `after < id <= until` of a source's stream to both stores.
+
+    `at` replaces "now" for which events are too old to keep online (replays and tests).
+    """
     rows, entries = streams.read(online, source, after, until)
     stats = {"entries": entries, "rows": 0 if rows is None else rows.height}
     if rows is not None:
@@ -58,7 +67,7 @@ def apply_stream_batch(
         for group in groups:
             result = transform_rows(group, checked, *_FAR)
             if group.is_windowed:
-                stats[f"{group.ref} events"] = online.write_events(group, result)
+                stats[f"{group.ref} events"] = online.write_events(group, result, now=at)
             else:
                 stats[f"{group.ref} keys"] = online.write_latest(group, latest_per_entity(group, result))[
                     "written"
