@@ -112,3 +112,36 @@ def test_sensor_microbatch_updates_both_stores_exactly_once(
         if k != "user_id"
     }
     store.close()
+
+
+def test_landed_files_are_applied_by_a_sensor_run(tmp_path: Path, store_config: StoreConfig) -> None:
+    folder = tmp_path / "clicks"
+    folder.mkdir()
+    clicks([(0, "seed", 0.0, timedelta(days=2))]).write_parquet(folder / "part-000.parquet")
+    repo = repo_for(folder)
+    defs = build_definitions(repo, store_config)
+    store = FeatureStore(repo, store_config)
+    sensor = defs.resolve_sensor_def("landed_clicks_sensor")
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance) as context:
+            first = sensor.evaluate_tick(context)
+        assert first.run_requests == []  # files already there belong to the batch path
+        clicks([(5, "x", 4.0, timedelta(minutes=3)), (5, "y", 6.0, timedelta(minutes=2))]).write_parquet(
+            folder / "part-001.parquet"
+        )
+        with dg.build_sensor_context(instance=instance, cursor=first.cursor) as context:
+            second = sensor.evaluate_tick(context)
+        (request,) = second.run_requests
+        assert request.run_config["ops"]["apply_clicks_files"]["config"]["files"] == [
+            str(folder / "part-001.parquet")
+        ]
+        job = defs.resolve_job_def("landed_clicks")
+        assert job.execute_in_process(run_config=request.run_config, instance=instance).success
+        with dg.build_sensor_context(instance=instance, cursor=second.cursor) as context:
+            assert sensor.evaluate_tick(context).run_requests == []
+    got = store.get_online_features(
+        {"user_id": [5]}, features=["click_windows:v1:count_1h", "last_click:v1:value"], output="dicts"
+    )
+    assert got == [{"user_id": 5, "count_1h": 2, "value": 6.0}]
+    assert store.sql("SELECT count(*) AS n FROM click_windows_v1 WHERE user_id = 5")["n"][0] == 2
+    store.close()

@@ -15,9 +15,15 @@ from skewless.feature_assets.online import build_online_asset, online_key
 from skewless.feature_assets.sources import source_spec
 from skewless.feature_assets.sql_views import build_sql_views_asset
 from skewless.feature_assets.training_sets import build_training_set_asset, training_set_key
+from skewless.language.source import FileSource
 from skewless.repository import FeatureRepository, load_repository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
-from skewless.sensors.streams import build_stream_job, build_stream_sensor
+from skewless.sensors.streams import (
+    build_landing_job,
+    build_landing_sensor,
+    build_stream_job,
+    build_stream_sensor,
+)
 
 
 def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
@@ -73,6 +79,10 @@ def build_definitions(
             stream_job = build_stream_job(repo, source.name)
             jobs.append(stream_job)
             sensors.append(build_stream_sensor(source.name, stream_job))
+            if isinstance(source, FileSource):
+                landing_job = build_landing_job(repo, source.name)
+                jobs.append(landing_job)
+                sensors.append(build_landing_sensor(source, landing_job))
     return dg.Definitions(
         assets=assets,
         sensors=sensors,

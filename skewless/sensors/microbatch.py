@@ -60,7 +60,21 @@ def apply_stream_batch(
     `at` replaces "now" for which events are too old to keep online (replays and tests).
     """
     rows, entries = streams.read(online, source, after, until)
-    stats = {"entries": entries, "rows": 0 if rows is None else rows.height}
+    stats = {"entries": entries, **apply_rows(repo, offline, online, source, rows, at)}
+    streams.mark_applied(online, source, until)
+    return stats
+
+
+def apply_rows(
+    repo: FeatureRepository,
+    offline: OfflineStore,
+    online: OnlineStore,
+    source: str,
+    rows: pl.DataFrame | None,
+    at: datetime | None = None,
+) -> dict[str, int]:
+    """Apply new source rows to both stores with every group's definition (idempotent)."""
+    stats = {"rows": 0 if rows is None else rows.height}
     if rows is not None:
         groups = [g for g in repo.groups if g.source.name == source]
         checked = groups[0].source.checked(rows.lazy()) if groups else rows.lazy()
@@ -73,5 +87,4 @@ def apply_stream_batch(
                     "written"
                 ]
             stats[f"{group.ref} days"] = append_offline(offline, group, result)
-    streams.mark_applied(online, source, until)
     return stats
