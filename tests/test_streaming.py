@@ -11,6 +11,7 @@ import polars as pl
 from skewless import Aggregation, Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource
 from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
+from tests.helpers import materialize_days
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -104,6 +105,11 @@ def test_sensor_microbatch_updates_both_stores_exactly_once(
     # the offline store saw the events too: a training set at now agrees with the online read
     labels = pl.DataFrame({"user_id": [1], "t": [NOW]}, schema_overrides={"t": pl.Datetime("us", "UTC")})
     offline = store.get_training_dataset(labels, features=refs, timestamp_column="t").to_dicts()[0]
+    # re-materializing the days from the source keeps the pushed events (they live with it)
+    with dg.instance_for_test() as instance:
+        first_day, today = (NOW - timedelta(days=2)).date().isoformat(), NOW.date().isoformat()
+        assert materialize_days(repo, store_config, instance, first_day, today).success
+    assert store.sql("SELECT count(*) AS n FROM click_windows_v1 WHERE user_id = 1")["n"][0] == 3
     assert {k: offline[k] for k in got if k != "user_id"} == {
         k: v
         for k, v in store.get_online_features({"user_id": [1]}, features=refs, output="dicts", at=NOW)[

@@ -140,7 +140,17 @@ class FileSource(Source):
     def location(self) -> str:
         return str(self.path)
 
-    def files(self) -> list[str]:
+    @property
+    def pushed_dir(self) -> Path:
+        """Where a stream source keeps the rows that arrived by push (part of its data).
+
+        Pushed events are written here by the micro-batch, so re-materializing a day from the
+        source sees them as well as the landed files.
+        """
+        path = Path(str(self.path).split("*")[0].rstrip("/"))
+        return path / "_pushed" if path.is_dir() or not path.suffix else path.with_name(path.name + ".pushed")
+
+    def files(self, include_pushed: bool = True) -> list[str]:
         """The Parquet files behind this source, sorted so reads are deterministic."""
         path = str(self.path)
         if any(ch in path for ch in "*?["):
@@ -151,6 +161,10 @@ class FileSource(Source):
             found = [path]
         else:
             found = []
+        pushed = str(self.pushed_dir) + os.sep
+        found = [f for f in found if not f.startswith(pushed)]
+        if self.stream and include_pushed:
+            found += glob.glob(os.path.join(pushed, "*.parquet"))
         return sorted(found)
 
     def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:

@@ -16,6 +16,7 @@ import polars as pl
 
 from skewless.compute.rows import latest_per_entity, transform_rows
 from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.source import FileSource
 from skewless.repository import FeatureRepository
 from skewless.storage import streams
 from skewless.storage.offline import OfflineStore
@@ -60,6 +61,18 @@ def apply_stream_batch(
     `at` replaces "now" for which events are too old to keep online (replays and tests).
     """
     rows, entries = streams.read(online, source, after, until)
+    groups = [g for g in repo.groups if g.source.name == source]
+    if rows is not None and groups and isinstance(groups[0].source, FileSource):
+        # keep the pushed rows with the source's data, so a day re-materialized from the
+        # source still has them (the file name is the range: a re-run rewrites the same file)
+        target = (
+            groups[0].source.pushed_dir
+            / f"entries-{after.replace('-', '_')}-{until.replace('-', '_')}.parquet"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_suffix(".tmp")
+        rows.write_parquet(temp)
+        temp.replace(target)
     stats = {"entries": entries, **apply_rows(repo, offline, online, source, rows, at)}
     streams.mark_applied(online, source, until)
     return stats

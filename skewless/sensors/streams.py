@@ -90,7 +90,7 @@ def build_landing_sensor(source: Source, job: dg.JobDefinition, interval_s: int 
         import json
 
         seen = set(json.loads(context.cursor)) if context.cursor else None
-        files = source.files()  # type: ignore[attr-defined]
+        files = source.files(include_pushed=False)  # type: ignore[attr-defined]
         if seen is None:  # first tick: what is there now belongs to the batch path
             return dg.SensorResult(run_requests=[], cursor=json.dumps(files))
         new = [f for f in files if f not in seen]
