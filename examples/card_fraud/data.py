@@ -7,6 +7,7 @@ The same seed, sizes and end date give the same bytes. Events end at the start o
 from __future__ import annotations
 
 import argparse
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def generate(
 ) -> dict[str, int]:
     """Write transactions (one file per day), user profile snapshots and merchant risk scores."""
     out = Path(out_dir)
+    # a fresh data set: events pushed into the previous one (kept with the source) go too
+    shutil.rmtree(out / "transactions" / "_pushed", ignore_errors=True)
     end = end or default_end()
     start = end - timedelta(days=days)
     start_us = int(datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp() * 1_000_000)

@@ -62,6 +62,10 @@ def apply_stream_batch(
     """
     rows, entries = streams.read(online, source, after, until)
     groups = [g for g in repo.groups if g.source.name == source]
+    if rows is not None and groups:
+        # a re-delivered event is one event (by id when the source has ids)
+        id_field = groups[0].source.id_field
+        rows = rows.unique(subset=[id_field] if id_field else None, keep="first", maintain_order=True)
     if rows is not None and groups and isinstance(groups[0].source, FileSource):
         # keep the pushed rows with the source's data, so a day re-materialized from the
         # source still has them (the file name is the range: a re-run rewrites the same file)
