@@ -24,14 +24,12 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
     deterministic across runs.
     """
     source = group.source
-    ts, created = source.timestamp_field, source.created_timestamp_field
-    time_columns = {ts: EVENT_TIMESTAMP}
-    if created:
-        time_columns[created] = CREATED_TIMESTAMP
     frame = source.scan(start, end)
     null_times = source.count_null_event_times()
     if null_times:
-        raise SourceDataError(f"source '{source.name}': {null_times} rows have no event time in '{ts}'")
+        raise SourceDataError(
+            f"source '{source.name}': {null_times} rows have no event time in '{source.timestamp_field}'"
+        )
     return transform_rows(group, frame, start, end)
 
 

@@ -14,6 +14,16 @@ from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
 from skewless.storage import streams
 
 
+def _in_process_job(name: str, description: str, op: dg.OpDefinition) -> dg.JobDefinition:
+    """A one-op job on the in-process executor: a micro-batch's cost is Dagster's run overhead."""
+
+    @dg.job(name=name, executor_def=dg.in_process_executor, description=description)
+    def _job() -> None:
+        op()
+
+    return _job
+
+
 class StreamBatchConfig(dg.Config):
     after: str = "0"
     until: str
@@ -32,15 +42,11 @@ def build_stream_job(repo: FeatureRepository, source: str) -> dg.JobDefinition:
         stats = apply_stream_batch(repo, offline.store(), online.store(), source, config.after, config.until)
         context.log.info(f"stream {source} ({config.after}, {config.until}]: {stats}")
 
-    @dg.job(
-        name=f"stream_{source}",
-        executor_def=dg.in_process_executor,
-        description=f"Apply new pushed events of source '{source}' to the online and offline stores.",
+    return _in_process_job(
+        f"stream_{source}",
+        f"Apply new pushed events of source '{source}' to the online and offline stores.",
+        apply_batch,
     )
-    def stream_job() -> None:
-        apply_batch()
-
-    return stream_job
 
 
 class LandedFilesConfig(dg.Config):
@@ -65,15 +71,11 @@ def build_landing_job(repo: FeatureRepository, source: str) -> dg.JobDefinition:
         stats = apply_rows(repo, offline.store(), online.store(), source, rows)
         context.log.info(f"{len(config.files)} landed files of {source}: {stats}")
 
-    @dg.job(
-        name=f"landed_{source}",
-        executor_def=dg.in_process_executor,
-        description=f"Apply new Parquet files of source '{source}' to the online and offline stores.",
+    return _in_process_job(
+        f"landed_{source}",
+        f"Apply new Parquet files of source '{source}' to the online and offline stores.",
+        apply_files,
     )
-    def landing_job() -> None:
-        apply_files()
-
-    return landing_job
 
 
 def build_landing_sensor(source: Source, job: dg.JobDefinition, interval_s: int = 5) -> dg.SensorDefinition:
