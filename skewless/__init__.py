@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Aggregation": "skewless.language",
+    "Drift": "skewless.language",
     "DuckDBSource": "skewless.language",
     "Entity": "skewless.language",
+    "Expectation": "skewless.language",
     "Feature": "skewless.language",
     "FeatureGroup": "skewless.language",
     "FeatureService": "skewless.language",
@@ -27,8 +29,10 @@ _EXPORTS = {
 
 __all__ = [
     "Aggregation",
+    "Drift",
     "DuckDBSource",
     "Entity",
+    "Expectation",
     "Feature",
     "FeatureGroup",
     "FeatureRepository",
@@ -46,8 +50,10 @@ if TYPE_CHECKING:
     from skewless.feature_assets.definitions import build_definitions
     from skewless.language import (
         Aggregation,
+        Drift,
         DuckDBSource,
         Entity,
+        Expectation,
         Feature,
         FeatureGroup,
         FeatureService,

@@ -24,6 +24,7 @@ class StoreConfig:
     redis_url: str | None
     state_dir: str
     key_prefix: str = "skewless"
+    serving_log_rate: float = 0.0  # fraction of service lookups logged for the skew check
 
     @classmethod
     def from_env(cls) -> StoreConfig:
@@ -33,4 +34,5 @@ class StoreConfig:
             redis_url=os.environ.get("SKEWLESS_REDIS_URL") or None,
             state_dir=str(state),
             key_prefix=os.environ.get("SKEWLESS_KEY_PREFIX", "skewless"),
+            serving_log_rate=float(os.environ.get("SKEWLESS_SERVING_LOG_RATE", "0") or 0),
         )

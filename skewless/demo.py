@@ -182,6 +182,35 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         print(online.select("user_id", "merchant_id", "last_amount", "last_channel", "segment", "risk_score"))
     print("   (the unknown user gets each feature's declared default, as training sets do)")
 
+    from skewless.demo_checks import block_bad_delivery, log_and_check_skew, print_check_summary
+
+    print("6. data-quality checks: the latest result of every asset check (shown in `make ui` too)")
+    summary["checks"] = print_check_summary(defs, instance)
+    print(
+        f"   a bad merchant-risk delivery for {last}: scores of 1.7 (declared range [0, 1]), a null category"
+    )
+    blocked = block_bad_delivery(defs, instance, store, repo, home() / "data", last)
+    for description in blocked["descriptions"]:
+        print(f"   BLOCKED {description[:220]}")
+    print(
+        f"   run failed: {blocked['run_failed']}; "
+        f"offline partition unchanged: {blocked['partition_unchanged']}; "
+        f"Redis unchanged and online asset not run: {blocked['online_unchanged']}"
+    )
+    summary["blocked"] = {k: v for k, v in blocked.items() if k != "run_id"}
+    skew = log_and_check_skew(defs, instance, store, labels.select("user_id", "merchant_id").head(1000))
+    for check in skew["checks"]:
+        print(
+            f"   served vectors vs training set: {check.check_name} {'ok' if check.passed else 'FAIL'}: "
+            f"{check.description}"
+        )
+    print("   online latency by feature group (this process):")
+    for row in skew["latency"].iter_rows(named=True):
+        print(
+            f"     {row['group']:<26} {row['requests']:>5} requests  "
+            f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms"
+        )
+
     store.close()
     summary["training_rows"] = training.height
     summary["seconds"] = round(time.perf_counter() - started, 1)

@@ -29,3 +29,7 @@ class OnlineStoreError(SkewlessError):
 
 class RequestError(SkewlessError):
     """A client request (features, entities, label frame) is malformed."""
+
+
+class CheckFailedError(SkewlessError):
+    """A blocking data-quality check failed: the partitions were not written anywhere."""

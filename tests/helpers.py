@@ -97,11 +97,13 @@ def materialize_days(
     first: str,
     last: str,
     raise_on_error: bool = True,
+    with_checks: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    """`materialize()` the offline and online assets for the days `first..last` in one run."""
+    """`materialize()` the offline and online assets for the days `first..last` in one run,
+    with their asset checks (the online ones run after the online asset, as in a job)."""
     defs = build_definitions(repo, config)
     return dg.materialize(
-        list(defs.assets or []),
+        [*(defs.assets or []), *((defs.asset_checks or []) if with_checks else [])],
         selection=dg.AssetSelection.key_prefixes(["features"], ["online"]),
         resources=defs.resources,
         instance=instance,

@@ -142,6 +142,7 @@ def test_health_and_metrics(store: FeatureStore, tmp_path: Path) -> None:
     assert 'skewless_requests_total{endpoint="online",status="200"} 1.0' in metrics
     assert 'skewless_requests_total{endpoint="online",status="400"} 1.0' in metrics
     assert 'skewless_request_seconds_count{target="svc:v1"} 1.0' in metrics
+    assert 'skewless_group_request_seconds_count{group="user_stats:v1"} 1.0' in metrics
     down = FeatureStore(store.repository, StoreConfig(str(tmp_path), "redis://127.0.0.1:1/0", str(tmp_path)))
     response = TestClient(create_app(down)).get("/health")
     assert response.status_code == 503 and "unreachable" in response.json()["error"]

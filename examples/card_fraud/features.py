@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from skewless import Aggregation, Entity, Feature, FeatureGroup, FeatureService, FileSource
+from skewless import (
+    Aggregation,
+    Drift,
+    Entity,
+    Expectation,
+    Feature,
+    FeatureGroup,
+    FeatureService,
+    FileSource,
+)
 from skewless.config import home
 
 DATA = home() / "data"
@@ -63,8 +72,21 @@ def _last_transaction_v2(events: pl.LazyFrame) -> pl.LazyFrame:
 
 
 _last_txn_features = [
-    Feature("last_amount", pl.Float64, default=0.0, description="Amount of the latest transaction"),
-    Feature("last_channel", pl.String, default="none", description="pos / online / atm"),
+    Feature(
+        "last_amount",
+        pl.Float64,
+        default=0.0,
+        description="Amount of the latest transaction",
+        nullable=False,
+        min_value=0.0,
+    ),
+    Feature(
+        "last_channel",
+        pl.String,
+        default="none",
+        description="pos / online / atm",
+        allowed_values=["pos", "online", "atm"],
+    ),
     Feature(
         "last_foreign", pl.Boolean, default=False, description="Latest transaction in a foreign currency"
     ),
@@ -92,12 +114,16 @@ user_last_txn_v2 = FeatureGroup(
     features=[
         *_last_txn_features,
         Feature("last_amount_log", pl.Float64, default=0.0, description="log1p of the latest amount"),
-        Feature("last_hour", pl.Int8, description="UTC hour of the latest transaction"),
+        Feature(
+            "last_hour", pl.Int8, description="UTC hour of the latest transaction", min_value=0, max_value=23
+        ),
     ],
     ttl="30d",
     owner="team:fraud",
     description="The user's latest transaction, with log amount and hour (v2)",
     tags=["pii"],
+    freshness="30h",
+    drift=Drift(warn=0.1, error=0.25, reference="7d"),
 )
 
 user_profile = FeatureGroup(
@@ -105,8 +131,14 @@ user_profile = FeatureGroup(
     entity=user,
     source=user_profiles,
     features=[
-        Feature("segment", pl.String, default="unknown", description="Customer segment"),
-        Feature("credit_limit", pl.Float64, description="Current credit limit"),
+        Feature(
+            "segment",
+            pl.String,
+            default="unknown",
+            description="Customer segment",
+            allowed_values=["student", "standard", "premium", "business"],
+        ),
+        Feature("credit_limit", pl.Float64, description="Current credit limit", min_value=0.0),
     ],
     owner="team:accounts",
     description="Profile attributes as of each update (corrections resolved by created_at)",
@@ -117,9 +149,23 @@ merchant_risk = FeatureGroup(
     entity=merchant,
     source=merchant_scores,
     features=[
-        Feature("risk_score", pl.Float64, default=0.05, description="Risk team's score in [0, 1]"),
-        Feature("category", pl.String, default="unknown", description="Merchant category"),
+        Feature(
+            "risk_score",
+            pl.Float64,
+            default=0.05,
+            description="Risk team's score in [0, 1]",
+            nullable=False,
+            min_value=0.0,
+            max_value=1.0,
+            expectations=[Expectation("expect_column_mean_to_be_between", min_value=0.0, max_value=0.3)],
+        ),
+        Feature("category", pl.String, default="unknown", description="Merchant category", nullable=False),
     ],
+    expectations=[
+        Expectation("expect_column_values_to_be_unique", "merchant_id"),  # one score per merchant a day
+    ],
+    drift=Drift(reference="7d"),
+    freshness="2d",
     ttl="3d",
     owner="team:risk",
     description="Latest daily merchant risk score",

@@ -7,6 +7,7 @@ training and serving from drifting apart.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from skewless.errors import DefinitionError, RequestError, SkewlessError
 from skewless.language.feature_group import FeatureGroup
 from skewless.language.feature_service import FeatureRef
 from skewless.repository import FeatureRepository, load_repository
+from skewless.serving.monitor import ServingMonitor
 from skewless.serving.reader import ReadPlan
 from skewless.storage.offline import OfflineStore
 from skewless.storage.online import OnlineStore
@@ -76,6 +78,7 @@ class FeatureStore:
         self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
         self.last_training_stats = TrainingSetStats()
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
+        self.monitor = ServingMonitor(self.online, log_rate=self.config.serving_log_rate)
 
     @classmethod
     def from_repo(cls, target: Any, config: StoreConfig | None = None) -> FeatureStore:
@@ -84,7 +87,11 @@ class FeatureStore:
         return cls(repo, config)
 
     def close(self) -> None:
-        self.online.close()
+        try:
+            if self.monitor.log_rate:
+                self.monitor.flush()
+        finally:
+            self.online.close()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -264,12 +271,16 @@ class FeatureStore:
         arrays. `at` evaluates TTLs and windows as of that instant instead of now (to replay
         the online path, e.g. against a training set).
         """
+        started = time.perf_counter_ns()
         plan = self.read_plan(features, service, full_feature_names)
         columns, n = plan.entity_columns(entities)
         now_us = None if at is None else int(at.timestamp() * 1_000_000)
         if output == "dicts":
-            return plan.to_dicts(columns, n, now_us)
+            rows = plan.to_dicts(columns, n, now_us)
+            self.monitor.observe(plan, plan.service_ref, time.perf_counter_ns() - started, rows, "dicts")
+            return rows
         frame = plan.to_polars(columns, n, now_us)
+        self.monitor.observe(plan, plan.service_ref, time.perf_counter_ns() - started, frame, "polars")
         if output == "numpy":
             return {name: frame.get_column(name).to_numpy() for name in frame.columns}
         return convert(frame, output)
@@ -285,5 +296,6 @@ class FeatureStore:
                 raise RequestError("features must be a list of 'group:vN:feature' strings, not one string")
             selection = self.select(features, service)
             plan = ReadPlan(self.online, selection, self.output_names(selection, full_feature_names))
+            plan.service_ref = self.repository.service(service).ref if service is not None else None
             self._read_plans[cache_key] = plan
         return plan

@@ -10,8 +10,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from skewless.config import StoreConfig
+from skewless.feature_assets.checks import build_online_checks
 from skewless.feature_assets.offline import build_offline_asset, offline_key
 from skewless.feature_assets.online import build_online_asset, online_key
+from skewless.feature_assets.served import build_served_asset, served_key
 from skewless.feature_assets.sources import source_spec
 from skewless.feature_assets.sql_views import build_sql_views_asset
 from skewless.feature_assets.training_sets import build_training_set_asset, training_set_key
@@ -39,6 +41,7 @@ def build_definitions(
     repo = load_repository(repository) if isinstance(repository, str) else repository
     config = config or StoreConfig.from_env()
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
+    checks: list[dg.AssetChecksDefinition] = []
     by_start: dict[date, list[dg.AssetKey]] = defaultdict(list)
     partitions_by_start: dict[date, dg.DailyPartitionsDefinition] = {}
     for group in repo.groups:
@@ -46,9 +49,14 @@ def build_definitions(
         partitions = partitions_by_start.setdefault(start, daily_partitions(start))
         assets.append(build_offline_asset(group, partitions))
         assets.append(build_online_asset(group, partitions))
+        checks += build_online_checks(repo, group)
         by_start[start] += [offline_key(group), online_key(group)]
     training = [build_training_set_asset(repo, s) for s in repo.services if s.labels is not None]
     assets += [*training, build_sql_views_asset(repo)]
+    for service in repo.services:
+        served, skew = build_served_asset(repo, service)
+        assets.append(served)
+        checks.append(skew)
     jobs, schedules = [], []
     for i, (start, keys) in enumerate(sorted(by_start.items())):
         name = "daily_features" if i == 0 else f"daily_features_from_{start.isoformat().replace('-', '_')}"
@@ -73,6 +81,21 @@ def build_definitions(
             name="sql_views", selection=dg.AssetSelection.assets(dg.AssetKey(["sql", "offline_views"]))
         )
     )
+    if repo.services:
+        served_job = dg.define_asset_job(
+            name="serving_logs",
+            selection=dg.AssetSelection.assets(*(served_key(s) for s in repo.services)),
+            description="Flush the served-vector logs to Parquet and check training/serving skew.",
+        )
+        jobs.append(served_job)
+        schedules.append(dg.ScheduleDefinition(job=served_job, cron_schedule="15 * * * *"))
+    monitoring = dg.define_asset_job(
+        name="online_monitoring",
+        selection=dg.AssetSelection.checks_for_assets(*(online_key(g) for g in repo.groups)),
+        description="Online freshness and online/offline agreement of every group version.",
+    )
+    jobs.append(monitoring)
+    schedules.append(dg.ScheduleDefinition(job=monitoring, cron_schedule="*/30 * * * *"))
     sensors = []
     for source in repo.sources:
         if source.stream and any(g.source.name == source.name for g in repo.groups):
@@ -85,6 +108,7 @@ def build_definitions(
                 sensors.append(build_landing_sensor(source, landing_job))
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         sensors=sensors,
         jobs=jobs,
         schedules=schedules,

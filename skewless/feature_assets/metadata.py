@@ -42,3 +42,9 @@ def partitions_table(rows: pl.DataFrame) -> dg.MarkdownMetadataValue:
 def asset_tags(group: FeatureGroup) -> dict[str, str]:
     assert isinstance(group.tags, dict)
     return {**group.tags, "skewless/group": group.name, "skewless/version": f"v{group.version}"}
+
+
+def freshness_policy(group: FeatureGroup) -> dg.FreshnessPolicy:
+    """Fail when the asset has not been updated within the group's freshness limit; warn at 80%."""
+    limit = group.freshness_limit
+    return dg.FreshnessPolicy.time_window(fail_window=limit, warn_window=limit * 0.8)

@@ -6,7 +6,13 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from skewless.feature_assets.metadata import asset_tags, definition_metadata, partitions_table
+from skewless.feature_assets.checks import partition_check_specs, to_check_result
+from skewless.feature_assets.metadata import (
+    asset_tags,
+    definition_metadata,
+    freshness_policy,
+    partitions_table,
+)
 from skewless.feature_assets.sources import source_key
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.resources.stores import OfflineStoreResource
@@ -21,7 +27,8 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
     """One asset per group version; a backfill of many days is a single run.
 
     All days of a run are computed and checked before the first file is written, so a bad
-    day fails the run with nothing replaced.
+    day fails the run with nothing replaced. The checks' results are reported either way;
+    a blocking failure then fails the step, so the online asset downstream never runs.
     """
 
     @dg.asset(
@@ -35,14 +42,37 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
         tags=asset_tags(group),
         kinds={"polars", "parquet"},
         metadata=definition_metadata(group),
+        check_specs=partition_check_specs(group, offline_key(group)),
+        freshness_policy=freshness_policy(group),
     )
-    def _offline(context: AssetExecutionContext, offline: OfflineStoreResource) -> dg.MaterializeResult:
+    def _offline(context: AssetExecutionContext, offline: OfflineStoreResource):
+        from skewless.checks.outcome import CheckOutcome
+        from skewless.checks.partition import check_partitions, partition_check_names
         from skewless.compute.rows import compute_rows
+        from skewless.errors import CheckFailedError, TransformationError
 
         window = context.partition_time_window
-        rows = compute_rows(group, window.start, window.end)
         store = offline.store()
         days = days_between(window.start.date(), window.end.date())
+        try:
+            rows = compute_rows(group, window.start, window.end)
+        except TransformationError as exc:
+            # the transformation's output does not fit the declaration at all: the schema
+            # check fails with the same message the error carries; the others cannot run
+            yield to_check_result(CheckOutcome("schema", passed=False, description=str(exc)))
+            for name in partition_check_names(group)[1:]:
+                yield to_check_result(CheckOutcome(name, passed=False, description="not run: schema failed"))
+            raise
+        outcomes = check_partitions(group, rows, days, store)
+        for outcome in outcomes:
+            yield to_check_result(outcome)
+        blocking = [o for o in outcomes if o.blocks]
+        if blocking:
+            raise CheckFailedError(
+                f"{group.ref}: partitions {days[0]}..{days[-1]} blocked by the "
+                f"{', '.join(o.name for o in blocking)} check, nothing written: "
+                + " | ".join(o.description for o in blocking)
+            )
         by_day = rows.with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("__day"))
         counts = []
         for day in days:
@@ -50,7 +80,7 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
             store.write_partition(group, day, part)
             counts.append((day.isoformat(), part.height))
         context.log.info(f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions")
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],

@@ -5,7 +5,7 @@ from datetime import timedelta
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from skewless.feature_assets.metadata import asset_tags
+from skewless.feature_assets.metadata import asset_tags, freshness_policy
 from skewless.feature_assets.offline import offline_key, partition_days
 from skewless.language.feature_group import FeatureGroup
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
@@ -32,6 +32,7 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
         owners=[group.owner] if group.owner else None,
         tags=asset_tags(group),
         kinds={"redis"},
+        freshness_policy=freshness_policy(group),
     )
     def _online(
         context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource

@@ -8,12 +8,15 @@ from skewless.language.aggregation import Aggregation
 from skewless.language.entity import Entity
 from skewless.language.feature_group import Feature, FeatureGroup
 from skewless.language.feature_service import FeatureRef, FeatureService
+from skewless.language.quality import Drift, Expectation
 from skewless.language.source import DuckDBSource, FileSource, Source
 
 __all__ = [
     "Aggregation",
+    "Drift",
     "DuckDBSource",
     "Entity",
+    "Expectation",
     "Feature",
     "FeatureGroup",
     "FeatureRef",

@@ -15,6 +15,7 @@ from skewless.language.aggregation import Aggregation, windowed_features
 from skewless.language.dtypes import default_fits, is_supported_feature_dtype, normalize_dtype
 from skewless.language.durations import parse_duration
 from skewless.language.entity import Entity, check_name
+from skewless.language.quality import Drift, Expectation
 from skewless.language.source import Source
 
 Transformation = Callable[[pl.LazyFrame], pl.LazyFrame]
@@ -34,12 +35,21 @@ class Feature:
 
     The default is applied identically by training sets and online lookups, so a model never
     sees a different cold-start value in production than it was trained with.
+
+    `nullable`, `min_value`/`max_value` (inclusive) and `allowed_values` become the group's
+    pandera schema, enforced on every partition before it is written; `expectations` are
+    Great Expectations on this column (see `Expectation`).
     """
 
     name: str
     dtype: Any
     default: Any = None
     description: str = ""
+    nullable: bool = True
+    min_value: Any = None
+    max_value: Any = None
+    allowed_values: Sequence[Any] | None = None
+    expectations: Sequence[Expectation] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature")
@@ -49,6 +59,19 @@ class Feature:
             raise DefinitionError(
                 f"feature '{self.name}': dtype {self.dtype!r} is not a Polars dtype"
             ) from None
+        where = f"feature '{self.name}'"
+        if not isinstance(self.nullable, bool):
+            raise DefinitionError(f"{where}: nullable must be True or False, got {self.nullable!r}")
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            raise DefinitionError(f"{where}: min_value {self.min_value!r} > max_value {self.max_value!r}")
+        if self.allowed_values is not None:
+            if isinstance(self.allowed_values, str) or not self.allowed_values:
+                raise DefinitionError(f"{where}: allowed_values must be a non-empty list of values")
+            object.__setattr__(self, "allowed_values", tuple(self.allowed_values))
+        expectations = tuple(self.expectations)
+        if not all(isinstance(e, Expectation) for e in expectations):
+            raise DefinitionError(f"{where}: expectations must be Expectation objects")
+        object.__setattr__(self, "expectations", tuple(e.for_column(self.name) for e in expectations))
 
     @property
     def polars_dtype(self) -> pl.DataType:
@@ -76,7 +99,11 @@ class FeatureGroup:
     description: str = ""
     tags: Sequence[str] | Mapping[str, str] = ()
     aggregations: Sequence[Aggregation] = ()
+    expectations: Sequence[Expectation] = ()
+    freshness: str | timedelta | None = None
+    drift: Drift | None = None
     _ttl: timedelta | None = field(init=False, repr=False, compare=False, default=None)
+    _freshness: timedelta | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature group")
@@ -141,6 +168,37 @@ class FeatureGroup:
             if not isinstance(tag, str) or not _TAG_RE.match(tag):
                 raise DefinitionError(f"{where}: tag {tag!r} must match [A-Za-z0-9_.-]{{1,63}}")
         object.__setattr__(self, "tags", tags)
+        self._check_quality(where)
+
+    def _check_quality(self, where: str) -> None:
+        object.__setattr__(self, "_freshness", parse_duration(self.freshness, what=f"{where} freshness"))
+        if self.drift is not None and not isinstance(self.drift, Drift):
+            raise DefinitionError(f"{where}: drift must be a Drift(...), got {type(self.drift).__name__}")
+        expectations = tuple(self.expectations)
+        columns = set(self.offline_schema())
+        for expectation in expectations:
+            if not isinstance(expectation, Expectation):
+                raise DefinitionError(
+                    f"{where}: expectations must be Expectation objects, got {expectation!r}"
+                )
+            if expectation.column is not None and expectation.column not in columns:
+                raise DefinitionError(
+                    f"{where}: expectation {expectation.type} names column '{expectation.column}', "
+                    f"which the group does not store (columns: {', '.join(columns)})"
+                )
+        object.__setattr__(self, "expectations", expectations)
+
+    @property
+    def freshness_limit(self) -> timedelta:
+        """How old the newest data may get: declared, or a day and a margin for daily runs."""
+        return self._freshness or timedelta(hours=30)
+
+    def all_expectations(self) -> list[Expectation]:
+        """Group-level expectations and those declared on row features."""
+        own = list(self.expectations)
+        if not self.is_windowed:
+            own += [e for f in self.features for e in f.expectations]
+        return own
 
     def _check_inputs(self, where: str) -> None:
         inputs: dict[str, pl.DataType] = {}

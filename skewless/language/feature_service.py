@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from skewless.errors import DefinitionError
 from skewless.language.entity import check_name
+from skewless.language.quality import Drift
 from skewless.language.source import Source
 
 _REF_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):v?(\d+)(?::([A-Za-z][A-Za-z0-9_]*))?$")
@@ -44,7 +45,8 @@ class FeatureService:
 
     With `labels` (a source whose rows carry the entities' join keys and whose
     `timestamp_field` is the label time), the service also gets a training-set asset, so the
-    lineage graph shows which feature versions each training set was built from.
+    lineage graph shows which feature versions each training set was built from. `skew`
+    holds the thresholds for comparing served feature vectors with that training set.
     """
 
     name: str
@@ -53,6 +55,7 @@ class FeatureService:
     description: str = ""
     owner: str | None = None
     labels: Source | None = None
+    skew: Drift = field(default_factory=Drift)
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature service")
@@ -69,6 +72,8 @@ class FeatureService:
             except DefinitionError as exc:
                 raise DefinitionError(f"feature service '{self.ref}': {exc}") from None
         object.__setattr__(self, "features", tuple(str(r) for r in refs))
+        if not isinstance(self.skew, Drift):
+            raise DefinitionError(f"feature service '{self.ref}': skew must be a Drift(...)")
         if self.labels is not None and not isinstance(self.labels, Source):
             raise DefinitionError(
                 f"feature service '{self.ref}': labels must be a FileSource or DuckDBSource, "

@@ -126,6 +126,13 @@ def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starl
         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
     )
     entities_total = Counter("skewless_entities", "Entities looked up", ["target"], registry=registry)
+    group_latency = Histogram(
+        "skewless_group_request_seconds",
+        "Latency of successful online requests, by each feature group version they read",
+        ["group"],
+        registry=registry,
+        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+    )
 
     def authorize(request: Request) -> Role | None:
         if policy.open:
@@ -188,6 +195,10 @@ def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starl
                 output="dicts",
             )
             names = list(rows[0]) if rows else []
+            elapsed = time.perf_counter() - started
+            full = bool(payload.get("full_feature_names", False))
+            for ref in store.read_plan(features, service, full).group_refs:
+                group_latency.labels(ref).observe(elapsed)
             entities_total.labels(target).inc(len(rows))
             requests_total.labels("online", "200").inc()
             return json_response({"features": names, "results": rows})

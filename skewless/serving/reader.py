@@ -144,6 +144,8 @@ class ReadPlan:
                 )
             )
 
+        self.group_refs = [read.group.ref for read in self.groups]
+        self.service_ref: str | None = None  # set by the client for lookups by feature service
         self.schema = dict(self.key_schema)
         for read in self.groups:
             for feature in read.reads:

@@ -75,6 +75,7 @@ class OnlineStore:
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._write_script: Any = None
         self._events_lua: Any = None
+        self._mark_lua: Any = None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._read_connections: list[Any] = []
@@ -164,7 +165,33 @@ class OnlineStore:
                 written, skipped = self._write_batches(group, frame)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise self._unreachable(where, exc) from exc
+        if frame.height:
+            self.mark_written(group, int(frame[EVENT_TIMESTAMP].dt.epoch("us").max()))  # type: ignore[arg-type]
         return {"written": written, "skipped_older": skipped, "expired": expired, "keys": frame.height}
+
+    # ------------------------------------------------------------------ freshness marker
+    def meta_key(self, group: FeatureGroup) -> str:
+        """One small hash per group version: newest event time written and when."""
+        return f"{self.key_prefix}:_meta:{group.name}:v{group.version}"
+
+    def mark_written(self, group: FeatureGroup, newest_event_us: int) -> None:
+        """Record a write; the newest event time only moves forward (a Lua max, atomic)."""
+        if self._mark_lua is None:
+            self._mark_lua = self.client.register_script(_MARK_WRITTEN)
+        try:
+            self._mark_lua(keys=[self.meta_key(group)], args=[newest_event_us, time.time_ns() // 1000])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"recording a write of '{group.ref}'", exc) from exc
+
+    def freshness(self, group: FeatureGroup) -> dict[str, int] | None:
+        """`newest_event_us` and `written_at_us` of the group version, None if never written."""
+        try:
+            raw = self.client.hgetall(self.meta_key(group))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"reading the freshness of '{group.ref}'", exc) from exc
+        if not raw:
+            return None
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     def _write_batches(self, group: FeatureGroup, frame: pl.DataFrame) -> tuple[int, int]:
         """Encode in chunks and stream EVALSHA batches down one connection; then read replies.
@@ -272,6 +299,7 @@ class OnlineStore:
             added = sum(pipe.execute())
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"writing window state of '{group.ref}'", exc) from exc
+        self.mark_written(group, int(frame["__score"].max()))  # type: ignore[arg-type]
         return added
 
     def _events_script(self) -> Any:
@@ -382,6 +410,16 @@ class OnlineStore:
         if batch:
             deleted += self.client.unlink(*batch)
         return deleted
+
+
+_MARK_WRITTEN = """
+local newest = redis.call('HGET', KEYS[1], 'newest_event_us')
+if (not newest) or tonumber(newest) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'newest_event_us', ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'written_at_us', ARGV[2])
+return 1
+"""
 
 
 def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:

@@ -56,6 +56,13 @@ def read(store: OnlineStore, source: str, after: str, until: str) -> tuple[pl.Da
     return pl.concat(frames, how="vertical_relaxed"), len(entries)
 
 
+def first_id(store: OnlineStore, source: str, after: str, until: str) -> str:
+    """The id of the first entry with `after < id <= until` (names a flushed file)."""
+    low = "-" if after in ("", "0", "0-0") else f"({after}"
+    entry = store.client.xrange(stream_key(store, source), min=low, max=until, count=1)[0][0]
+    return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
 def mark_applied(store: OnlineStore, source: str, until: str) -> None:
     store.client.set(f"{stream_key(store, source)}:applied", until)
 

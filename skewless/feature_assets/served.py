@@ -1,0 +1,137 @@
+"""Served feature vectors of a feature service: the log flushed to Parquet, checked for skew.
+
+The online client samples lookups by service into a Redis Stream (see
+`skewless.serving.monitor`). This asset appends the stream's new entries to
+`<offline root>/_served/<service>/v<N>/log-<first id>-<last id>.parquet` and records how far it
+got, so a retry rewrites the same file instead of duplicating rows. Its check compares the
+served distribution with the service's training set, the skew a model would actually see.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster import AssetExecutionContext
+
+from skewless.feature_assets.checks import markdown_table, to_check_result
+from skewless.feature_assets.training_sets import training_set_key
+from skewless.language.feature_service import FeatureService
+from skewless.repository import FeatureRepository
+from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+
+
+def served_key(service: FeatureService) -> dg.AssetKey:
+    return dg.AssetKey(["served", service.name, f"v{service.version}"])
+
+
+def served_dir(offline_root: str, service: FeatureService) -> Path:
+    return Path(offline_root) / "_served" / service.name / f"v{service.version}"
+
+
+def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list:
+    ref = service.ref
+
+    @dg.asset(
+        key=served_key(service),
+        deps=[training_set_key(service)] if service.labels is not None else [],
+        group_name="monitoring",
+        description=f"Feature vectors served for {ref} (sampled by the online client and server)",
+        owners=[service.owner] if service.owner else None,
+        kinds={"redis", "parquet"},
+    )
+    def _served(
+        context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource
+    ) -> dg.MaterializeResult:
+        from skewless.serving.monitor import LATENCY_US, served_stream
+        from skewless.storage import streams
+
+        store = online.store()
+        stream = served_stream(ref)
+        after = streams.applied(store, stream) or "0"
+        until = streams.newest_id(store, stream)
+        rows, entries = streams.read(store, stream, after, until) if until else (None, 0)
+        target_dir = served_dir(offline.root, service)
+        written = 0
+        if rows is not None and rows.height:
+            first = streams.first_id(store, stream, after, until)
+            target_dir.mkdir(parents=True, exist_ok=True)
+            target = target_dir / f"log-{first.replace('-', '_')}-{until.replace('-', '_')}.parquet"
+            temp = target.with_suffix(".tmp")
+            rows.write_parquet(temp)
+            os.replace(temp, target)
+            streams.mark_applied(store, stream, until)
+            written = rows.height
+        total = (
+            pl.scan_parquet(str(target_dir / "*.parquet")).select(pl.len()).collect().item()
+            if any(target_dir.glob("*.parquet"))
+            else 0
+        )
+        metadata: dict = {"rows_appended": written, "stream_entries": entries, "rows_logged": total}
+        if rows is not None and rows.height and LATENCY_US in rows.columns:
+            latency = rows.select(
+                pl.len().alias("requests"),
+                (pl.col(LATENCY_US).median() / 1000).alias("p50_ms"),
+                (pl.col(LATENCY_US).quantile(0.99) / 1000).alias("p99_ms"),
+            )
+            metadata["latency"] = dg.MetadataValue.md(markdown_table(latency))
+        context.log.info(f"{ref}: {written} served rows appended ({entries} stream entries)")
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset_check(
+        asset=served_key(service),
+        name="training_serving_skew",
+        description=(
+            f"PSI / KS of the feature vectors served for {ref} in the last {service.skew.span.days} days "
+            "against its training set"
+        ),
+    )
+    def _skew(offline: OfflineStoreResource) -> dg.AssetCheckResult:
+        from skewless.checks.drift import drift_outcome
+        from skewless.checks.outcome import CheckOutcome
+        from skewless.serving.monitor import SERVED_AT
+        from skewless.storage.offline import OfflineStore
+
+        training_path = OfflineStore(offline.root).training_set_path(service.name, service.version)
+        files = sorted(served_dir(offline.root, service).glob("*.parquet"))
+        if not training_path.exists() or not files:
+            missing = "training set" if not training_path.exists() else "served log"
+            return to_check_result(
+                CheckOutcome(
+                    "training_serving_skew",
+                    passed=True,
+                    severity="WARN",
+                    description=f"{ref}: no {missing} yet, nothing to compare",
+                )
+            )
+        training = pl.read_parquet(training_path)
+        served = pl.scan_parquet([str(f) for f in files])
+        newest = served.select(pl.col(SERVED_AT).max()).collect().item()
+        since = newest - timedelta(days=service.skew.span.days)
+        served_rows = served.filter(pl.col(SERVED_AT) > since).collect()
+        columns = {
+            c: dtype
+            for c, dtype in served_rows.schema.items()
+            if c in training.columns and not c.startswith("__") and c not in _key_columns(repo, service)
+        }
+        outcome = drift_outcome(
+            ref,
+            service.skew,
+            training.select(list(columns)),
+            served_rows.select(list(columns)),
+            columns,
+            name="training_serving_skew",
+            reference_label=f"the training set of {ref}",
+        )
+        return to_check_result(outcome)
+
+    return [_served, _skew]
+
+
+def _key_columns(repo: FeatureRepository, service: FeatureService) -> set[str]:
+    keys: set[str] = set()
+    for ref in service.refs:
+        group, _ = repo.resolve(ref)
+        keys.update(group.entity.key_columns)
+    return keys
