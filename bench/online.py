@@ -84,16 +84,22 @@ def frame_for(n: int, seed: int) -> pl.DataFrame:
     ).with_columns(pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("event_timestamp"))
 
 
-def timed(fn: Any, repeats: int) -> dict[str, float]:
+def timed_interleaved(fns: list[Any], repeats: int) -> list[dict[str, float]]:
+    """p50/p99 of each function, calling them in turn each round."""
     for _ in range(min(20, repeats)):
-        fn()
-    samples = []
+        for fn in fns:
+            fn()
+    samples: list[list[int]] = [[] for _ in fns]
     for _ in range(repeats):
-        started = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - started)
-    samples.sort()
-    return {"p50_ms": samples[len(samples) // 2] / 1e6, "p99_ms": samples[int(len(samples) * 0.99) - 1] / 1e6}
+        for fn, out in zip(fns, samples, strict=True):
+            started = time.perf_counter_ns()
+            fn()
+            out.append(time.perf_counter_ns() - started)
+    result = []
+    for out in samples:
+        out.sort()
+        result.append({"p50_ms": out[len(out) // 2] / 1e6, "p99_ms": out[int(len(out) * 0.99) - 1] / 1e6})
+    return result
 
 
 def baseline_write(client: redis.Redis, prefix: str, group: str, frame: pl.DataFrame) -> float:
@@ -239,19 +245,20 @@ def main() -> int:
                 return batches[next(it) % len(batches)]
 
             full = len(groups) > 1
-            ours = timed(
-                lambda refs=refs, full=full: store.get_online_features(
-                    {"user_id": pick()}, features=refs, full_feature_names=full
-                ),
+            # interleaved: each round calls ours, ours-as-dicts and the baseline once, so all
+            # three see the same machine (a VM's loopback latency drifts by 2x over minutes)
+            ours, dicts, base = timed_interleaved(
+                [
+                    lambda refs=refs, full=full: store.get_online_features(
+                        {"user_id": pick()}, features=refs, full_feature_names=full
+                    ),
+                    lambda refs=refs, full=full: store.get_online_features(
+                        {"user_id": pick()}, features=refs, output="dicts", full_feature_names=full
+                    ),
+                    lambda groups=groups: baseline_read(client, base_prefix, groups, pick()),
+                ],
                 repeats,
             )
-            dicts = timed(
-                lambda refs=refs, full=full: store.get_online_features(
-                    {"user_id": pick()}, features=refs, output="dicts", full_feature_names=full
-                ),
-                repeats,
-            )
-            base = timed(lambda groups=groups: baseline_read(client, base_prefix, groups, pick()), repeats)
             check = store.get_online_features(
                 {"user_id": batches[0]}, features=refs, full_feature_names=len(groups) > 1
             )

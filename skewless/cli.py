@@ -5,6 +5,57 @@ from __future__ import annotations
 import argparse
 import sys
 
+DEFAULT_REPO = "examples/card_fraud/features.py"
+
+
+def registry_command(args: argparse.Namespace) -> int:
+    import warnings
+
+    from skewless.client.feature_store import FeatureStore
+    from skewless.registry import cli_output
+
+    warnings.filterwarnings("ignore")
+    store = FeatureStore.from_repo(args.repo)
+    try:
+        if args.action == "list":
+            frame = store.list_features().select(
+                "ref", "dtype", "default", "window", "owner", "ttl", "consumers", "description"
+            )
+            cli_output.print_json(frame) if args.json else cli_output.print_frame(frame, "features")
+        elif args.action == "search":
+            frame = store.search(args.text, args.limit)
+            if args.json:
+                cli_output.print_json(frame)
+            elif frame.is_empty():
+                print(f"no feature matches {args.text!r}")
+            else:
+                cli_output.print_frame(frame, f"features matching {args.text!r}")
+        elif args.action == "describe":
+            described = store.describe(args.target)
+            cli_output.print_json(described) if args.json else cli_output.print_described(described)
+        elif args.action == "retire":
+            result = _retire(store, args.target, quiet=args.json)
+            if args.json:
+                cli_output.print_json(result)
+            else:
+                print(
+                    f"retired {result['ref']}: {result['keys_deleted']} online keys deleted "
+                    f"({result['entities']} entities); {result['partitions_kept']} offline partitions kept"
+                )
+    finally:
+        store.close()
+    return 0
+
+
+def _retire(store: object, target: str, quiet: bool) -> dict:
+    if quiet:
+        return store.retire(target)  # type: ignore[attr-defined]
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"retiring {target}", total=None)
+        return store.retire(target, progress=lambda n: progress.advance(task, n))  # type: ignore[attr-defined]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skewless", description="A feature store inside Dagster.")
@@ -20,7 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=6566)
     listing = sub.add_parser("list", help="list the feature group versions of a repository")
-    listing.add_argument("repo", nargs="?", default="examples/card_fraud/features.py")
+    listing.add_argument("repo", nargs="?", default=DEFAULT_REPO)
+    features = sub.add_parser("features", help="the registry: list, search, describe, retire")
+    actions = features.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("list", "every feature of every group version"),
+        ("search", "features ranked by name, group, description, tags, owner"),
+        ("describe", "definition, schema, freshness, last materialization, consumers"),
+        ("retire", "delete a removed group version's online keys and mark it retired"),
+    ):
+        action = actions.add_parser(name, help=text)
+        if name == "search":
+            action.add_argument("text")
+            action.add_argument("--limit", type=int, default=20)
+        elif name == "describe":
+            action.add_argument("target", help="group, group:vN or group:vN:feature")
+        elif name == "retire":
+            action.add_argument("target", help="group:vN")
+        action.add_argument("--repo", default=DEFAULT_REPO)
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+    impact = sub.add_parser("impact", help="everything downstream of a source or group version")
+    impact.add_argument("target", help="source, group, group:vN or group:vN:feature")
+    impact.add_argument("--repo", default=DEFAULT_REPO)
+    impact.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     from skewless.errors import SkewlessError
@@ -50,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{group.ref:<28} entity={group.entity.name:<14} {', '.join(group.feature_names)}")
             for service in repo.services:
                 print(f"service {service.ref:<20} {', '.join(service.features)}")
+        elif args.command == "features":
+            return registry_command(args)
+        elif args.command == "impact":
+            from skewless.registry import cli_output
+            from skewless.registry.impact import impact as impact_of
+            from skewless.repository import load_repository
+
+            result = impact_of(load_repository(args.repo), args.target)
+            cli_output.print_json(result) if args.json else cli_output.print_impact(result)
     except SkewlessError as exc:
         print(f"skewless: {exc}", file=sys.stderr)
         return 1

@@ -55,6 +55,12 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     )
 
     repo = load_repository(features)
+    # the data was just regenerated: values pushed by an earlier demo run are gone from the
+    # offline store, so they go from Redis too (only this prefix's keys; never a FLUSHDB),
+    # or the online/offline agreement check would rightly fail
+    reset = FeatureStore(repo, config)
+    reset.online.delete_all()
+    reset.close()
     defs = build_definitions(repo, config)
     dagster_home = prepare_dagster_home()
     instance = DagsterInstance.get()

@@ -25,6 +25,7 @@ class FeatureRepository:
     groups: list[FeatureGroup]
     services: list[FeatureService] = field(default_factory=list)
     name: str = "features"
+    lock_path: Path | None = None  # the lock file checked at load, when loaded from a module
 
     def __post_init__(self) -> None:
         self._groups: dict[tuple[str, int], FeatureGroup] = {}
@@ -120,9 +121,36 @@ def collect(module: ModuleType) -> FeatureRepository:
 
 
 def load_repository(target: str | Path | ModuleType) -> FeatureRepository:
-    """Load a repository from a module object, a dotted module name or a Python file path."""
+    """Load a repository from a module object, a dotted module name or a Python file path.
+
+    The module's `skewless.lock.json` (beside it) is checked: a group version whose
+    definition changed since it was first loaded is refused; new versions are recorded.
+    """
+    return _locked(_load_module(target))
+
+
+def lock_path(module: ModuleType) -> Path | None:
+    """`skewless.lock.json` beside the module's file (None for modules without a file)."""
+    from skewless.registry.lock import LOCK_NAME
+
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve().parent / LOCK_NAME if file else None
+
+
+def _locked(module: ModuleType) -> FeatureRepository:
+    from skewless.registry.lock import apply_lock
+
+    repo = collect(module)
+    path = lock_path(module)
+    if path is not None:
+        apply_lock(repo.groups, path)
+        repo.lock_path = path
+    return repo
+
+
+def _load_module(target: str | Path | ModuleType) -> ModuleType:
     if isinstance(target, ModuleType):
-        return collect(target)
+        return target
     text = str(target)
     if text.endswith(".py") or Path(text).exists():
         path = Path(text).resolve()
@@ -135,5 +163,5 @@ def load_repository(target: str | Path | ModuleType) -> FeatureRepository:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        return collect(module)
-    return collect(importlib.import_module(text))
+        return module
+    return importlib.import_module(text)

@@ -116,6 +116,16 @@ def snapshot(store: FeatureStore, group: FeatureGroup) -> tuple[dict[str, str], 
     return files, values
 
 
+def rerun_online(
+    defs: dg.Definitions, instance: dg.DagsterInstance, partition: str
+) -> dg.ExecuteInProcessResult:
+    """Push one partition to Redis again: its online checks run right after the write."""
+    key = dg.AssetKey(["online", "risk", "v1"])
+    return defs.resolve_job_def("daily_features").execute_in_process(
+        instance=instance, partition_key=partition, asset_selection=[key], raise_on_error=False
+    )
+
+
 # ------------------------------------------------------------------------------------- PSI by hand
 def test_psi_and_ks_match_a_hand_computation() -> None:
     reference = pl.Series([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
@@ -290,9 +300,7 @@ def test_freshness_policies_and_the_online_freshness_check(
     store.online.write_latest(
         group, pl.DataFrame({"merchant_id": [1], "event_timestamp": [now], "score": [0.2], "kind": ["a"]})
     )
-    run = defs.resolve_job_def("online_monitoring").execute_in_process(
-        instance=instance, raise_on_error=False
-    )
+    run = rerun_online(defs, instance, day(0))
     freshness = check_events(run)["online_freshness"]
     assert freshness.passed, freshness.description
     store.close()
@@ -313,11 +321,7 @@ def test_online_offline_agreement_fails_when_redis_disagrees(
     store.online.write_latest(
         group, pl.DataFrame({"merchant_id": [17], "event_timestamp": [newer], "score": [0.99], "kind": ["c"]})
     )
-    run = (
-        build_definitions(repo, store_config)
-        .resolve_job_def("online_monitoring")
-        .execute_in_process(instance=instance, raise_on_error=False)
-    )
+    run = rerun_online(build_definitions(repo, store_config), instance, day(1))
     assert not run.success  # the check is blocking: a disagreement fails the run
     agreement = check_events(run)["online_offline_agreement"]
     assert not agreement.passed

@@ -45,6 +45,9 @@ def stable(output: str) -> str:
     # window values slide with the wall clock by design; everything else must be identical
     output = re.sub(r"windows as of now .*", "", output)
     output = re.sub(r"(user_txn_windows:v1\s+\d+\s+\d+)\s+\d+", r"\1", output)  # state keys expire
+    # served vectors and their latency depend on the clock (windows) and on this machine;
+    # the skew check has no result yet on the first run
+    output = re.sub(r"(?m)^   served.*\n|^ +\S+:v\d+ +\d+ requests .*\n", "", output)
     return re.sub(r"run \S+ succeeded|done in [\d.]+s", "", output)
 
 
@@ -65,4 +68,11 @@ def test_demo_runs_twice_with_the_same_result(tmp_path: Path) -> None:
     # the runs are recorded on the instance in the state folder, so `make ui` shows them
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 8 and all(r.is_success for r in runs)  # daily, training sets, views, stream; x2
+        # daily, training sets, views, stream, the blocked bad delivery, serving logs; x2
+        assert len(runs) == 12
+        failed = [r for r in runs if not r.is_success]
+        assert len(failed) == 2 and all(r.tags.get("skewless/demo") == "bad-delivery" for r in failed)
+    assert "BLOCKED merchant_risk:v1: 6 schema violations" in first
+    assert "offline partition unchanged: True; Redis unchanged and online asset not run: True" in first
+    assert re.search(r"features/merchant_risk/v1 +drift ok, expectations ok, schema ok", first)
+    assert "online_offline_agreement ok" in first and "FAIL" not in first.split("a bad merchant")[0]

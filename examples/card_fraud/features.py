@@ -227,6 +227,7 @@ fraud_model = FeatureService(
     ],
     description="Features of the card-fraud model",
     owner="team:fraud",
+    models=["fraud_classifier"],
     labels=FileSource(
         "fraud_labels",
         path=DATA / "transactions",

@@ -60,16 +60,26 @@ def ks_statistic(reference: pl.Series, current: pl.Series) -> float:
     cur = np.sort(current.drop_nulls().cast(pl.Float64).to_numpy())
     if ref.size == 0 or cur.size == 0:
         return float("nan")
-    points = np.concatenate([ref, cur])
+    points = np.sort(np.concatenate([ref, cur]))  # sorted queries: searchsorted walks memory in order
     cdf_ref = np.searchsorted(ref, points, side="right") / ref.size
     cdf_cur = np.searchsorted(cur, points, side="right") / cur.size
     return float(np.max(np.abs(cdf_ref - cdf_cur)))
+
+
+MAX_SAMPLE = 50_000
+
+
+def _capped(frame: pl.DataFrame) -> pl.DataFrame:
+    """A seeded sample of at most MAX_SAMPLE rows: the scores' sampling error at that size
+    (about 0.01 for KS, 0.0003 for PSI over 10 bins) is far below any useful threshold."""
+    return frame.sample(MAX_SAMPLE, seed=0) if frame.height > MAX_SAMPLE else frame
 
 
 def drift_scores(
     reference: pl.DataFrame, current: pl.DataFrame, columns: dict[str, pl.DataType], bins: int = 10
 ) -> pl.DataFrame:
     """One row per column: PSI, and KS for numeric columns."""
+    reference, current = _capped(reference), _capped(current)
     rows = []
     for column, dtype in columns.items():
         ref, cur = reference.get_column(column), current.get_column(column)

@@ -299,3 +299,125 @@ class FeatureStore:
             plan.service_ref = self.repository.service(service).ref if service is not None else None
             self._read_plans[cache_key] = plan
         return plan
+
+    # ----------------------------------------------------------------- registry
+    @property
+    def registry(self) -> Any:
+        from skewless.registry.catalog import Registry
+
+        return Registry(self.repository)
+
+    def list_features(self) -> pl.DataFrame:
+        """Every feature of every group version, with dtype, description, owner, consumers."""
+        return self.registry.features()
+
+    def search(self, text: str, limit: int = 20) -> pl.DataFrame:
+        """Features ranked by how well `text` matches name, group, description, tags, owner."""
+        return self.registry.search(text, limit)
+
+    def describe(self, target: str) -> dict[str, Any]:
+        """Definition, schema, freshness, last materialization and consumers of `group`,
+        `group:vN` or `group:vN:feature`."""
+        described = self.registry.describe(target)
+        entries = described.get("versions") or [described.get("group", described)]
+        for entry in entries:
+            group = self.repository.group(entry["name"], entry["version"])
+            entry["offline"] = self._offline_state(group)
+            entry["online"] = self._online_state(group)
+            entry["last_materialization"] = _last_materialization(group)
+        return described
+
+    def _offline_state(self, group: FeatureGroup) -> dict[str, Any]:
+        days = self.offline.partitions(group)
+        return {
+            "partitions": len(days),
+            "first_day": days[0].isoformat() if days else None,
+            "last_day": days[-1].isoformat() if days else None,
+            "path": str(self.offline.group_dir(group)),
+        }
+
+    def _online_state(self, group: FeatureGroup) -> dict[str, Any]:
+        try:
+            marker = self.online.freshness(group)
+        except SkewlessError as exc:
+            return {"error": str(exc)}
+        if marker is None:
+            return {"newest_event": None}
+        newest = datetime.fromtimestamp(marker["newest_event_us"] / 1e6, tz=UTC)
+        written = datetime.fromtimestamp(marker["written_at_us"] / 1e6, tz=UTC)
+        return {
+            "newest_event": newest.isoformat(),
+            "last_write": written.isoformat(),
+            "fresh": datetime.now(UTC) - newest <= group.freshness_limit,
+        }
+
+    def impact(self, target: str) -> dict[str, Any]:
+        """Everything downstream of a source or group version in the Dagster asset graph."""
+        from skewless.registry.impact import impact
+
+        return impact(self.repository, target, self.config)
+
+    def retire(self, ref: str, progress: Any = None) -> dict[str, Any]:
+        """Delete a group version's online keys (found from its offline partitions, no SCAN)
+        and mark it retired in the lock file. The version must be gone from the code first:
+        while it is defined, something may still serve it."""
+        from skewless.registry.lock import read_lock, retire
+
+        parsed = FeatureRef.parse(ref)
+        if parsed.feature is not None:
+            raise RequestError(f"retire a group version ('{parsed.group_ref}'), not a feature")
+        ref = parsed.group_ref
+        if any(g.ref == ref for g in self.repository.groups):
+            raise RequestError(
+                f"feature group '{ref}' is still defined in the code; remove it (and its use in "
+                "feature services) first, then retire it"
+            )
+        path = self.repository.lock_path
+        if path is None:
+            raise RequestError("this repository has no lock file (load it with load_repository)")
+        data = read_lock(path)
+        entry = data["groups"].get(ref) or data["retired"].get(ref)
+        if entry is None:
+            raise RequestError(f"feature group '{ref}' is not in the lock file {path}")
+        key_schema = {k: getattr(pl, dtype) for k, dtype in entry["join_keys"].items()}
+        base = self.offline.root / parsed.group / f"v{parsed.version}"
+        files = sorted(str(p) for p in base.glob("date=*/data.parquet"))
+        entities = (
+            pl.scan_parquet(files).select(list(key_schema)) if files else pl.LazyFrame(schema=key_schema)
+        )
+        count = entities.select(pl.struct(list(key_schema)).n_unique()).collect().item() if files else 0
+        deleted = self.online.delete_version(
+            entry["entity"],
+            key_schema,
+            parsed.group,
+            parsed.version,
+            entry.get("windowed", False),
+            entities,
+            progress,
+        )
+        retire(path, ref)
+        return {"ref": ref, "entities": count, "keys_deleted": deleted, "partitions_kept": len(files)}
+
+
+def _last_materialization(group: FeatureGroup) -> dict[str, Any] | None:
+    """From the Dagster instance in DAGSTER_HOME, when there is one."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME") or not os.path.isdir(os.environ["DAGSTER_HOME"]):
+        return None
+    try:
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            event = instance.get_latest_materialization_event(
+                dg.AssetKey(["features", group.name, f"v{group.version}"])
+            )
+    except Exception:
+        return None
+    if event is None:
+        return None
+    return {
+        "at": datetime.fromtimestamp(event.timestamp, tz=UTC).isoformat(timespec="seconds"),
+        "partition": event.dagster_event.partition if event.dagster_event else None,
+        "run_id": event.run_id,
+    }

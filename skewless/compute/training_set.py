@@ -118,9 +118,32 @@ def _scan(plan: GroupPlan) -> pl.LazyFrame:
     return pl.scan_parquet(plan.files, schema=plan.group.offline_schema())
 
 
+FILTER_MAX_LABELS = 20_000  # up to this many label rows, feature rows are filtered to their entities
+
+
+def _for_entities(labels: pl.DataFrame, plan: GroupPlan) -> pl.LazyFrame:
+    """The group's rows, only for the labels' entities when there are few labels.
+
+    A handful of entities (an online/offline comparison, a debugging lookup) then costs a
+    filtered scan instead of a join over every row in the TTL window. Filtering keeps row
+    order, which the as-of join relies on; rows of other entities can never match.
+    """
+    scan = _scan(plan)
+    if labels.height > FILTER_MAX_LABELS or not plan.files:
+        return scan
+    keys = plan.group.entity.key_columns
+    if len(keys) == 1:
+        return scan.filter(pl.col(keys[0]).is_in(labels.get_column(keys[0]).unique().implode()))
+    wanted = labels.select(pl.struct(keys).alias("__k")).unique().get_column("__k")
+    return scan.filter(pl.struct(keys).is_in(wanted.implode()))
+
+
 def join_in_memory(labels: pl.DataFrame, plans: list[GroupPlan]) -> list[pl.DataFrame]:
     lazy = labels.lazy()
-    parts = [join_group(lazy, p.group, p.features, _scan(p), p.names).sort(ROW).drop(ROW) for p in plans]
+    parts = [
+        join_group(lazy, p.group, p.features, _for_entities(labels, p), p.names).sort(ROW).drop(ROW)
+        for p in plans
+    ]
     return pl.collect_all(parts)
 
 

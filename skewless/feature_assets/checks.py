@@ -3,8 +3,9 @@
 Partition checks (schema, expectations, drift) are declared on the offline asset and
 evaluated inside it, before any file is written, so a failure blocks the write itself as
 well as everything downstream (`blocking=True`). Online checks (freshness, agreement with
-the offline store) are separate `@asset_check`s on the online asset: they run after it in
-the same run and can also be run on their own, e.g. by the `monitoring` schedule.
+the offline store) are declared on the online asset and evaluated inside it right after the
+write. Between runs, the assets' `FreshnessPolicy` (evaluated by Dagster's daemon) says
+when a group version has not been refreshed in time.
 """
 
 from typing import Any
@@ -86,31 +87,20 @@ def feature_store(repo: FeatureRepository, offline: OfflineStoreResource, online
     return store
 
 
-def build_online_checks(repo: FeatureRepository, group: FeatureGroup) -> list[dg.AssetChecksDefinition]:
-    from skewless.feature_assets.online import online_key
-
-    @dg.asset_check(
-        asset=online_key(group),
-        name="online_freshness",
-        description=f"Age of the newest value in Redis for {group.ref}, limit {group.freshness_limit}",
-    )
-    def _freshness(online: OnlineStoreResource, offline: OfflineStoreResource) -> dg.AssetCheckResult:
-        from skewless.checks.agreement import check_online_freshness
-
-        return to_check_result(check_online_freshness(feature_store(repo, offline, online), group))
-
-    @dg.asset_check(
-        asset=online_key(group),
-        name="online_offline_agreement",
-        blocking=True,
-        description=(
-            f"A sample of entities read from Redis and from the offline store (point in time, now) "
-            f"must give identical values for {group.ref}"
+def online_check_specs(group: FeatureGroup, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            "online_freshness",
+            asset=asset_key,
+            description=f"Age of the newest value in Redis for {group.ref}, limit {group.freshness_limit}",
         ),
-    )
-    def _agreement(online: OnlineStoreResource, offline: OfflineStoreResource) -> dg.AssetCheckResult:
-        from skewless.checks.agreement import check_agreement
-
-        return to_check_result(check_agreement(feature_store(repo, offline, online), group))
-
-    return [_freshness, _agreement]
+        dg.AssetCheckSpec(
+            "online_offline_agreement",
+            asset=asset_key,
+            blocking=True,
+            description=(
+                "A sample of entities read from Redis and from the offline store (point in time, now) "
+                f"must give identical values for {group.ref}"
+            ),
+        ),
+    ]

@@ -10,7 +10,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from skewless.config import StoreConfig
-from skewless.feature_assets.checks import build_online_checks
+from skewless.feature_assets.lineage import build_registry_asset, service_specs
 from skewless.feature_assets.offline import build_offline_asset, offline_key
 from skewless.feature_assets.online import build_online_asset, online_key
 from skewless.feature_assets.served import build_served_asset, served_key
@@ -33,30 +33,33 @@ def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
 
 
 def build_definitions(
-    repository: FeatureRepository | str, config: StoreConfig | None = None
+    repository: FeatureRepository | str, config: StoreConfig | None = None, checks: bool = True
 ) -> dg.Definitions:
     """Sources as external assets; per group version an offline and an online asset; per
     feature service with labels a training-set asset; DuckDB views over the offline store;
-    one daily job and schedule per partition start date; the store resources."""
+    one daily job and schedule per partition start date; the store resources.
+
+    `checks=False` leaves out every data-quality check (for measuring what they cost; a
+    deployment should keep them: they are what stops bad partitions)."""
     repo = load_repository(repository) if isinstance(repository, str) else repository
     config = config or StoreConfig.from_env()
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
-    checks: list[dg.AssetChecksDefinition] = []
+    asset_checks: list[dg.AssetChecksDefinition] = []
     by_start: dict[date, list[dg.AssetKey]] = defaultdict(list)
     partitions_by_start: dict[date, dg.DailyPartitionsDefinition] = {}
     for group in repo.groups:
         start = group.source.start
         partitions = partitions_by_start.setdefault(start, daily_partitions(start))
-        assets.append(build_offline_asset(group, partitions))
-        assets.append(build_online_asset(group, partitions))
-        checks += build_online_checks(repo, group)
+        assets.append(build_offline_asset(group, partitions, checks))
+        assets.append(build_online_asset(repo, group, partitions, checks))
         by_start[start] += [offline_key(group), online_key(group)]
     training = [build_training_set_asset(repo, s) for s in repo.services if s.labels is not None]
-    assets += [*training, build_sql_views_asset(repo)]
+    assets += [*training, build_sql_views_asset(repo), *service_specs(repo), build_registry_asset(repo)]
     for service in repo.services:
         served, skew = build_served_asset(repo, service)
         assets.append(served)
-        checks.append(skew)
+        if checks:
+            asset_checks.append(skew)
     jobs, schedules = [], []
     for i, (start, keys) in enumerate(sorted(by_start.items())):
         name = "daily_features" if i == 0 else f"daily_features_from_{start.isoformat().replace('-', '_')}"
@@ -78,6 +81,13 @@ def build_definitions(
         )
     jobs.append(
         dg.define_asset_job(
+            name="registry",
+            selection=dg.AssetSelection.assets(dg.AssetKey(["registry", "snapshot"])),
+            description="Snapshot the registry (definitions, fingerprints, consumers) as JSON and Parquet.",
+        )
+    )
+    jobs.append(
+        dg.define_asset_job(
             name="sql_views", selection=dg.AssetSelection.assets(dg.AssetKey(["sql", "offline_views"]))
         )
     )
@@ -89,13 +99,6 @@ def build_definitions(
         )
         jobs.append(served_job)
         schedules.append(dg.ScheduleDefinition(job=served_job, cron_schedule="15 * * * *"))
-    monitoring = dg.define_asset_job(
-        name="online_monitoring",
-        selection=dg.AssetSelection.checks_for_assets(*(online_key(g) for g in repo.groups)),
-        description="Online freshness and online/offline agreement of every group version.",
-    )
-    jobs.append(monitoring)
-    schedules.append(dg.ScheduleDefinition(job=monitoring, cron_schedule="*/30 * * * *"))
     sensors = []
     for source in repo.sources:
         if source.stream and any(g.source.name == source.name for g in repo.groups):
@@ -108,7 +111,7 @@ def build_definitions(
                 sensors.append(build_landing_sensor(source, landing_job))
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
+        asset_checks=asset_checks,
         sensors=sensors,
         jobs=jobs,
         schedules=schedules,

@@ -7,6 +7,7 @@ import polars as pl
 from dagster import AssetExecutionContext
 
 from skewless.feature_assets.checks import partition_check_specs, to_check_result
+from skewless.feature_assets.column_lineage import offline_column_lineage
 from skewless.feature_assets.metadata import (
     asset_tags,
     definition_metadata,
@@ -23,7 +24,9 @@ def offline_key(group: FeatureGroup) -> dg.AssetKey:
     return dg.AssetKey(["features", group.name, f"v{group.version}"])
 
 
-def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefinition) -> dg.AssetsDefinition:
+def build_offline_asset(
+    group: FeatureGroup, partitions: dg.DailyPartitionsDefinition, checks: bool = True
+) -> dg.AssetsDefinition:
     """One asset per group version; a backfill of many days is a single run.
 
     All days of a run are computed and checked before the first file is written, so a bad
@@ -42,7 +45,7 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
         tags=asset_tags(group),
         kinds={"polars", "parquet"},
         metadata=definition_metadata(group),
-        check_specs=partition_check_specs(group, offline_key(group)),
+        check_specs=partition_check_specs(group, offline_key(group)) if checks else None,
         freshness_policy=freshness_policy(group),
     )
     def _offline(context: AssetExecutionContext, offline: OfflineStoreResource):
@@ -57,13 +60,15 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
         try:
             rows = compute_rows(group, window.start, window.end)
         except TransformationError as exc:
+            if not checks:
+                raise
             # the transformation's output does not fit the declaration at all: the schema
             # check fails with the same message the error carries; the others cannot run
             yield to_check_result(CheckOutcome("schema", passed=False, description=str(exc)))
             for name in partition_check_names(group)[1:]:
                 yield to_check_result(CheckOutcome(name, passed=False, description="not run: schema failed"))
             raise
-        outcomes = check_partitions(group, rows, days, store)
+        outcomes = check_partitions(group, rows, days, store) if checks else []
         for outcome in outcomes:
             yield to_check_result(outcome)
         blocking = [o for o in outcomes if o.blocks]
@@ -84,6 +89,7 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
             metadata={
                 "dagster/row_count": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],
+                "dagster/column_lineage": offline_column_lineage(group, _source_schema(group)),
                 "partitions_written": len(days),
                 "rows_per_partition": partitions_table(
                     pl.DataFrame(counts, schema=["day", "rows"], orient="row")
@@ -94,6 +100,14 @@ def build_offline_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefin
         )
 
     return _offline
+
+
+def _source_schema(group: FeatureGroup) -> pl.Schema | None:
+    """The source's columns, for column lineage (best effort: metadata must not fail a run)."""
+    try:
+        return group.source.scan().collect_schema()
+    except Exception:
+        return None
 
 
 def partition_days(context: AssetExecutionContext) -> list[date]:

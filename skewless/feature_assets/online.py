@@ -5,9 +5,12 @@ from datetime import timedelta
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
+from skewless.feature_assets.column_lineage import online_column_lineage
 from skewless.feature_assets.metadata import asset_tags, freshness_policy
 from skewless.feature_assets.offline import offline_key, partition_days
 from skewless.language.feature_group import FeatureGroup
+from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
 
 
@@ -15,11 +18,21 @@ def online_key(group: FeatureGroup) -> dg.AssetKey:
     return dg.AssetKey(["online", group.name, f"v{group.version}"])
 
 
-def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefinition) -> dg.AssetsDefinition:
+def build_online_asset(
+    repo: FeatureRepository,
+    group: FeatureGroup,
+    partitions: dg.DailyPartitionsDefinition,
+    checks: bool = True,
+) -> dg.AssetsDefinition:
     """Incremental: only entities present in the run's partitions are written.
 
     Re-running an old partition after a newer one is harmless: the write guard on the
     server keeps whichever value has the newer event time.
+
+    Right after the write, the asset checks the group version's online freshness (age of
+    the newest event time in Redis) and agreement with the offline store; a disagreement
+    fails the step (blocking). Evaluated inside the asset rather than as separate check
+    steps: a Dagster step costs more than the two checks (bench/checks.py).
     """
 
     @dg.asset(
@@ -33,8 +46,22 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
         tags=asset_tags(group),
         kinds={"redis"},
         freshness_policy=freshness_policy(group),
+        check_specs=online_check_specs(group, online_key(group)) if checks else None,
     )
-    def _online(
+    def _online(context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource):
+        result = _write(context, offline, online)
+        if checks:
+            from skewless.checks.agreement import check_agreement, check_online_freshness
+
+            store = feature_store(repo, offline, online)
+            outcomes = [check_online_freshness(store, group), check_agreement(store, group)]
+            yield result
+            for outcome in outcomes:
+                yield to_check_result(outcome)
+        else:
+            yield result
+
+    def _write(
         context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource
     ) -> dg.MaterializeResult:
         from skewless.compute.rows import latest_per_entity
@@ -48,6 +75,7 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
             return dg.MaterializeResult(
                 metadata={
                     "dagster/row_count": rows.height,
+                    "dagster/column_lineage": online_column_lineage(group, offline_key(group)),
                     "events_added": added,
                     "longest_window": str(group.max_window),
                 }
@@ -61,6 +89,7 @@ def build_online_asset(group: FeatureGroup, partitions: dg.DailyPartitionsDefini
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": latest.height,
+                "dagster/column_lineage": online_column_lineage(group, offline_key(group)),
                 "entities_in_partitions": latest.height,
                 "keys_written": stats["written"],
                 "kept_newer_value": stats["skipped_older"],

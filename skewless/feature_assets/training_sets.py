@@ -3,6 +3,7 @@
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from skewless.feature_assets.column_lineage import training_set_column_lineage
 from skewless.feature_assets.offline import offline_key
 from skewless.feature_assets.sources import source_key
 from skewless.language.feature_service import FeatureService
@@ -48,6 +49,9 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
                 "dagster/row_count": frame.height,
                 "dagster/column_schema": dg.TableSchema(
                     columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
+                ),
+                "dagster/column_lineage": training_set_column_lineage(
+                    repo, service, store.output_names(store.select(service=service.ref), False), offline_key
                 ),
                 "path": dg.MetadataValue.path(str(path)),
                 "engine": stats.engine,

@@ -29,6 +29,15 @@ _OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 
 
+def _window_text(window: timedelta) -> str:
+    """`7d`, `1h`, `30m`: the spelling windows are declared in (never weeks)."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 @dataclass(frozen=True)
 class Feature:
     """One feature column: its dtype, and the value served when no value exists.
@@ -129,7 +138,13 @@ class FeatureGroup:
                 raise DefinitionError(f"{where}: aggregations must be Aggregation objects")
             object.__setattr__(self, "aggregations", tuple(aggregations))
             features = [
-                Feature(name, agg.output_dtype, default=agg.default, description=f"{agg.function} over {w}")
+                Feature(
+                    name,
+                    agg.output_dtype,
+                    default=agg.default,
+                    description=f"{agg.function} of {agg.column or 'events'} over {_window_text(w)}"
+                    + (f" where {agg.where}" if agg.where is not None else ""),
+                )
                 for agg, w, name in windowed_features(aggregations)
             ]
             self._check_inputs(where)

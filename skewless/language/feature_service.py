@@ -46,7 +46,9 @@ class FeatureService:
     With `labels` (a source whose rows carry the entities' join keys and whose
     `timestamp_field` is the label time), the service also gets a training-set asset, so the
     lineage graph shows which feature versions each training set was built from. `skew`
-    holds the thresholds for comparing served feature vectors with that training set.
+    holds the thresholds for comparing served feature vectors with that training set;
+    `models` names the models consuming the service (they appear as assets downstream of it,
+    so impact analysis reaches them).
     """
 
     name: str
@@ -56,6 +58,7 @@ class FeatureService:
     owner: str | None = None
     labels: Source | None = None
     skew: Drift = field(default_factory=Drift)
+    models: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature service")
@@ -72,6 +75,10 @@ class FeatureService:
             except DefinitionError as exc:
                 raise DefinitionError(f"feature service '{self.ref}': {exc}") from None
         object.__setattr__(self, "features", tuple(str(r) for r in refs))
+        models = [self.models] if isinstance(self.models, str) else list(self.models)
+        for model in models:
+            check_name(model, "model")
+        object.__setattr__(self, "models", tuple(models))
         if not isinstance(self.skew, Drift):
             raise DefinitionError(f"feature service '{self.ref}': skew must be a Drift(...)")
         if self.labels is not None and not isinstance(self.labels, Source):

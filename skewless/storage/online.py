@@ -49,8 +49,17 @@ def key_expression(group: FeatureGroup, prefix: str) -> pl.Expr:
     String keys are percent-escaped for the characters that delimit the key ('%', '|', '{',
     '}') so that no two entities can share a key.
     """
-    parts: list[pl.Expr] = [pl.lit(f"{prefix}:{{{group.entity.name}:")]
-    for i, (column, dtype) in enumerate(group.entity.key_schema.items()):
+    return version_key_expression(
+        group.entity.name, group.entity.key_schema, group.name, group.version, prefix
+    )
+
+
+def version_key_expression(
+    entity: str, key_schema: dict[str, pl.DataType], name: str, version: int, prefix: str
+) -> pl.Expr:
+    """`key_expression` from the parts a lock-file entry keeps (for versions no longer in code)."""
+    parts: list[pl.Expr] = [pl.lit(f"{prefix}:{{{entity}:")]
+    for i, (column, dtype) in enumerate(key_schema.items()):
         if i:
             parts.append(pl.lit("|"))
         if dtype == pl.String:
@@ -60,7 +69,7 @@ def key_expression(group: FeatureGroup, prefix: str) -> pl.Expr:
         else:
             part = pl.col(column).cast(pl.String)
         parts.append(part)
-    parts.append(pl.lit(f"}}:{group.name}:v{group.version}"))
+    parts.append(pl.lit(f"}}:{name}:v{version}"))
     return pl.concat_str(parts)
 
 
@@ -397,6 +406,37 @@ class OnlineStore:
             + (":events" if group.is_windowed else "")
         )
         yield from self.client.scan_iter(match=pattern, count=1000)
+
+    def delete_version(
+        self,
+        entity: str,
+        key_schema: dict[str, pl.DataType],
+        name: str,
+        version: int,
+        windowed: bool,
+        entities: pl.LazyFrame,
+        progress: Any = None,
+    ) -> int:
+        """Delete one group version's keys, found from its entities (no SCAN of Redis).
+
+        `entities` holds the join keys of every entity the version ever stored (its offline
+        partitions); pushes land there too. UNLINK in batches of 1,000; returns keys removed.
+        """
+        key = version_key_expression(entity, key_schema, name, version, self.key_prefix)
+        if windowed:
+            key = key + ":events"
+        keys = entities.select(list(key_schema)).unique().select(key.alias("key")).collect()["key"]
+        deleted = 0
+        try:
+            for start in range(0, keys.len(), 1000):
+                batch = keys.slice(start, 1000).to_list()
+                deleted += self.client.unlink(*batch)
+                if progress is not None:
+                    progress(len(batch))
+            deleted += self.client.unlink(f"{self.key_prefix}:_meta:{name}:v{version}")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"retiring '{name}:v{version}'", exc) from exc
+        return deleted
 
     def delete_all(self) -> int:
         """Delete every key under this store's prefix (never a FLUSHDB: the server may be shared)."""

@@ -1,0 +1,105 @@
+"""Lineage assets: feature services and models downstream of the versions they pin, the
+registry snapshot, and column lineage metadata.
+
+Services and models are `AssetSpec`s (nothing to compute: they are contracts and consumers)
+so the asset graph, and with it impact analysis, reaches every model a change can break.
+"""
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from skewless.feature_assets.offline import offline_key
+from skewless.feature_assets.online import online_key
+from skewless.feature_assets.training_sets import training_set_key
+from skewless.language.feature_service import FeatureService
+from skewless.repository import FeatureRepository
+from skewless.resources.stores import OfflineStoreResource
+
+
+def service_key(service: FeatureService) -> dg.AssetKey:
+    return dg.AssetKey(["services", service.name, f"v{service.version}"])
+
+
+def model_key(model: str) -> dg.AssetKey:
+    return dg.AssetKey(["models", model])
+
+
+def service_specs(repo: FeatureRepository) -> list[dg.AssetSpec]:
+    specs = []
+    consumers: dict[str, list[FeatureService]] = {}
+    for service in repo.services:
+        groups = {(g.name, g.version): g for ref in service.refs for g in [repo.resolve(ref)[0]]}
+        deps = [k for g in groups.values() for k in (offline_key(g), online_key(g))]
+        if service.labels is not None:
+            deps.append(training_set_key(service))
+        specs.append(
+            dg.AssetSpec(
+                key=service_key(service),
+                deps=deps,
+                description=service.description or f"Feature service {service.ref}",
+                group_name="services",
+                owners=[service.owner] if service.owner else [],
+                kinds={"service"},
+                tags={"skewless/service": service.name, "skewless/version": f"v{service.version}"},
+                metadata={"features": ", ".join(service.features), "models": ", ".join(service.models)},
+            )
+        )
+        for model in service.models:
+            consumers.setdefault(model, []).append(service)
+    for model, services in sorted(consumers.items()):
+        specs.append(
+            dg.AssetSpec(
+                key=model_key(model),
+                deps=[service_key(s) for s in services],
+                description=f"Model {model}, served by {', '.join(s.ref for s in services)}",
+                group_name="services",
+                owners=sorted({s.owner for s in services if s.owner}),
+                kinds={"model"},
+            )
+        )
+    return specs
+
+
+def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=dg.AssetKey(["registry", "snapshot"]),
+        group_name="registry",
+        description="The feature registry derived from the code: one JSON and one Parquet snapshot per run",
+        kinds={"json", "parquet"},
+    )
+    def _registry(context: dg.AssetExecutionContext, offline: OfflineStoreResource) -> dg.MaterializeResult:
+        from skewless.registry.catalog import Registry
+
+        registry = Registry(repo)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        folder = Path(offline.root) / "_registry" / stamp
+        folder.mkdir(parents=True, exist_ok=True)
+        snapshot = registry.snapshot()
+        _atomic_write(folder / "registry.json", json.dumps(snapshot, indent=2, default=str))
+        features = registry.features()
+        features.write_parquet(folder / "features.parquet")
+        context.log.info(f"registry snapshot {folder}")
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(folder)),
+                "group_versions": len(snapshot["groups"]),
+                "features": features.height,
+                "services": len(snapshot["services"]),
+                "entities": len(snapshot["entities"]),
+                "sources": len(snapshot["sources"]),
+            }
+        )
+
+    return _registry
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temp, path)

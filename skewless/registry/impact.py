@@ -1,0 +1,83 @@
+"""Impact analysis: what is downstream of a source or a group version, from the asset graph.
+
+The graph is the one Dagster runs (`build_definitions`), so the answer cannot disagree with
+what the orchestrator will actually rebuild or starve: group versions, their online assets,
+training sets, feature services, models, served-vector logs and SQL views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from skewless.config import StoreConfig
+from skewless.errors import DefinitionError
+from skewless.language.feature_service import FeatureRef
+from skewless.repository import FeatureRepository
+
+CATEGORIES = {
+    "features": "group_versions",
+    "online": "online_assets",
+    "training_sets": "training_sets",
+    "services": "feature_services",
+    "models": "models",
+    "served": "served_logs",
+    "sql": "sql_views",
+}
+
+
+def start_keys(repo: FeatureRepository, target: str) -> tuple[list[Any], FeatureRef | None]:
+    """Asset keys a target names: `source`, `group` (every version), `group:vN[:feature]`."""
+    import dagster as dg
+
+    if target in {s.name for s in repo.sources}:
+        return [dg.AssetKey(["sources", target])], None
+    if ":" not in target:
+        versions = [g for g in repo.groups if g.name == target]
+        if not versions:
+            names = ", ".join(sorted({s.name for s in repo.sources} | {g.name for g in repo.groups}))
+            raise DefinitionError(f"'{target}' is neither a source nor a feature group (known: {names})")
+        return [dg.AssetKey(["features", g.name, f"v{g.version}"]) for g in versions], None
+    ref = FeatureRef.parse(target)
+    group, _ = repo.resolve(ref)
+    return [dg.AssetKey(["features", group.name, f"v{group.version}"])], ref
+
+
+def impact(repo: FeatureRepository, target: str, config: StoreConfig | None = None) -> dict[str, Any]:
+    """Every asset downstream of `target`, by kind. For `group:vN:feature`, services (and
+    their models) that do not select that feature are left out: they do not read it."""
+    import dagster as dg
+
+    from skewless.feature_assets.definitions import build_definitions
+
+    keys, ref = start_keys(repo, target)
+    defs = build_definitions(repo, config or StoreConfig("/nonexistent", None, "/nonexistent"))
+    graph = defs.resolve_asset_graph()
+    downstream = dg.AssetSelection.assets(*keys).downstream(include_self=False).resolve(graph)
+    result: dict[str, Any] = {"target": target, **{name: [] for name in CATEGORIES.values()}}
+    excluded_services: set[str] = set()
+    if ref is not None and ref.feature is not None:
+        for service in repo.services:
+            reads = any(
+                (r.group, r.version) == (ref.group, ref.version) and r.feature in (None, ref.feature)
+                for r in service.refs
+            )
+            if not reads:
+                excluded_services.add(service.name)
+    keep_models = {m for s in repo.services if s.name not in excluded_services for m in s.models}
+    for key in sorted(downstream, key=lambda k: k.to_user_string()):
+        path = key.path
+        if path[0] in ("services", "training_sets", "served") and path[1] in excluded_services:
+            continue
+        if path[0] == "models" and path[1] not in keep_models:
+            continue
+        category = CATEGORIES.get(path[0])
+        if category is None:
+            continue
+        result[category].append(_label(path))
+    return result
+
+
+def _label(path: list[str]) -> str:
+    if path[0] in ("features", "online", "training_sets", "services", "served") and len(path) == 3:
+        return f"{path[1]}:{path[2]}"
+    return "/".join(path[1:])
