@@ -53,6 +53,10 @@ EXPECTED_ASSETS = {
     "features/merchant_risk/v1",
     "features/user_merchant_last_txn/v1",
     "online/user_merchant_last_txn/v1",
+    "services/fraud_model/v1",
+    "models/fraud_classifier",
+    "served/fraud_model/v1",
+    "registry/snapshot",
 }
 
 
@@ -213,9 +217,19 @@ _ASSETS_QUERY = """
     isPartitioned
     description
     dependencyKeys { path }
+    assetChecksOrError {
+      __typename
+      ... on AssetChecks { checks { name description blocking } }
+    }
   }
 }
 """
+
+
+def _checks(node: dict) -> dict[str, bool]:
+    result = node["assetChecksOrError"]
+    assert result["__typename"] == "AssetChecks", result
+    return {c["name"]: c["blocking"] for c in result["checks"]}
 
 
 def test_graphql_asset_graph(dagster_ui: DagsterUI) -> None:
@@ -235,6 +249,28 @@ def test_graphql_asset_graph(dagster_ui: DagsterUI) -> None:
     assert "redis" in online["kinds"]
     assert "features/user_last_txn/v2" in {_path(k) for k in online["dependencyKeys"]}
     assert online["isPartitioned"] is True
+
+    # Checks sit next to the asset they guard; partition checks and agreement are blocking.
+    assert _checks(nodes["features/merchant_risk/v1"]) == {
+        "schema": True,
+        "expectations": True,
+        "drift": True,
+    }
+    assert _checks(nodes["features/user_profile/v1"]) == {"schema": True}
+    assert _checks(nodes["online/user_profile/v1"]) == {
+        "online_freshness": False,
+        "online_offline_agreement": True,
+    }
+    assert _checks(nodes["served/fraud_model/v1"]) == {"training_serving_skew": False}
+
+    # Services and models are assets downstream of the versions they pin.
+    service = nodes["services/fraud_model/v1"]
+    assert {"features/user_last_txn/v2", "online/user_last_txn/v2"} <= {
+        _path(k) for k in service["dependencyKeys"]
+    }
+    assert {_path(k) for k in nodes["models/fraud_classifier"]["dependencyKeys"]} == {
+        "services/fraud_model/v1"
+    }
 
     # Sources are external (unpartitioned) assets; every feature asset is partitioned.
     for key, node in nodes.items():
@@ -353,7 +389,7 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
         "features / user_last_txn / v2",
         "online / user_last_txn / v2",
         "features / user_merchant_last_txn / v1",
-        "sources",
+        "models / fraud_classifier",  # the list is virtualised: later keys (sources/...) may not render
         "The user's latest transaction, with log amount and hour (v2)",
         LOCATION,
     ):
@@ -370,6 +406,20 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     assert "Join the Dagster community" not in graph, "the community pop-up still covers the page"
     for words in ("user_last_txn", "Asset Group", "transactions", "v1", "v2", "Polars", "Parquet", "Redis"):
         assert words in graph, f"{words!r} not on the group page:\n{graph[:3000]}"
+
+    # The checks tab of an offline asset lists its blocking checks.
+    checks_url = f"{dagster_ui.url}/assets/features/merchant_risk/v1?view=checks"
+    checks = _rendered_text(binary, checks_url, "expectations")
+    for words in ("schema", "expectations", "drift"):
+        assert words in checks, f"{words!r} not on the checks tab:\n{checks[:3000]}"
+
+    # The services group draws the service and the model it feeds.
+    services = _rendered_text(
+        binary, f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/services", "fraud_classifier"
+    )
+    # nodes show the last key part: the model's name, and the service's version with its kind
+    for words in ("fraud_classifier", "model", "service", "v1"):
+        assert words in services, f"{words!r} not on the services group page:\n{services[:3000]}"
 
     screenshot = dagster_ui.tmp / "ui.png"
     done = _chromium(binary, group_url, f"--screenshot={screenshot}")
