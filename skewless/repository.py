@@ -54,6 +54,17 @@ class FeatureRepository:
                 except DefinitionError as exc:
                     raise DefinitionError(f"feature service '{service.ref}': {exc}") from None
         self.services = sorted(services.values(), key=lambda s: (s.name, s.version))
+        for group in self.groups:
+            reference = group.drift.reference_service if group.drift is not None else None
+            if reference is not None:
+                try:
+                    service = self.service(reference)
+                except DefinitionError as exc:
+                    raise DefinitionError(f"feature group '{group.ref}': drift reference: {exc}") from None
+                if not any((r.group, r.version) == (group.name, group.version) for r in service.refs):
+                    raise DefinitionError(
+                        f"feature group '{group.ref}': drift reference '{reference}' does not pin this version"
+                    )
         self._check_unique("source", self.sources)
 
     def _check_unique(self, what: str, objects: Iterable[Entity | Source]) -> None:

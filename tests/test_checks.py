@@ -372,3 +372,33 @@ def test_served_vectors_are_logged_flushed_and_checked_for_skew(
     assert latency["group"].to_list() == ["risk:v1"]
     assert latency["requests"][0] == 6 and latency["p50_ms"][0] > 0
     store.close()
+
+
+def test_drift_against_the_training_set_of_a_pinned_service(
+    tmp_path: Path, store_config: StoreConfig, instance: dg.DagsterInstance
+) -> None:
+    policy = Drift(reference_service="scorer:v1")
+    repo = scores_repo(tmp_path / "data", daily_scores(2, per_day=1000), drift=policy)
+    store = FeatureStore(repo, store_config)
+    result = materialize_days(repo, store_config, instance, day(0), day(0))
+    drift = check_events(result)["drift"]
+    assert drift.passed and "not materialized yet" in drift.description  # nothing to compare yet
+    # the service's training set: scores as the model saw them
+    reference = daily_scores(1, per_day=1000, seed=11).select("score", "kind")
+    store.offline.write_training_set("scorer", 1, reference)
+    result = materialize_days(repo, store_config, instance, day(1), day(1))
+    drift = check_events(result)["drift"]
+    assert drift.passed and drift.metadata["reference"].value == "the training set of scorer:v1"
+    assert drift.metadata["reference_rows"].value == 1000
+    # a training set from a different world blocks the day
+    store.offline.write_training_set("scorer", 1, reference.with_columns(pl.col("score") + 0.5))
+    result = materialize_days(repo, store_config, instance, day(1), day(1), raise_on_error=False)
+    assert not result.success and not check_events(result)["drift"].passed
+    store.close()
+
+
+def test_a_drift_reference_must_be_a_service_pinning_the_group(tmp_path: Path) -> None:
+    from skewless.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match="drift reference: unknown feature service 'nope:v1'"):
+        scores_repo(tmp_path, daily_scores(1), drift=Drift(reference_service="nope:v1"))

@@ -231,9 +231,14 @@ def test_every_asset_carries_metadata_and_services_and_models_are_assets() -> No
         node = graph.get(key)
         assert node.description, key
         assert node.kinds, key
+        assert node.tags, key
     for group in repo.groups:
         node = graph.get(dg.AssetKey(["features", group.name, f"v{group.version}"]))
         assert node.owners == [group.owner] and "dagster/column_schema" in node.metadata
+        online = graph.get(dg.AssetKey(["online", group.name, f"v{group.version}"]))
+        schema = online.metadata["dagster/column_schema"]
+        columns = [c.name for c in getattr(schema, "schema", schema).columns]
+        assert columns == [*group.entity.key_columns, *group.feature_names]
 
 
 def test_column_lineage_is_recorded_on_materialization(tmp_path: Path, store_config: StoreConfig) -> None:

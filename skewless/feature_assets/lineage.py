@@ -60,6 +60,7 @@ def service_specs(repo: FeatureRepository) -> list[dg.AssetSpec]:
                 group_name="services",
                 owners=sorted({s.owner for s in services if s.owner}),
                 kinds={"model"},
+                tags={"skewless/model": model},
             )
         )
     return specs
@@ -71,6 +72,7 @@ def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
         group_name="registry",
         description="The feature registry derived from the code: one JSON and one Parquet snapshot per run",
         kinds={"json", "parquet"},
+        tags={"skewless/kind": "registry"},
     )
     def _registry(context: dg.AssetExecutionContext, offline: OfflineStoreResource) -> dg.MaterializeResult:
         from skewless.registry.catalog import Registry

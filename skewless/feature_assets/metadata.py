@@ -19,6 +19,22 @@ def column_schema(group: FeatureGroup) -> dg.TableSchema:
     )
 
 
+def online_column_schema(group: FeatureGroup) -> dg.TableSchema:
+    """What a lookup returns for this version: join keys, then every feature (with defaults)."""
+    columns = [dg.TableColumn(name=k, type=str(v)) for k, v in group.entity.key_schema.items()]
+    for feature in group.features:
+        default = "" if feature.default is None else f" (default {feature.default!r})"
+        columns.append(
+            dg.TableColumn(
+                name=feature.name,
+                type=str(feature.dtype),
+                description=(feature.description + default).strip() or None,
+                constraints=dg.TableColumnConstraints(nullable=feature.default is None),
+            )
+        )
+    return dg.TableSchema(columns=columns)
+
+
 def definition_metadata(group: FeatureGroup) -> dict[str, object]:
     """Static metadata, known without running anything."""
     return {

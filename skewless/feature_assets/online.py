@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext
 
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
-from skewless.feature_assets.metadata import asset_tags, freshness_policy
+from skewless.feature_assets.metadata import asset_tags, freshness_policy, online_column_schema
 from skewless.feature_assets.offline import offline_key, partition_days
 from skewless.language.feature_group import FeatureGroup
 from skewless.repository import FeatureRepository
@@ -44,6 +44,7 @@ def build_online_asset(
         description=f"Latest values of {group.ref} in the online store (Redis)",
         owners=[group.owner] if group.owner else None,
         tags=asset_tags(group),
+        metadata={"dagster/column_schema": online_column_schema(group), "version": group.version},
         kinds={"redis"},
         freshness_policy=freshness_policy(group),
         check_specs=online_check_specs(group, online_key(group)) if checks else None,

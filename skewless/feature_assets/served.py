@@ -40,6 +40,7 @@ def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list
         description=f"Feature vectors served for {ref} (sampled by the online client and server)",
         owners=[service.owner] if service.owner else None,
         kinds={"redis", "parquet"},
+        tags={"skewless/service": service.name, "skewless/version": f"v{service.version}"},
     )
     def _served(
         context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource

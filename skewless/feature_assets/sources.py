@@ -18,6 +18,7 @@ def source_spec(source: Source) -> dg.AssetSpec:
         group_name="sources",
         kinds={source.kind},
         owners=[source.owner] if source.owner else [],
+        tags={"skewless/source": source.name},
         metadata={
             "location": source.location(),
             "timestamp_field": source.timestamp_field,

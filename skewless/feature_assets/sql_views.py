@@ -21,6 +21,7 @@ def build_sql_views_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
         group_name="sql",
         description="DuckDB views over the offline store: <group>_v<N> per version, <group> for the latest",
         kinds={"duckdb"},
+        tags={"skewless/kind": "sql"},
     )
     def _views(
         context: AssetExecutionContext, duckdb: DuckDBResource, offline: OfflineStoreResource
