@@ -63,7 +63,8 @@ class FeatureRepository:
                     raise DefinitionError(f"feature group '{group.ref}': drift reference: {exc}") from None
                 if not any((r.group, r.version) == (group.name, group.version) for r in service.refs):
                     raise DefinitionError(
-                        f"feature group '{group.ref}': drift reference '{reference}' does not pin this version"
+                        f"feature group '{group.ref}': drift reference '{reference}' "
+                        "does not pin this version"
                     )
         self._check_unique("source", self.sources)
 
