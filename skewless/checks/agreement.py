@@ -9,7 +9,7 @@ bug or a write that never reached one store, and fails the check.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -23,20 +23,29 @@ if TYPE_CHECKING:
 AS_OF = "__as_of"
 
 
-def sample_entities(store: FeatureStore, group: FeatureGroup, size: int, seed: int = 0) -> pl.DataFrame:
-    """Up to `size` distinct entities seen in the group's most recent partitions."""
-    days = store.offline.partitions(group)
+def sample_entities(
+    store: FeatureStore, group: FeatureGroup, size: int, days: list[date] | None = None, seed: int = 0
+) -> pl.DataFrame:
+    """Up to `size` distinct entities of the given days (the ones just pushed), else of the
+    group's three most recent partitions."""
     keys = group.entity.key_columns
+    if days is None:
+        stored = store.offline.partitions(group)
+        days = stored[max(0, len(stored) - 3) :]
     if not days:
         return pl.DataFrame(schema=group.entity.key_schema)
-    recent = store.offline.scan(group, days[max(0, len(days) - 3)], days[-1]).select(keys).unique().collect()
+    recent = store.offline.scan(group, min(days), max(days)).select(keys).unique().collect()
     if recent.height <= size:
         return recent.sort(keys)
     return recent.sample(size, seed=seed).sort(keys)
 
 
-def check_agreement(store: FeatureStore, group: FeatureGroup, sample: int = 200) -> CheckOutcome:
-    entities = sample_entities(store, group, sample)
+def check_agreement(
+    store: FeatureStore, group: FeatureGroup, sample: int = 200, days: list[date] | None = None
+) -> CheckOutcome:
+    """`days`: the partitions just pushed; entities are sampled from them, and since each has
+    a row on or after their first day, older partitions cannot hold its latest value."""
+    entities = sample_entities(store, group, sample, days)
     if entities.height == 0:
         return CheckOutcome(
             "online_offline_agreement",
@@ -48,7 +57,9 @@ def check_agreement(store: FeatureStore, group: FeatureGroup, sample: int = 200)
     # whole microseconds, the resolution both stores keep
     at = datetime.fromtimestamp(time.time_ns() // 1000 / 1_000_000, tz=UTC)
     labels = entities.with_columns(pl.lit(at).cast(pl.Datetime("us", "UTC")).alias(AS_OF))
-    offline = store.get_training_dataset(labels, features=features, timestamp_column=AS_OF).drop(AS_OF)
+    offline = store.get_training_dataset(
+        labels, features=features, timestamp_column=AS_OF, partitions_from=min(days) if days else None
+    ).drop(AS_OF)
     online = store.get_online_features(entities, features=features, at=at)
     keys = group.entity.key_columns
     mismatches = []

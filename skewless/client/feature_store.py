@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import polars as pl
@@ -147,12 +147,15 @@ class FeatureStore:
         full_feature_names: bool = False,
         output: Literal["polars", "pandas", "arrow"] = "polars",
         engine: Engine = "auto",
+        partitions_from: date | None = None,
     ) -> Any:
         """Point-in-time-correct features for each label row (see `compute.point_in_time`).
 
         `engine` chooses in-memory or partitioned (larger than memory) execution; `auto`
         decides from the size of the partitions that can matter. `last_training_stats` tells
-        which engine ran and how many partitions were read.
+        which engine ran and how many partitions were read. `partitions_from` skips row-feature
+        partitions before that day, for callers who know no label's latest value is older
+        (the agreement check: its entities all have a row on or after that day).
         """
         original = labels = to_polars(entity_df, "entity_df")
         selection = self.select(features, service)
@@ -178,6 +181,12 @@ class FeatureStore:
             )
             for group, feats in selection
         ]
+        if partitions_from is not None:
+            for plan in plans:
+                if not plan.group.is_windowed:
+                    plan.files = [
+                        f for f in plan.files if f.parent.name >= f"date={partitions_from.isoformat()}"
+                    ]
         self.last_training_stats = TrainingSetStats()
         frames = build(base, plans, engine, self.last_training_stats)
         return convert(pl.concat([original, *frames], how="horizontal"), output)

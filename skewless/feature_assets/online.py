@@ -55,7 +55,8 @@ def build_online_asset(
             from skewless.checks.agreement import check_agreement, check_online_freshness
 
             store = feature_store(repo, offline, online)
-            outcomes = [check_online_freshness(store, group), check_agreement(store, group)]
+            days = partition_days(context)
+            outcomes = [check_online_freshness(store, group), check_agreement(store, group, days=days)]
             yield result
             for outcome in outcomes:
                 yield to_check_result(outcome)
