@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "features":
             return registry_command(args)
         elif args.command == "impact":
+            import warnings
+
+            warnings.filterwarnings("ignore")  # Dagster's beta notices are not for this output
             from skewless.registry import cli_output
             from skewless.registry.impact import impact as impact_of
             from skewless.repository import load_repository

@@ -210,6 +210,11 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
             f"   served vectors vs training set: {check.check_name} {'ok' if check.passed else 'FAIL'}: "
             f"{check.description}"
         )
+    if any(not c.passed for c in skew["checks"]):
+        print(
+            "   (real skew: the data stops at midnight, so 1-day window counts and hours served now "
+            "differ from those at training time)"
+        )
     print("   online latency by feature group (this process):")
     for row in skew["latency"].iter_rows(named=True):
         print(

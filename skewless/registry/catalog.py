@@ -198,7 +198,7 @@ class Registry:
         return (
             frame.with_columns(score.alias("score"))
             .filter(pl.col("score") > 0)
-            .sort(["score", "latest_version", "version", "ref"], descending=[True, True, True, False])
+            .sort(["score", "latest_version", "ref"], descending=[True, True, False])
             .head(limit)
             .select("score", "ref", "dtype", "description", "owner", "tags", "consumers")
         )
