@@ -41,23 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_redis import resolve_redis  # noqa: E402  (bench/ is the script's folder)
+
 SIZES = {"small": (20_000, 2_000), "medium": (100_000, 10_000)}  # users, merchants
-
-
-def resolve_redis(url: str | None, state: Path) -> str:
-    import redis
-
-    if url:
-        return url
-    local = "redis://127.0.0.1:6379/0"
-    try:
-        if redis.Redis.from_url(local, socket_connect_timeout=0.5).ping():
-            return local
-    except redis.RedisError:
-        pass
-    from skewless.storage.embedded_redis import ensure_embedded_redis
-
-    return ensure_embedded_redis(state)
 
 
 def main() -> int:

@@ -39,6 +39,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_redis import resolve_redis  # noqa: E402  (bench/ is the script's folder)
+
 REPO = textwrap.dedent(
     """
     import polars as pl
@@ -72,19 +74,6 @@ def events(n: int, start_id: int, users: int, seed: int) -> pl.DataFrame:
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def resolve_redis(url: str | None, state: Path) -> str:
-    if url:
-        return url
-    try:
-        if redis.Redis(socket_connect_timeout=0.5).ping():
-            return "redis://127.0.0.1:6379/0"
-    except redis.RedisError:
-        pass
-    from skewless.storage.embedded_redis import ensure_embedded_redis
-
-    return ensure_embedded_redis(state)
 
 
 def main() -> int:

@@ -44,6 +44,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_redis import resolve_redis  # noqa: E402  (bench/ is the script's folder)
+
 from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource  # noqa: E402
 from skewless.config import StoreConfig  # noqa: E402
 
@@ -60,20 +62,6 @@ def repository() -> FeatureRepository:
         for name in GROUPS
     ]
     return FeatureRepository(groups)
-
-
-def resolve_redis(url: str | None, state: Path) -> str:
-    if url:
-        return url
-    local = "redis://127.0.0.1:6379/0"
-    try:
-        if redis.Redis.from_url(local, socket_connect_timeout=0.5).ping():
-            return local
-    except redis.RedisError:
-        pass
-    from skewless.storage.embedded_redis import ensure_embedded_redis
-
-    return ensure_embedded_redis(state)
 
 
 def frame_for(n: int, seed: int) -> pl.DataFrame:

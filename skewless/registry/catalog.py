@@ -108,7 +108,8 @@ class Registry:
         """One row per feature of every group version."""
         rows = []
         for group in self.repo.groups:
-            for entry in self.group_entry(group)["features"]:
+            # feature entries only: a group entry also fingerprints (reads source code)
+            for entry in (self.feature_entry(group, f.name) for f in group.features):
                 rows.append(
                     {
                         "group": group.name,
