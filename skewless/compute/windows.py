@@ -15,8 +15,9 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from skewless.checks.schema import check_rows
+from skewless.compute.exact import exact_sum
 from skewless.errors import TransformationError
-from skewless.language.aggregation import windowed_features
+from skewless.language.aggregation import Aggregation, windowed_features
 from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
 
 ROW = "__skewless_row"
@@ -103,6 +104,7 @@ def window_values(
     )
     where = {i: f"where__{i}" for i, a in enumerate(group.aggregations) if a.where is not None}
     exprs = []
+    exact: list[tuple[str, str]] = []
     for agg, window, name in wanted:
         index = group.aggregations.index(agg)
         inside = pl.col("__in_longest") & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(window))
@@ -116,20 +118,26 @@ def window_values(
         column = pl.col(agg.column)  # type: ignore[arg-type]
         present = inside & column.is_not_null()
         values = column.filter(present)
-        if agg.function == "sum":
-            exprs.append(values.cum_sum().last().fill_null(0).cast(agg.output_dtype).alias(out))
-        elif agg.function == "mean":
-            total = values.cast(pl.Float64).cum_sum().last()
-            exprs.append((total / present.sum()).alias(out))
+        if agg.function == "sum" and not agg.dtype.is_float():
+            exprs.append(values.sum().cast(agg.output_dtype).alias(out))
+        elif agg.function in ("sum", "mean"):
+            # exact sums (compute.exact): the value does not depend on order or tiling
+            exprs.append(values.cast(pl.Float64).alias(out))
+            exact.append((out, agg.function))
         elif agg.function == "min":
-            exprs.append(values.min().alias(out))
+            exprs.append(_signless_zero(values, agg).min().alias(out))
         elif agg.function == "max":
-            exprs.append(values.max().alias(out))
+            exprs.append(_signless_zero(values, agg).max().alias(out))
         elif agg.function == "last":
             exprs.append(values.last().alias(out))
         else:  # distinct_count
             exprs.append(values.n_unique().cast(pl.Int64).alias(out))
     result = joined.group_by(ROW, maintain_order=True).agg(exprs)
+    if exact:
+        result = result.with_columns(
+            pl.col(out).map_batches(_exact_sums if function == "sum" else _exact_means, return_dtype=pl.Float64)
+            for out, function in exact
+        )
     defaults = []
     for _agg, _window, name in wanted:
         feature = group.feature(name)
@@ -138,6 +146,22 @@ def window_values(
             expr = expr.fill_null(pl.lit(feature.default, dtype=feature.polars_dtype))
         defaults.append(expr.cast(feature.polars_dtype))
     return result.select(ROW, *defaults)
+
+
+def _signless_zero(values: pl.Expr, agg: Aggregation) -> pl.Expr:
+    """min/max of floats treat -0.0 as 0.0 (Polars returns whichever zero came last, an
+    order dependence tiles must not inherit)."""
+    return values + pl.lit(0.0, dtype=agg.dtype) if agg.dtype.is_float() else values
+
+
+def _exact_sums(lists: pl.Series) -> pl.Series:
+    return pl.Series([exact_sum(values) for values in lists.to_list()], dtype=pl.Float64)
+
+
+def _exact_means(lists: pl.Series) -> pl.Series:
+    return pl.Series(
+        [exact_sum(values) / len(values) if values else None for values in lists.to_list()], dtype=pl.Float64
+    )
 
 
 def _micros(window: timedelta) -> pl.Expr:

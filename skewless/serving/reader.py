@@ -139,7 +139,7 @@ class ReadPlan:
                     features=list(features),
                     names=[names[(group.name, group.version, f)] for f in features],
                     prefix=f"{store.key_prefix}:{{{group.entity.name}:",
-                    suffix=f"}}:{group.name}:v{group.version}" + (":events" if group.is_windowed else ""),
+                    suffix=f"}}:{group.name}:v{group.version}",
                     ttl_us=None if ttl is None or group.is_windowed else ttl // timedelta(microseconds=1),
                 )
             )
@@ -218,50 +218,44 @@ class ReadPlan:
 
     # ------------------------------------------------------------------ reading
     def fetch(self, columns: dict[str, list[Any]], n: int, now_us: int) -> list[Decoded | pl.DataFrame]:
-        """One round trip for every group and entity.
-
-        Row groups: one MGET, decoded records per group. Window groups: a ZRANGEBYSCORE per
-        entity for the events in the longest window, aggregated as of `now_us` by the same
-        function training sets use; their result is the finished feature frame.
-        """
+        """Row groups: one MGET for every group and entity, decoded records per group.
+        Window groups: their tiles and edge events as of `now_us` (`storage.window_state`),
+        one round trip per group; their result is the finished feature frame."""
         row_keys: list[str] = []
-        window_keys: list[str] = []
         for read in self.groups:
-            (window_keys if read.group.is_windowed else row_keys).extend(read.keys(columns))
-        longest = max(
-            (r.group.max_window // timedelta(microseconds=1) for r in self.groups if r.group.is_windowed),
-            default=0,
-        )
-        raw, sets = self.store.read_mixed(row_keys, window_keys, now_us - longest, now_us) if n else ([], [])
+            if not read.group.is_windowed:
+                row_keys.extend(read.keys(columns))
+        raw = self.store.mget(row_keys) if n and row_keys else []
         out: list[Decoded | pl.DataFrame] = []
-        rows_at = sets_at = 0
+        rows_at = 0
         for read in self.groups:
             if read.group.is_windowed:
-                out.append(self._windows(read, columns, n, now_us, sets[sets_at * n : (sets_at + 1) * n]))
-                sets_at += 1
+                out.append(self._windows(read, columns, n, now_us))
             else:
                 out.append(read.codec.decode_arrays(raw[rows_at * n : (rows_at + 1) * n]))
                 rows_at += 1
         return out
 
-    def _windows(
-        self, read: GroupRead, columns: dict[str, list[Any]], n: int, now_us: int, replies: list[list[bytes]]
-    ) -> pl.DataFrame:
-        from skewless.compute.windows import QUERY_TS, ROW, window_values
-
-        group = read.group
-        keys = group.entity.key_schema
-        queries = pl.DataFrame(
-            [pl.Series(ROW, range(n), dtype=pl.UInt32)]
-            + [pl.Series(c, columns[c], dtype=d) for c, d in keys.items()]
-            + [pl.Series(QUERY_TS, [now_us] * n, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))]
-        )
-        events = self.store.read_events(group, replies).join(
-            queries.select(pl.col(ROW).alias("__entity"), *keys), on="__entity", how="left"
-        )
-        names = dict(zip(read.features, read.names, strict=True))
-        values = window_values(group, events.lazy(), queries.lazy(), names)
-        return values.sort(ROW).drop(ROW).collect()
+    def _windows(self, read: GroupRead, columns: dict[str, list[Any]], n: int, now_us: int) -> pl.DataFrame:
+        """The requested window features, in the requested order and names, one row per
+        requested entity (a repeated entity is read once and repeated, never summed)."""
+        bases = read.keys(columns) if n else []
+        unique = list(dict.fromkeys(bases))
+        values = self.store.windows.read(read.group, unique, now_us) if unique else []
+        by_base = dict(zip(unique, values, strict=True))
+        rows = [by_base[base] for base in bases]
+        series = []
+        for feature, spec in zip(read.features, read.reads, strict=True):
+            dtype = spec.dtype
+            data = [row.get(feature) for row in rows]
+            if dtype.is_temporal():
+                column = pl.Series(spec.name, data, dtype=pl.Int64).cast(dtype)
+            else:
+                column = pl.Series(spec.name, data, dtype=dtype, strict=False)
+            if spec.default is not None:
+                column = column.fill_null(pl.lit(spec.default, dtype=dtype))
+            series.append(column)
+        return pl.DataFrame(series, schema={r.name: r.dtype for r in read.reads}) if series else pl.DataFrame()
 
     def _valid_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> np.ndarray:
         if read.ttl_us is None:

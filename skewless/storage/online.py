@@ -83,7 +83,7 @@ class OnlineStore:
         self._client: redis.Redis | None = None
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._write_script: Any = None
-        self._events_lua: Any = None
+        self._windows: Any = None
         self._mark_lua: Any = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -262,71 +262,18 @@ class OnlineStore:
             pool.release(connection)
 
     # ------------------------------------------------------------------ window state
-    def events_codec(self, group: FeatureGroup) -> GroupCodec:
-        """Packs one event of a window group: id, aggregated columns, `where` flags."""
-        key = (group.name, -group.version)
-        if key not in self._codecs:
-            columns = {EVENT_ID: pl.String(), **group.input_columns()}
-            columns.update({name: pl.Boolean() for name in group.where_columns()})
-            self._codecs[key] = GroupCodec(group, [Feature(n, d) for n, d in columns.items()])
-        return self._codecs[key]
+    @property
+    def windows(self) -> Any:
+        """The window groups' state (`storage.window_state`): events, identity, tiles."""
+        if self._windows is None:
+            from skewless.storage.window_state import WindowState
+
+            self._windows = WindowState(self)
+        return self._windows
 
     def write_events(self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None) -> int:
-        """Add events (offline event layout) to the entities' window state; returns new events.
-
-        Events older than the longest window are not kept online (they stay in the offline
-        history). Idempotent: the same event twice is one member of the sorted set.
-        """
-        wall_us = time.time_ns() // 1000
-        now_us = wall_us if now is None else int(now.timestamp() * 1_000_000)
-        shift_ms = max(0, (wall_us - now_us) // 1000)
-        window_us = group.max_window // timedelta(microseconds=1)
-        cutoff = now_us - window_us
-        frame = events.filter(pl.col(EVENT_TIMESTAMP).dt.epoch("us") > cutoff).with_columns(
-            (key_expression(group, self.key_prefix) + ":events").alias("__key"),
-            pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
-        )
-        if frame.height == 0:
-            return 0
-        frame = frame.with_columns(
-            pl.Series("__member", self.events_codec(group).encode(frame), dtype=pl.Binary)
-        )
-        batches = frame.group_by("__key", maintain_order=True).agg("__score", "__member")
-        script = self._events_script()
-        added = 0
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for rows in batches.iter_slices(500):
-                args: list[Any] = [cutoff, window_us // 1000, shift_ms]
-                for scores, members in zip(
-                    rows["__score"].to_list(), rows["__member"].to_list(), strict=True
-                ):
-                    args.append(len(scores))
-                    for score, member in zip(scores, members, strict=True):
-                        args += [score, member]
-                script(keys=rows["__key"].to_list(), args=args, client=pipe)
-            added = sum(pipe.execute())
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unreachable(f"writing window state of '{group.ref}'", exc) from exc
-        self.mark_written(group, int(frame["__score"].max()))  # type: ignore[arg-type]
-        return added
-
-    def _events_script(self) -> Any:
-        if self._events_lua is None:
-            source = resources.files("skewless.storage").joinpath("lua/write_events.lua").read_text()
-            self._events_lua = self.client.register_script(source)
-        return self._events_lua
-
-    def read_events(self, group: FeatureGroup, replies: list[list[bytes]]) -> pl.DataFrame:
-        """Decode ZRANGEBYSCORE replies (one per entity) into events with an `__entity` index."""
-        codec = self.events_codec(group)
-        members: list[bytes] = []
-        owners: list[int] = []
-        for i, found in enumerate(replies):
-            members.extend(found)
-            owners.extend([i] * len(found))
-        decoded = codec.decode(members)
-        return decoded.with_columns(pl.Series("__entity", owners, dtype=pl.UInt32)).drop("created_timestamp")
+        """Add or correct events (offline event layout) in the entities' window state."""
+        return self.windows.write(group, events, now)
 
     # ------------------------------------------------------------------ reads
     def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
@@ -369,33 +316,33 @@ class OnlineStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable("reading online features", exc) from exc
 
-    def read_mixed(
-        self, mget_keys: list[str], zset_keys: list[str], low_us: int, high_us: int
-    ) -> tuple[list[bytes | None], list[list[bytes]]]:
-        """One round trip: an MGET for row features and a ZRANGEBYSCORE per window-state key
-        (events with `low_us < score <= high_us`), sent together, replies read in order."""
-        commands: list[tuple[Any, ...]] = []
-        if mget_keys:
-            commands.append(("MGET", *mget_keys))
-        commands += [("ZRANGEBYSCORE", key, f"({low_us}", high_us) for key in zset_keys]
+    def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands as one MULTI/EXEC on this thread's connection: one round trip, one
+        consistent snapshot (a window read must not see half of a concurrent write)."""
         if not commands:
-            return [], []
+            return []
+        packed = [hiredis.pack_command(("MULTI",))]
+        packed += [hiredis.pack_command(c) for c in commands]
+        packed.append(hiredis.pack_command(("EXEC",)))
         connection = self._read_connection()
         try:
-            connection.send_packed_command([hiredis.pack_command(c) for c in commands], check_health=False)
-            replies = [connection.read_response() for _ in commands]
+            connection.send_packed_command(packed, check_health=False)
+            for _ in range(len(commands) + 1):
+                connection.read_response()
+            replies = connection.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             connection.disconnect()
             try:
-                pipe = self.client.pipeline(transaction=False)
+                pipe = self.client.pipeline(transaction=True)
                 for command in commands:
                     pipe.execute_command(*command)
                 replies = pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise self._unreachable("reading online features", exc) from exc
-        if mget_keys:
-            return replies[0], replies[1:]
-        return [], replies
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise OnlineStoreError(f"Redis refused a read: {reply}")
+        return replies  # type: ignore[no-any-return]
 
     def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
         """Scan the keys of one group version (or all of this prefix): for tests and the demo."""
@@ -403,7 +350,7 @@ class OnlineStore:
             f"{self.key_prefix}:*"
             if group is None
             else f"{self.key_prefix}:*}}:{group.name}:v{group.version}"
-            + (":events" if group.is_windowed else "")
+            + (":*" if group.is_windowed else "")
         )
         yield from self.client.scan_iter(match=pattern, count=1000)
 
@@ -423,9 +370,11 @@ class OnlineStore:
         partitions); pushes land there too. UNLINK in batches of 1,000; returns keys removed.
         """
         key = version_key_expression(entity, key_schema, name, version, self.key_prefix)
-        if windowed:
-            key = key + ":events"
         keys = entities.select(list(key_schema)).unique().select(key.alias("key")).collect()["key"]
+        if windowed:
+            from skewless.storage.window_state import WindowState
+
+            keys = pl.concat([keys + suffix for suffix in WindowState.suffixes()])
         deleted = 0
         try:
             for start in range(0, keys.len(), 1000):

@@ -1,27 +1,90 @@
--- Add events to per-entity sorted sets (the online window state) and drop expired ones.
--- KEYS[i]: the events key of one entity in one window group version.
--- ARGV[1]: cutoff score (microseconds): events at or before it can no longer be in a window.
--- ARGV[2]: longest window in milliseconds (a key expires that long after its newest event).
--- ARGV[3]: milliseconds to add to expiries: 0, or (wall clock - `at`) when replaying as of `at`.
--- ARGV[4..]: for each key, a count c, then c pairs (score, member).
--- Members are whole packed events, so re-delivering an event adds nothing (exactly-once
--- effect); a late event lands in score order like any other.
-local cutoff = ARGV[1]
-local window_ms = tonumber(ARGV[2])
+-- Add or correct events in per-entity window state, invalidating the tiles they touch.
+-- Per entity three keys (one hash tag, so one cluster slot):
+--   KEYS[3e+1] events  sorted set: member = 2-byte id length .. id .. packed event, score = event µs
+--   KEYS[3e+2] ids     hash: event id -> its current member (identity: entity keys + event id)
+--   KEYS[3e+3] tiles   hash: "<level>:<k>" -> cached tile partials (JSON), "_gen" -> write count
+-- ARGV[1]: cutoff score (µs): events at or before it can no longer be in a window (-1: keep all)
+-- ARGV[2]: milliseconds a key lives after its newest event (0: no expiry, for lifetime windows)
+-- ARGV[3]: milliseconds to add to expiries: 0, or (wall clock - `at`) when replaying as of `at`
+-- ARGV[4]: number of tile levels L, ARGV[5 .. 4+L]: their sizes in µs
+-- then for each entity: a count c, then c triples (score, id, member).
+-- An id seen with the same member is a re-delivery: nothing changes. An id seen with another
+-- member is a correction: the old version leaves (its tiles are invalidated), the new one
+-- enters. Every tile an added or removed event falls in is deleted from the cache and the
+-- generation bumped, so a reader can never keep a tile computed from older events.
+-- Returns the number of new event ids.
+local cutoff = tonumber(ARGV[1])
+local life_ms = tonumber(ARGV[2])
 local shift_ms = tonumber(ARGV[3])
-local at = 4
+local levels = tonumber(ARGV[4])
+local sizes = {}
+for l = 1, levels do
+  sizes[l] = tonumber(ARGV[4 + l])
+end
+local at = 5 + levels
 local added = 0
-for _, key in ipairs(KEYS) do
+
+local function invalidate(tkey, score)
+  local fields = {}
+  for l = 1, levels do
+    fields[l] = (l - 1) .. ':' .. string.format('%d', math.floor((score - 1) / sizes[l]))
+  end
+  redis.call('HDEL', tkey, unpack(fields))
+end
+
+local function id_of(member)
+  local n = string.byte(member, 1) * 256 + string.byte(member, 2)
+  return string.sub(member, 3, 2 + n)
+end
+
+for e = 0, #KEYS / 3 - 1 do
+  local zkey, hkey, tkey = KEYS[3 * e + 1], KEYS[3 * e + 2], KEYS[3 * e + 3]
   local count = tonumber(ARGV[at])
   at = at + 1
+  local changed = false
   for j = 0, count - 1 do
-    added = added + redis.call('ZADD', key, ARGV[at + 2 * j], ARGV[at + 2 * j + 1])
+    local score, id, member = ARGV[at + 3 * j], ARGV[at + 3 * j + 1], ARGV[at + 3 * j + 2]
+    local old = redis.call('HGET', hkey, id)
+    if old ~= member then
+      if old then
+        local old_score = redis.call('ZSCORE', zkey, old)
+        redis.call('ZREM', zkey, old)
+        if old_score then
+          invalidate(tkey, tonumber(old_score))
+        end
+      else
+        added = added + 1
+      end
+      redis.call('ZADD', zkey, score, member)
+      redis.call('HSET', hkey, id, member)
+      invalidate(tkey, tonumber(score))
+      changed = true
+    end
   end
-  at = at + 2 * count
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if newest[2] then
-    redis.call('PEXPIREAT', key, math.floor(tonumber(newest[2]) / 1000) + window_ms + shift_ms)
+  at = at + 3 * count
+  if cutoff >= 0 then
+    local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff)
+    if #gone > 0 then
+      local ids = {}
+      for i, member in ipairs(gone) do
+        ids[i] = id_of(member)
+      end
+      redis.call('HDEL', hkey, unpack(ids))
+      redis.call('ZREMRANGEBYSCORE', zkey, '-inf', cutoff)
+      changed = true
+    end
+  end
+  if changed then
+    redis.call('HINCRBY', tkey, '_gen', 1)
+  end
+  local newest = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+  if not newest[2] then
+    redis.call('DEL', zkey, hkey, tkey)
+  elseif life_ms > 0 then
+    local expire = math.floor(tonumber(newest[2]) / 1000) + life_ms + shift_ms
+    redis.call('PEXPIREAT', zkey, expire)
+    redis.call('PEXPIREAT', hkey, expire)
+    redis.call('PEXPIREAT', tkey, expire)
   end
 end
 return added

@@ -1,0 +1,220 @@
+"""Window features in constant time: online reads at 100 and 100,000 events in the window.
+
+    python bench/windows.py [--reads 400] [--labels 20000] [--redis-url URL] [--only training]
+
+A 31-feature window group (count, sum, mean, min, max, last, filtered count and sum,
+distinct count over 1h / 1d / 7d / 30d / lifetime) on a `stream=True` source. Two users: one
+with 100 events in its 7-day window, one with 100,000 (spread evenly; 30 days of history
+each). Measured in the same run against the same Redis, last line one JSON object:
+
+- `read_p50_ms_<n>`: `get_online_features` of all 31 features of the user (`output="dicts"`)
+  after one warm-up read (which fills the tile cache), reads interleaved between the users;
+- `raw_p50_ms_<n>`: the same keys read raw — the MULTI/EXEC of HMGET (tiles) + ZRANGEBYSCORE
+  (edges) our read sends, through a plain redis-py pipeline — and `ratio_<n>` ours/raw;
+- `raw_zrange_p50_ms_<n>`: a raw ZRANGEBYSCORE of every event in the 7-day window (what a
+  read cost before tiles: the floor of any read that aggregates raw events);
+- `push_p50_ms_1`: `FeatureStore.push` of one event (validated, transformed, window state
+  updated, appended to the stream); `push_events_per_s_10000`: pushes of 10,000 events;
+- `training_s`: a training set of `--labels` label rows over both users' offline history
+  (`--only training` runs just that, to compare code versions on the same data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_redis import resolve_redis  # noqa: E402  (bench/ is the script's folder)
+
+REPO = textwrap.dedent(
+    """
+    import polars as pl
+    from skewless import Aggregation, Entity, FeatureGroup, FileSource, FeatureRepository
+
+    W = ["1h", "1d", "7d", "30d", "lifetime"]
+    ok = pl.col("status") == "ok"
+    source = FileSource("bench_txns", {path!r}, "ts", id_field="eid", stream=True, start_date={start!r})
+    group = FeatureGroup(
+        "bench_windows", Entity("user", {{"user_id": pl.Int64}}), source,
+        aggregations=[
+            Aggregation("count", windows=W),
+            Aggregation("sum", "amount", W),
+            Aggregation("mean", "amount", ["1d", "7d", "30d", "lifetime"]),
+            Aggregation("min", "amount", ["1d", "7d", "30d"]),
+            Aggregation("max", "amount", ["1d", "7d", "30d"]),
+            Aggregation("last", "amount", ["7d", "lifetime"], name="last_amount"),
+            Aggregation("count", windows=["1d", "7d", "30d"], where=ok, name="ok_count"),
+            Aggregation("sum", "amount", ["1d", "7d", "30d"], where=ok, name="ok_amount"),
+            Aggregation("distinct_count", "merchant", ["1d", "7d", "30d"], dtype=pl.Int64),
+        ],
+    )
+    repository = FeatureRepository([group])
+    """
+)
+
+
+def events(user: int, n: int, span: timedelta, end: datetime, seed: int, prefix: str) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    offsets = np.sort(rng.integers(0, int(span.total_seconds() * 1e6), n))
+    return pl.DataFrame(
+        {
+            "user_id": np.full(n, user),
+            "ts": [end - timedelta(microseconds=int(o)) for o in offsets],
+            "eid": [f"{prefix}{i}" for i in range(n)],
+            "amount": np.round(rng.gamma(2.0, 30.0, n), 2),
+            "status": rng.choice(["ok", "ok", "ok", "declined"], n),
+            "merchant": rng.integers(0, 500, n),
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+
+
+def p50(samples: list[float]) -> float:
+    return round(float(np.percentile(samples, 50)), 3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reads", type=int, default=400)
+    parser.add_argument("--labels", type=int, default=20_000)
+    parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
+    parser.add_argument("--only", choices=["training"], default=None)
+    args = parser.parse_args()
+
+    from skewless import FeatureStore
+    from skewless.compute.rows import transform_rows
+    from skewless.config import StoreConfig
+    from skewless.repository import load_repository
+
+    work = Path(tempfile.mkdtemp(prefix="skewless-windows-"))
+    url = resolve_redis(args.redis_url, work / "state")
+    prefix = f"skbench:{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=31)).date()
+    sizes = {100: 1, 100_000: 2}
+    frames = []
+    for n, user in sizes.items():
+        # n events in the last 7 days, and as dense again over the 23 days before
+        frames.append(events(user, n, timedelta(days=7), now - timedelta(seconds=1), user, f"u{user}-"))
+        older = events(user, n * 23 // 7, timedelta(days=23), now - timedelta(days=7), user + 10, f"o{user}-")
+        frames.append(older)
+    source_rows = pl.concat(frames).sort("ts")
+    source_rows.write_parquet(work / "txns.parquet")
+    (work / "bench_repo.py").write_text(REPO.format(path=str(work / "txns.parquet"), start=start.isoformat()))
+    config = StoreConfig(str(work / "offline"), url, str(work / "state"), prefix)
+    os.environ.update({"SKEWLESS_KEY_PREFIX": prefix, "SKEWLESS_HOME": str(work / "state")})
+    repo = load_repository(str(work / "bench_repo.py"))
+    group = repo.groups[0]
+    store = FeatureStore(repo, config)
+    refs = [f"{group.name}:v{group.version}:{f}" for f in group.feature_names]
+    result: dict[str, object] = {"features": len(refs)}
+    far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    computed = transform_rows(group, group.source.checked(source_rows.lazy()), *far)
+    try:
+        # ------------------------------------------------------------- training set
+        for (day,), part in computed.group_by(pl.col("event_timestamp").dt.date()):
+            store.offline.write_partition(group, day, part.sort(["user_id", "event_timestamp", "event_id"]))
+        rng = np.random.default_rng(7)
+        label_ts = [now - timedelta(seconds=int(s)) for s in rng.integers(0, 20 * 86400, args.labels)]
+        labels = pl.DataFrame(
+            {"user_id": rng.choice([1, 2], args.labels), "event_timestamp": label_ts},
+            schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")},
+        )
+        started = time.perf_counter()
+        store.get_training_dataset(labels, features=refs)
+        result["training_s"] = round(time.perf_counter() - started, 3)
+        result["training_labels"] = args.labels
+        print(f"[windows] training set of {args.labels} labels: {result['training_s']} s", flush=True)
+        if args.only == "training":
+            print(json.dumps(result))
+            return 0
+
+        # ------------------------------------------------------------- online reads
+        started = time.perf_counter()
+        store.online.write_events(group, computed)
+        print(f"[windows] wrote {computed.height:,} events in {time.perf_counter() - started:.1f} s", flush=True)
+        raw_client = redis.Redis.from_url(url)
+        bases = {user: f"{prefix}:{{user:{user}}}:{group.name}:v{group.version}" for user in sizes.values()}
+        ours: dict[int, list[float]] = {n: [] for n in sizes}
+        raw: dict[int, list[float]] = {n: [] for n in sizes}
+        zrange: dict[int, list[float]] = {n: [] for n in sizes}
+        for n, user in sizes.items():
+            store.get_online_features([{"user_id": user}], features=refs, output="dicts")  # warm the cache
+        for _ in range(args.reads):
+            for n, user in sizes.items():
+                t0 = time.perf_counter()
+                store.get_online_features([{"user_id": user}], features=refs, output="dicts")
+                ours[n].append((time.perf_counter() - t0) * 1000)
+                t_us = time.time_ns() // 1000
+                tiles, raws, _ = store.online.windows.plan(group, t_us)
+                fields = ["_gen", *(f"{level}:{k}" for level, k in tiles)]
+                t0 = time.perf_counter()
+                pipe = raw_client.pipeline(transaction=True)
+                pipe.hmget(bases[user] + ":tiles", fields)
+                for lo, hi in raws:
+                    pipe.zrangebyscore(bases[user] + ":events", f"({lo}", hi)
+                pipe.execute()
+                raw[n].append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                raw_client.zrangebyscore(bases[user] + ":events", t_us - 7 * 86400 * 10**6, t_us)
+                zrange[n].append((time.perf_counter() - t0) * 1000)
+        for n in sizes:
+            result[f"read_p50_ms_{n}"] = p50(ours[n])
+            result[f"read_p99_ms_{n}"] = round(float(np.percentile(ours[n], 99)), 3)
+            result[f"raw_p50_ms_{n}"] = p50(raw[n])
+            result[f"ratio_{n}"] = round(p50(ours[n]) / p50(raw[n]), 3)
+            result[f"raw_zrange_p50_ms_{n}"] = p50(zrange[n])
+            print(
+                f"[windows] {n:>7,} events in 7d: ours p50 {result[f'read_p50_ms_{n}']} ms, "
+                f"raw same keys {result[f'raw_p50_ms_{n}']} ms (x{result[f'ratio_{n}']}), "
+                f"raw ZRANGEBYSCORE of the window {result[f'raw_zrange_p50_ms_{n}']} ms",
+                flush=True,
+            )
+
+        # ------------------------------------------------------------- pushes
+        samples = []
+        for i in range(300):
+            one = events(3 + i % 50, 1, timedelta(seconds=1), datetime.now(UTC), 1000 + i, f"p{i}-")
+            t0 = time.perf_counter()
+            store.push("bench_txns", one)
+            samples.append((time.perf_counter() - t0) * 1000)
+        result["push_p50_ms_1"] = p50(samples)
+        result["push_p99_ms_1"] = round(float(np.percentile(samples, 99)), 3)
+        rates = []
+        for i in range(5):
+            batch = pl.concat(
+                [events(100 + u, 10, timedelta(hours=1), datetime.now(UTC), u, f"b{i}-{u}-") for u in range(1000)]
+            )
+            t0 = time.perf_counter()
+            store.push("bench_txns", batch)
+            rates.append(batch.height / (time.perf_counter() - t0))
+        result["push_events_per_s_10000"] = round(float(np.median(rates)))
+        print(
+            f"[windows] push: 1 event p50 {result['push_p50_ms_1']} ms; "
+            f"10,000 events: {result['push_events_per_s_10000']:,} events/s",
+            flush=True,
+        )
+    finally:
+        store.online.delete_all()
+        store.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

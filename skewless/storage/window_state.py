@@ -1,0 +1,372 @@
+"""Online window state in Redis: raw events for exact edges and identity, cached tiles for
+constant-time reads.
+
+Per entity and window group version, three keys under the entity's hash tag (one cluster
+slot, so one entity is always one slot):
+
+    <base>:events   sorted set, score = event time (µs), member = id length, id, packed event
+    <base>:ids      hash, event id -> current member: identity is (entity keys, event id)
+    <base>:tiles    hash, "<level>:<k>" -> tile partials (JSON), "_gen" -> write generation
+
+`<base>` is the entity's online key (`storage.online.key_expression`). Writes go through one
+Lua script (`lua/write_events.lua`): a re-delivered event changes nothing, a re-pushed id with
+new content replaces the old version (latest write wins), and every tile an event enters or
+leaves is dropped from the cache. Reads cut each window into tiles and two short raw edges
+(`compute.tiles.cover`), fetch them in one MULTI/EXEC round trip, and compute any tile not
+cached from its children (or its few raw events), writing it back only if the generation did
+not move in between. A steady read touches a bounded number of tiles whatever the events.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import polars as pl
+import redis
+
+from skewless.compute import tiles as T
+from skewless.language.durations import LIFETIME
+from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, Feature, FeatureGroup
+from skewless.storage.codec import GroupCodec
+
+if TYPE_CHECKING:
+    from skewless.storage.online import OnlineStore
+
+RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
+PRUNE_EVERY = 64  # about one write-back in this many also drops tiles no window can use
+
+
+def members(ids: Sequence[str], packed: Sequence[bytes]) -> list[bytes]:
+    out = []
+    for event_id, value in zip(ids, packed, strict=True):
+        raw = event_id.encode()
+        if len(raw) > 65535:
+            raise ValueError(f"event id {event_id[:40]!r}... is longer than 65535 bytes")
+        out.append(len(raw).to_bytes(2, "big") + raw + value)
+    return out
+
+
+def unpack_member(member: bytes) -> bytes:
+    return member[2 + int.from_bytes(member[:2], "big") :]
+
+
+class WindowState:
+    """The window state of every window group on one online store."""
+
+    def __init__(self, store: OnlineStore) -> None:
+        self.store = store
+        self._write_lua: Any = None
+        self._put_lua: Any = None
+        self._codecs: dict[tuple[str, int], GroupCodec] = {}
+        self._parts: dict[tuple[str, int], list[T.Part]] = {}
+
+    # ------------------------------------------------------------------ layout
+    @staticmethod
+    def suffixes() -> tuple[str, str, str]:
+        return ":events", ":ids", ":tiles"
+
+    def codec(self, group: FeatureGroup) -> GroupCodec:
+        key = (group.name, group.version)
+        if key not in self._codecs:
+            columns = {EVENT_ID: pl.String(), **group.input_columns()}
+            columns.update({name: pl.Boolean() for name in group.where_columns()})
+            self._codecs[key] = GroupCodec(group, [Feature(n, d) for n, d in columns.items()])
+        return self._codecs[key]
+
+    def parts(self, group: FeatureGroup) -> list[T.Part]:
+        key = (group.name, group.version)
+        if key not in self._parts:
+            self._parts[key] = T.parts(group)
+        return self._parts[key]
+
+    # ------------------------------------------------------------------ writes
+    def write(self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None) -> int:
+        """Add or correct events (offline event layout); returns how many ids were new.
+
+        Events older than the longest window are not kept online (they stay offline). The
+        same event twice is one event; the same id with new content replaces the old one.
+        """
+        from skewless.storage.online import key_expression
+
+        store = self.store
+        wall_us = time.time_ns() // 1000
+        now_us = wall_us if now is None else int(now.timestamp() * 1_000_000)
+        shift_ms = max(0, (wall_us - now_us) // 1000)
+        longest = group.max_window
+        lifetime = longest >= LIFETIME
+        window_us = longest // timedelta(microseconds=1)
+        cutoff = -1 if lifetime else max(-1, now_us - window_us)
+        frame = events.with_columns(
+            key_expression(group, store.key_prefix).alias("__key"),
+            pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
+        ).filter(pl.col("__score") > cutoff)
+        if frame.height == 0:
+            return 0
+        frame = frame.with_columns(
+            pl.Series(
+                "__member",
+                members(frame[EVENT_ID].to_list(), self.codec(group).encode(frame)),
+                dtype=pl.Binary,
+            )
+        )
+        batches = frame.group_by("__key", maintain_order=True).agg("__score", EVENT_ID, "__member")
+        sha = self._write_sha()
+        head: list[Any] = [cutoff, 0 if lifetime else window_us // 1000, shift_ms, len(T.SIZES), *T.SIZES]
+        added = 0
+        try:
+            pipe = store.client.pipeline(transaction=False)
+            for rows in batches.iter_slices(500):
+                keys: list[str] = []
+                args = list(head)
+                for key, scores, ids, packed in rows.iter_rows():
+                    keys += [key + ":events", key + ":ids", key + ":tiles"]
+                    args.append(len(scores))
+                    for score, event_id, member in zip(scores, ids, packed, strict=True):
+                        args += [score, event_id, member]
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            try:
+                added = sum(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                self._write_lua = None
+                return self.write(group, events, now)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise store._unreachable(f"writing window state of '{group.ref}'", exc) from exc
+        store.mark_written(group, int(frame["__score"].max()))  # type: ignore[arg-type]
+        return added
+
+    def _write_sha(self) -> str:
+        if self._write_lua is None:
+            source = resources.files("skewless.storage").joinpath("lua/write_events.lua").read_text()
+            self._write_lua = self.store.client.script_load(source)
+        return self._write_lua  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ reads
+    def plan(self, group: FeatureGroup, t_us: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict]:
+        """Tiles and raw ranges every window of the group needs at `t_us`, and which each uses."""
+        fields: dict[tuple[int, int], None] = {}
+        raws: dict[tuple[int, int], None] = {}
+        per_window: dict[timedelta, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        for window in sorted({w for agg in group.aggregations for w in agg.window_list}):
+            low = max(-1, t_us - window // timedelta(microseconds=1))
+            tiles, edges = T.cover(low, t_us)
+            per_window[window] = (tiles, edges)
+            fields.update(dict.fromkeys(tiles))
+            raws.update(dict.fromkeys(edges))
+        return list(fields), list(raws), per_window
+
+    def read(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]]:
+        """Window feature values (before defaults) for each entity base key, as of `t_us`."""
+        for _ in range(3):
+            result = self._read_once(group, bases, t_us)
+            if result is not None:
+                return result
+        return self._read_from_events(group, bases, t_us)
+
+    def _read_once(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]] | None:
+        tiles, raws, per_window = self.plan(group, t_us)
+        names = ["_gen", *(T.field(level, k) for level, k in tiles)]
+        commands: list[tuple[Any, ...]] = []
+        for base in bases:
+            commands.append(("HMGET", base + ":tiles", *names))
+            commands += [("ZRANGEBYSCORE", base + ":events", f"({lo}", hi) for lo, hi in raws]
+        replies = self.store.transaction(commands)
+        step = 1 + len(raws)
+        parts = self.parts(group)
+        codec = self.codec(group)
+        out: list[dict[str, Any]] = []
+        missing: list[tuple[int, str, list[int]]] = []  # entity, base, tile positions
+        states = []
+        for i, base in enumerate(bases):
+            got = replies[i * step]
+            gen = got[0]
+            cached: dict[tuple[int, int], list[Any]] = {}
+            absent = []
+            for position, (tile, raw) in enumerate(zip(tiles, got[1:], strict=True)):
+                if raw is None:
+                    absent.append(position)
+                else:
+                    cached[tile] = T.from_json(parts, orjson.loads(raw)) if raw else []
+            edge_events = [replies[i * step + 1 + j] for j in range(len(raws))]
+            states.append((gen, cached, edge_events))
+            if gen is not None and absent:
+                missing.append((i, base, absent))
+        if missing:
+            filled = self._fill(group, [(base, [tiles[p] for p in absent], states[i][0]) for i, base, absent in missing])
+            if filled is None:
+                return None
+            for (i, _, _), tiles_done in zip(missing, filled, strict=True):
+                states[i][1].update(tiles_done)
+        for gen, cached, edge_events in states:
+            if gen is None:  # no state at all for this entity
+                out.append(self._values(group, parts, per_window, {}, {}))
+                continue
+            edges = {}
+            for (lo, hi), found in zip(raws, edge_events, strict=True):
+                edges[(lo, hi)] = self._partials_of(group, parts, codec, found)
+            out.append(self._values(group, parts, per_window, cached, edges))
+        return out
+
+    def _partials_of(self, group: FeatureGroup, parts: list[T.Part], codec: GroupCodec, found: list[bytes]) -> list[Any]:
+        if not found:
+            return []
+        frame = codec.decode([unpack_member(m) for m in found])
+        events = T.events_as_lists(group, frame)
+        return T.partials(parts, events, range(len(found)))
+
+    def _values(
+        self,
+        group: FeatureGroup,
+        parts: list[T.Part],
+        per_window: dict,
+        cached: dict[tuple[int, int], list[Any]],
+        edges: dict[tuple[int, int], list[Any]],
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for window, (tiles, raws) in per_window.items():
+            pieces = [cached[t] for t in tiles if cached.get(t)] + [edges[r] for r in raws if edges.get(r)]
+            for index, (agg, part) in enumerate(zip(group.aggregations, parts, strict=True)):
+                if window not in agg.window_list:
+                    continue
+                acc = T.empty(part)
+                for piece in pieces:
+                    acc = T.merge(part, acc, piece[index])
+                values[agg.feature_name(window)] = T.finish(part, acc)
+        return values
+
+    # ------------------------------------------------------------------ cache misses
+    def _fill(
+        self, group: FeatureGroup, wanted: list[tuple[str, list[tuple[int, int]], bytes]]
+    ) -> list[dict[tuple[int, int], list[Any]]] | None:
+        """Compute missing tiles (from cached children, or from their few raw events), write
+        them back if the entity's generation is unchanged. None: a write raced us, retry."""
+        parts = self.parts(group)
+        codec = self.codec(group)
+        done: list[dict[tuple[int, int], list[Any]]] = [{} for _ in wanted]
+        pending: list[dict[tuple[int, int], list[tuple[int, int]]]] = [{} for _ in wanted]
+        frontier = [list(tiles) for _, tiles, _ in wanted]
+        while any(frontier):
+            commands: list[tuple[Any, ...]] = []
+            layout = []
+            for e, (base, _, _) in enumerate(wanted):
+                for level, k in frontier[e]:
+                    lo, hi = T.tile_range(level, k)
+                    commands.append(("ZCOUNT", base + ":events", f"({lo}", hi))
+                    kids = T.children(level, k) if level > 0 else []
+                    if kids:
+                        commands.append(("HMGET", base + ":tiles", *(T.field(*c) for c in kids)))
+                    layout.append((e, (level, k), kids))
+                commands.append(("HGET", base + ":tiles", "_gen"))
+            replies = self.store.transaction(commands)
+            at = 0
+            next_frontier: list[list[tuple[int, int]]] = [[] for _ in wanted]
+            raw_needed: list[tuple[int, tuple[int, int]]] = []
+            gens = {}
+            for e in range(len(wanted)):
+                for level, k in frontier[e]:
+                    count = replies[at]
+                    at += 1
+                    kids = T.children(level, k) if level > 0 else []
+                    kid_raw = replies[at] if kids else []
+                    if kids:
+                        at += 1
+                    tile = (level, k)
+                    if count == 0:
+                        done[e][tile] = []
+                    elif count <= RAW_TILE_MAX or not kids:
+                        raw_needed.append((e, tile))
+                    else:
+                        pending[e][tile] = kids
+                        for kid, raw in zip(kids, kid_raw, strict=True):
+                            if raw is None:
+                                next_frontier[e].append(kid)
+                            else:
+                                done[e][kid] = T.from_json(parts, orjson.loads(raw)) if raw else []
+                gens[e] = replies[at]
+                at += 1
+            if any(gens[e] != wanted[e][2] for e in gens):
+                return None
+            if raw_needed:
+                commands = []
+                for e, (level, k) in raw_needed:
+                    lo, hi = T.tile_range(level, k)
+                    commands.append(("ZRANGEBYSCORE", wanted[e][0] + ":events", f"({lo}", hi))
+                commands += [("HGET", base + ":tiles", "_gen") for base, _, _ in wanted]
+                found = self.store.transaction(commands)
+                if any(g != w[2] for g, w in zip(found[len(raw_needed) :], wanted, strict=True)):
+                    return None
+                for (e, tile), events in zip(raw_needed, found[: len(raw_needed)], strict=True):
+                    done[e][tile] = self._partials_of(group, parts, codec, events)
+            frontier = next_frontier
+        for e in range(len(wanted)):
+            for tile in sorted(pending[e]):  # children (lower levels) first
+                acc: list[Any] = []
+                for kid in pending[e][tile]:
+                    piece = done[e][kid]
+                    if piece:
+                        acc = piece if not acc else [T.merge(p, a, b) for p, a, b in zip(parts, acc, piece, strict=True)]
+                done[e][tile] = acc
+        self._write_back(group, wanted, done)
+        return [{t: done[e][t] for t in tiles} for e, (_, tiles, _) in enumerate(wanted)]
+
+    def _write_back(self, group: FeatureGroup, wanted: list, done: list[dict[tuple[int, int], list[Any]]]) -> None:
+        if self._put_lua is None:
+            self._put_lua = self.store.client.register_script(_PUT_TILES)
+        parts = self.parts(group)
+        try:
+            pipe = self.store.client.pipeline(transaction=False)
+            for (base, _, gen), tiles in zip(wanted, done, strict=True):
+                args: list[Any] = [gen, 1 if random.randrange(PRUNE_EVERY) == 0 else 0]
+                for (level, k), acc in tiles.items():
+                    args += [T.field(level, k), orjson.dumps(T.to_json(parts, acc)) if acc else b""]
+                self._put_lua(keys=[base + ":tiles"], args=args, client=pipe)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # a cache write is an optimisation: the next read computes the tile again
+
+    def _read_from_events(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]]:
+        """Every window from the raw events of the longest one: one atomic read per entity.
+        The last resort when writers keep racing the tile cache."""
+        low = max(-1, t_us - group.max_window // timedelta(microseconds=1))
+        found = self.store.transaction([("ZRANGEBYSCORE", b + ":events", f"({low}", t_us) for b in bases])
+        parts = self.parts(group)
+        codec = self.codec(group)
+        out = []
+        for events in found:
+            if not events:
+                out.append(self._values(group, parts, self._whole(group, t_us), {}, {}))
+                continue
+            frame = codec.decode([unpack_member(m) for m in events])
+            lists = T.events_as_lists(group, frame)
+            per_window = self._whole(group, t_us)
+            edges = {}
+            for window, (_, raws) in per_window.items():
+                (lo, hi) = raws[0]
+                rows = [r for r, ts in enumerate(lists["ts"]) if lo < ts <= hi]
+                edges[(lo, hi)] = T.partials(parts, lists, rows) if rows else []
+            out.append(self._values(group, parts, per_window, {}, edges))
+        return out
+
+    @staticmethod
+    def _whole(group: FeatureGroup, t_us: int) -> dict:
+        return {
+            w: ([], [(max(-1, t_us - w // timedelta(microseconds=1)), t_us)])
+            for w in sorted({w for agg in group.aggregations for w in agg.window_list})
+        }
+
+
+_PUT_TILES = """
+local gen = redis.call('HGET', KEYS[1], '_gen')
+if (not gen) or gen ~= ARGV[1] then
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
