@@ -291,7 +291,7 @@ def test_a_hung_redis_gets_503_within_the_deadline(
     store = build_store(
         tmp_path, StoreConfig(str(tmp_path / "o"), url, str(tmp_path / "s"), key_prefix="skt")
     )
-    client = TestClient(create_app(store, settings=ServerSettings(request_timeout_s=0.3)))
+    client = TestClient(create_app(store, settings=ServerSettings(request_timeout_s=0.3, max_outstanding=2)))
     try:
         assert client.post("/features/online", json=LOOKUP).status_code == 200
         assert client.get("/health").status_code == 200
@@ -304,6 +304,13 @@ def test_a_hung_redis_gets_503_within_the_deadline(
             error = response.json()["error"]
             assert "online store (Redis) did not answer within 300 ms" in error
             assert url.split("//")[1].split("/")[0] not in error
+        # abandoned lookup threads still wait on Redis (the health ping times out by itself):
+        # with two of them outstanding, the next lookup is shed at once
+        assert client.post("/features/online", json=LOOKUP).status_code == 503
+        started = time.monotonic()
+        busy = client.post("/features/online", json=LOOKUP)
+        assert busy.status_code == 503 and "too many lookups outstanding" in busy.json()["error"]
+        assert time.monotonic() - started < 0.2
         os.kill(proc.pid, signal.SIGCONT)
         deadline = time.monotonic() + 5
         while client.post("/features/online", json=LOOKUP).status_code != 200:

@@ -440,7 +440,13 @@ def create_app(
         if not outstanding.acquire(blocking=False):
             raise HTTPError(503, f"{STORE_NAME} is not keeping up: too many lookups outstanding")
 
+        # whoever takes `claim` first owns the release: the thread when it starts, or this
+        # coroutine when the deadline passed before the thread started (else a slot leaks)
+        claim = threading.Lock()
+
         def run() -> T:
+            if not claim.acquire(blocking=False):
+                raise HTTPError(503, "abandoned before it started")  # nobody awaits this
             try:
                 return func()
             finally:
@@ -450,6 +456,8 @@ def create_app(
         with anyio.move_on_after(max(remaining, 0.0)) as scope:
             return await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=lookups)
         assert scope.cancelled_caught
+        if claim.acquire(blocking=False):
+            outstanding.release()
         log.warning("%s: %s did not answer within %.0f ms", what, STORE_NAME, timeout * 1000)
         raise HTTPError(503, f"{STORE_NAME} did not answer within {timeout * 1000:.0f} ms")
 
