@@ -333,3 +333,8 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKEWLESS_REQUEST_TIMEOUT_MS", "-1")
     with pytest.raises(ServerConfigError, match="SKEWLESS_REQUEST_TIMEOUT_MS must be a positive integer"):
         ServerSettings.from_env()
+
+
+def test_openapi_document(store: FeatureStore) -> None:
+    document = TestClient(create_app(store)).get("/openapi.json").json()
+    assert document["openapi"].startswith("3.") and "/features/online" in document["paths"]

@@ -10,6 +10,7 @@ the read path is a blocking redis-py call plus numpy work, and redis-py's pool i
     GET  /features          the feature services and group versions this caller may read
     GET  /health            200 when Redis answers within the request deadline, else 503
     GET  /metrics           Prometheus text: requests, errors, latency by service/group
+    GET  /openapi.json      the request/response shapes (OpenAPI 3)
 
 Access (optional): a policy maps an API key (header `Authorization: Bearer <key>` or
 `X-API-Key`) to a role, and each role lists the feature services and group versions it may
@@ -364,6 +365,66 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _responses(*codes: str) -> dict[str, Any]:
+    return {c: {"description": c, "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+
+
+# Written out rather than generated from docstrings: the request shape is checked by hand in
+# parse_request, and a static document costs nothing per request and needs no YAML parser.
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "skewless feature server", "version": "1"},
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
+    },
+    "security": [{"bearer": []}, {"apiKey": []}, {}],
+    "paths": {
+        "/features/online": {
+            "post": {
+                "summary": "Latest feature values for a batch of entities",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["entities"],
+                                "properties": {
+                                    "entities": {
+                                        "oneOf": [
+                                            {"type": "array", "items": {"type": "object"}, "maxItems": 10000},
+                                            {"type": "object", "additionalProperties": {"type": "array"}},
+                                        ]
+                                    },
+                                    "features": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    "service": {"type": "string", "example": "fraud_model:v1"},
+                                    "full_feature_names": {"type": "boolean", "default": False},
+                                },
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "one result object per entity, in request order"},
+                    **_responses("400", "401", "403", "404", "408", "413", "422", "503"),
+                },
+            }
+        },
+        "/features": {"get": {"summary": "Services and group versions this key may read"}},
+        "/health": {"get": {"summary": "200 when Redis answers within the deadline, else 503"}},
+        "/metrics": {"get": {"summary": "Prometheus metrics"}},
+    },
+}
+
+
 def create_app(
     store: FeatureStore, policy: AccessPolicy | None = None, settings: ServerSettings | None = None
 ) -> Starlette:
@@ -576,6 +637,7 @@ def create_app(
             Route("/features", listing, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", lambda request: json_response(OPENAPI), methods=["GET"]),
         ]
     )
 
