@@ -1,44 +1,116 @@
 """The HTTP feature server (`skewless serve`): batched JSON online lookups.
 
 Starlette + uvicorn: a small, well-kept ASGI stack (already shipped with dagster-webserver, so
-no new runtime), with uvicorn's uvloop/httptools for throughput. Endpoints run as sync
-handlers in Starlette's thread pool: the read path is a blocking redis-py call plus numpy
-work, and redis-py's connection pool is thread-safe.
+no new runtime), with uvicorn's uvloop/httptools for throughput. Lookups run in worker threads:
+the read path is a blocking redis-py call plus numpy work, and redis-py's pool is thread-safe.
 
     POST /features/online   {"entities": [{...}] | {"col": [...]}, "features": [...] | "service": "x:vN",
                              "full_feature_names": false}
                             -> {"features": [names...], "results": [{...}, ...]}
     GET  /features          the feature services and group versions this caller may read
-    GET  /health            200 when Redis answers, else 503
+    GET  /health            200 when Redis answers within the request deadline, else 503
     GET  /metrics           Prometheus text: requests, errors, latency by service/group
+    GET  /openapi.json      the request/response shapes (OpenAPI 3)
 
-Access (optional): `roles` maps an API key (header `Authorization: Bearer <key>` or
+Access (optional): a policy maps an API key (header `Authorization: Bearer <key>` or
 `X-API-Key`) to a role, and each role lists the feature services and group versions it may
-read (fnmatch patterns such as `fraud_model:*` or `user_*:v2`). Without roles the server is open.
+read (fnmatch patterns over `name:vN`, such as `fraud_model:*` or `user_*:v2`). Without a
+policy the server is open (local use); with one, it is validated strictly at startup, because
+a typo in an access policy must never silently widen access.
+
+Failing closed and failing fast: every request has a deadline (`SKEWLESS_REQUEST_TIMEOUT_MS`,
+500 ms by default). A lookup still waiting on Redis then answers 503, and its thread is
+abandoned (at most `max_outstanding` of them, after which lookups are refused at once) rather
+than holding the client for the whole outage. Bodies are capped (`SKEWLESS_MAX_BODY_BYTES`,
+8 MiB) before they are read. Redis addresses and connection errors are logged, never sent.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import orjson
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from skewless.client.feature_store import FeatureStore
-from skewless.errors import OnlineStoreError, RequestError
+from skewless.errors import DefinitionError, OnlineStoreError, RequestError, SkewlessError
 from skewless.language.feature_service import FeatureRef
 
+if TYPE_CHECKING:
+    from skewless.repository import FeatureRepository
+
 MAX_ENTITIES = 10_000
+DEFAULT_REQUEST_TIMEOUT_MS = 500
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_OUTSTANDING = 64
+UNKNOWN_LABEL = "unknown"  # the one metrics label for services/groups the repository lacks
+STORE_NAME = "the online store (Redis)"  # what clients are told; the address only goes to the log
+
+log = logging.getLogger("skewless.serving")
+T = TypeVar("T")
+
+
+class PolicyError(SkewlessError):
+    """The access policy file is missing, unreadable or invalid: the server must not start."""
+
+
+class ServerConfigError(SkewlessError):
+    """A server setting from the environment (timeout, body limit) is not a positive integer."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits that keep one slow dependency or one huge request from taking the server down.
+
+    `request_timeout_s`: deadline of every request (a lookup or health check still waiting on
+    Redis then answers 503). `max_body_bytes`: larger bodies get 413 before they are read.
+    `max_outstanding`: lookups allowed to be running at once, including ones abandoned at
+    their deadline (their threads still wait on Redis); beyond it requests get 503 at once,
+    so a hung Redis cannot make the server spawn threads without bound.
+    """
+
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_MS / 1000
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_outstanding: int = DEFAULT_MAX_OUTSTANDING
+
+    @classmethod
+    def from_env(cls) -> ServerSettings:
+        """`SKEWLESS_REQUEST_TIMEOUT_MS`, `SKEWLESS_MAX_BODY_BYTES`, `SKEWLESS_MAX_OUTSTANDING`."""
+        return cls(
+            request_timeout_s=_positive_int("SKEWLESS_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT_MS) / 1000,
+            max_body_bytes=_positive_int("SKEWLESS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            max_outstanding=_positive_int("SKEWLESS_MAX_OUTSTANDING", DEFAULT_MAX_OUTSTANDING),
+        )
+
+
+def _positive_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ServerConfigError(f"{name} must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise ServerConfigError(f"{name} must be a positive integer, got {value}")
+    return value
 
 
 @dataclass
@@ -55,22 +127,100 @@ class Role:
         return any(fnmatch.fnmatchcase(ref, p) for p in self.groups)
 
 
+_ROLE_FIELDS = ("services", "groups")
+
+
 @dataclass
 class AccessPolicy:
-    """API keys to roles. An empty policy lets everyone read everything (local use)."""
+    """API keys to roles. An empty policy (no file given) lets everyone read everything."""
 
     keys: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, text: str) -> AccessPolicy:
-        """`{"keys": {"<api key>": "<role>"}, "roles": {"<role>": {"services": [...], "groups": [...]}}}`"""
-        raw = json.loads(text)
-        roles = {name: Role(**spec) for name, spec in raw.get("roles", {}).items()}
-        for key, role in raw.get("keys", {}).items():
-            if role not in roles:
-                raise ValueError(f"access policy: key ...{key[-4:]} names unknown role '{role}'")
-        return cls(keys=dict(raw.get("keys", {})), roles=roles)
+    def from_json(cls, text: str, repository: FeatureRepository | None = None) -> AccessPolicy:
+        """Parse and strictly validate `{"keys": {"<api key>": "<role>"}, "roles": {"<role>":
+        {"services": [...], "groups": [...]}}}`.
+
+        Strict because every lenient reading of a policy widens access: a string where a list
+        belongs would be iterated character by character (`"*"` matches everything), and an
+        unknown top-level field such as `"Keys"` would leave no keys, i.e. an open server.
+        With `repository`, every pattern must also match one of its services/group versions
+        (a pattern that matches nothing is a typo, not a rule).
+        """
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"access policy is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise PolicyError(f"access policy must be a JSON object, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - {"keys", "roles"})
+        if unknown:
+            raise PolicyError(
+                f"access policy: unknown field(s) {', '.join(map(repr, unknown))} "
+                "(expected 'keys' and 'roles')"
+            )
+        for name in ("keys", "roles"):
+            if name not in raw:
+                raise PolicyError(f"access policy: field '{name}' is required")
+            if not isinstance(raw[name], dict) or not raw[name]:
+                raise PolicyError(f"access policy: '{name}' must be a non-empty object")
+        roles: dict[str, Role] = {}
+        for role_name, spec in raw["roles"].items():
+            where = f"roles.{role_name}"
+            if not isinstance(spec, dict):
+                raise PolicyError(
+                    f"access policy: '{where}' must be an object with 'services' and/or 'groups'"
+                )
+            extra = sorted(set(spec) - set(_ROLE_FIELDS))
+            if extra:
+                raise PolicyError(
+                    f"access policy: '{where}' has unknown field(s) {', '.join(map(repr, extra))} "
+                    "(expected 'services', 'groups')"
+                )
+            patterns: dict[str, list[str]] = {}
+            for kind in _ROLE_FIELDS:
+                value = spec.get(kind, [])
+                if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value):
+                    raise PolicyError(
+                        f"access policy: '{where}.{kind}' must be a list of non-empty pattern strings, "
+                        f"got {json.dumps(value)}"
+                    )
+                patterns[kind] = list(value)
+            roles[role_name] = Role(**patterns)
+        keys: dict[str, str] = {}
+        for key, role_name in raw["keys"].items():
+            # never echo a whole key: errors end up in logs
+            hint = f"'keys' entry ...{key[-4:]}" if len(key) >= 12 else "a 'keys' entry"
+            if not key.strip():
+                raise PolicyError("access policy: 'keys' has an empty API key")
+            if not isinstance(role_name, str):
+                raise PolicyError(f"access policy: {hint} must name a role (a string)")
+            if role_name not in roles:
+                raise PolicyError(
+                    f"access policy: {hint} names role '{role_name}', which 'roles' does not define"
+                )
+            keys[key] = role_name
+        policy = cls(keys=keys, roles=roles)
+        if repository is not None:
+            policy.check_against(repository)
+        return policy
+
+    def check_against(self, repository: FeatureRepository) -> None:
+        """Every pattern must match a service/group version of the repository being served."""
+        known = {
+            "services": sorted(s.ref for s in repository.services),
+            "groups": sorted(g.ref for g in repository.groups),
+        }
+        for role_name, role in self.roles.items():
+            for kind in _ROLE_FIELDS:
+                for i, pattern in enumerate(getattr(role, kind)):
+                    if not any(fnmatch.fnmatchcase(ref, pattern) for ref in known[kind]):
+                        raise PolicyError(
+                            f"access policy: 'roles.{role_name}.{kind}[{i}]' = {pattern!r} matches no "
+                            f"{kind[:-1]} of the repository (patterns are fnmatch over 'name:vN'; "
+                            f"known: {', '.join(known[kind]) or 'none'})"
+                        )
 
     @property
     def open(self) -> bool:
@@ -83,8 +233,22 @@ class AccessPolicy:
             if header.lower().startswith("bearer ")
             else request.headers.get("x-api-key", "")
         )
-        role = self.keys.get(key)
+        role = self.keys.get(key) if key else None
         return self.roles[role] if role else None
+
+
+def load_policy(path: str, repository: FeatureRepository | None = None) -> AccessPolicy:
+    """The policy in the file at `path`; any problem is a `PolicyError` (never an open server)."""
+    if not path.strip():
+        raise PolicyError("SKEWLESS_SERVER_POLICY is set but empty: name the policy file or unset it")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PolicyError(f"access policy {path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return AccessPolicy.from_json(text, repository)
+    except PolicyError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
 
 
 class HTTPError(Exception):
@@ -111,9 +275,175 @@ def json_response(payload: Any, status: int = 200) -> Response:
     )
 
 
-def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starlette:
-    """The ASGI app; `store` is shared by all requests (its Redis pool is thread-safe)."""
+def service_ref(text: str) -> str:
+    """`name:vN` for a requested service (`name` alone means v1); 400 when it is not one."""
+    try:
+        ref = FeatureRef.parse(text if ":" in text else f"{text}:v1")
+    except DefinitionError:
+        ref = None
+    if ref is None or ref.feature is not None:
+        raise HTTPError(400, f"feature service reference {text!r} is invalid: expected 'name:vN'")
+    return ref.group_ref
+
+
+def parse_features(features: list[str]) -> list[FeatureRef]:
+    refs = []
+    for text in features:
+        try:
+            refs.append(FeatureRef.parse(text))
+        except DefinitionError as exc:
+            raise HTTPError(400, str(exc)) from None
+    return refs
+
+
+@dataclass
+class LookupRequest:
+    """A validated body: what to read, for whom, and the metrics label it is counted under."""
+
+    entities: Any
+    features: list[str] | None
+    service: str | None
+    full_feature_names: bool
+    refs: list[FeatureRef]
+
+
+def parse_request(body: bytes) -> LookupRequest:
+    """Shape checks on the body; every failure is a 4xx naming the field at fault."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, f"request body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, "request body must be a JSON object")
+    unknown = set(payload) - {"entities", "features", "service", "full_feature_names"}
+    if unknown:
+        raise HTTPError(400, f"unknown request fields: {', '.join(sorted(unknown))}")
+    features, service = payload.get("features"), payload.get("service")
+    if features is not None and (
+        not isinstance(features, list) or not all(isinstance(f, str) for f in features)
+    ):
+        raise HTTPError(400, "'features' must be a list of 'group:vN:feature' strings")
+    if features is not None and not features:
+        raise HTTPError(400, "'features' is empty: name at least one 'group:vN:feature' (or use 'service')")
+    if service is not None and not isinstance(service, str):
+        raise HTTPError(400, "'service' must be a string such as 'fraud_model:v1'")
+    if features is not None and service is not None:
+        raise HTTPError(400, "pass exactly one of 'features' or 'service'")
+    full = payload.get("full_feature_names", False)
+    if not isinstance(full, bool):
+        raise HTTPError(400, "'full_feature_names' must be true or false")
+    refs = parse_features(features) if features is not None else []
+    if service is not None:
+        service_ref(service)
+    entities = payload.get("entities")
+    if entities is None:
+        raise HTTPError(400, "'entities' is required: a list of objects or an object of columns")
+    count = entity_count(entities)
+    if count > MAX_ENTITIES:
+        raise HTTPError(413, f"at most {MAX_ENTITIES} entities per request, got {count}")
+    return LookupRequest(entities, features, service, full, refs)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit`: from Content-Length
+    before anything is read, else while streaming (chunked bodies), never buffering past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPError(400, "invalid Content-Length header") from None
+        if size > limit:
+            raise HTTPError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _responses(*codes: str) -> dict[str, Any]:
+    return {c: {"description": c, "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+
+
+# Written out rather than generated from docstrings: the request shape is checked by hand in
+# parse_request, and a static document costs nothing per request and needs no YAML parser.
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "skewless feature server", "version": "1"},
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
+    },
+    "security": [{"bearer": []}, {"apiKey": []}, {}],
+    "paths": {
+        "/features/online": {
+            "post": {
+                "summary": "Latest feature values for a batch of entities",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["entities"],
+                                "properties": {
+                                    "entities": {
+                                        "oneOf": [
+                                            {"type": "array", "items": {"type": "object"}, "maxItems": 10000},
+                                            {"type": "object", "additionalProperties": {"type": "array"}},
+                                        ]
+                                    },
+                                    "features": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    "service": {"type": "string", "example": "fraud_model:v1"},
+                                    "full_feature_names": {"type": "boolean", "default": False},
+                                },
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "one result object per entity, in request order"},
+                    **_responses("400", "401", "403", "404", "408", "413", "422", "503"),
+                },
+            }
+        },
+        "/features": {"get": {"summary": "Services and group versions this key may read"}},
+        "/health": {"get": {"summary": "200 when Redis answers within the deadline, else 503"}},
+        "/metrics": {"get": {"summary": "Prometheus metrics"}},
+    },
+}
+
+
+def create_app(
+    store: FeatureStore, policy: AccessPolicy | None = None, settings: ServerSettings | None = None
+) -> Starlette:
+    """The ASGI app; `store` is shared by all requests (its Redis pool is thread-safe).
+
+    A given policy is checked against the store's repository here too, so an app built
+    directly (tests, embedding) cannot be more open than `skewless serve` would be.
+    """
     policy = policy or AccessPolicy()
+    if not policy.open:
+        policy.check_against(store.repository)
+    settings = settings or ServerSettings()
+    timeout = settings.request_timeout_s
+    known_services = {s.ref for s in store.repository.services}
+    known_groups = {g.ref for g in store.repository.groups}
+    outstanding = threading.BoundedSemaphore(settings.max_outstanding)
+    lookups = anyio.CapacityLimiter(settings.max_outstanding)
+    health_client: list[redis.Redis] = []  # made on first use: store.online.url may start Redis
+
     registry = CollectorRegistry()
     requests_total = Counter(
         "skewless_requests", "Online feature requests", ["endpoint", "status"], registry=registry
@@ -134,6 +464,14 @@ def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starl
         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
     )
 
+    def target_label(lookup: LookupRequest) -> str:
+        """Only names the repository defines become label values: request text is unbounded."""
+        if lookup.service is not None:
+            ref = service_ref(lookup.service)
+            return ref if ref in known_services else UNKNOWN_LABEL
+        groups = {ref.group_ref for ref in lookup.refs}
+        return ",".join(sorted(groups)) if groups <= known_groups else UNKNOWN_LABEL
+
     def authorize(request: Request) -> Role | None:
         if policy.open:
             return None
@@ -142,66 +480,85 @@ def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starl
             raise HTTPError(401, "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)")
         return role
 
-    def check_access(role: Role | None, features: list[str] | None, service: str | None) -> None:
+    def check_access(role: Role | None, lookup: LookupRequest) -> None:
         if role is None:
             return
-        if service is not None:
-            ref = service if ":" in service else f"{service}:v1"
-            if not role.may_read_service(ref):
-                raise HTTPError(403, f"this key may not read feature service '{service}'")
+        if lookup.service is not None:
+            if not role.may_read_service(service_ref(lookup.service)):
+                raise HTTPError(403, f"this key may not read feature service '{lookup.service}'")
             return
-        for text in features or []:
-            try:
-                ref = FeatureRef.parse(text)
-            except Exception:
-                continue  # reported as a 400 by the lookup
+        for ref in lookup.refs:
             if not role.may_read_group(ref.group_ref):
                 raise HTTPError(403, f"this key may not read feature group '{ref.group_ref}'")
 
-    def online(request: Request, body: bytes) -> Response:
+    def unavailable(exc: Exception, what: str) -> HTTPError:
+        log.warning("%s failed: %s", what, exc)  # the address and cause stay server-side
+        return HTTPError(503, f"{STORE_NAME} is unreachable")
+
+    async def with_deadline(deadline: float, func: Callable[[], T], what: str) -> T:
+        """Run `func` in a worker thread; at `deadline` stop waiting (the thread is abandoned
+        and finishes on its own) and answer 503. `outstanding` counts abandoned threads too."""
+        if not outstanding.acquire(blocking=False):
+            raise HTTPError(503, f"{STORE_NAME} is not keeping up: too many lookups outstanding")
+
+        # whoever takes `claim` first owns the release: the thread when it starts, or this
+        # coroutine when the deadline passed before the thread started (else a slot leaks)
+        claim = threading.Lock()
+
+        def run() -> T:
+            if not claim.acquire(blocking=False):
+                raise HTTPError(503, "abandoned before it started")  # nobody awaits this
+            try:
+                return func()
+            finally:
+                outstanding.release()
+
+        remaining = deadline - time.monotonic()
+        with anyio.move_on_after(max(remaining, 0.0)) as scope:
+            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=lookups)
+        assert scope.cancelled_caught
+        if claim.acquire(blocking=False):
+            outstanding.release()
+        log.warning("%s: %s did not answer within %.0f ms", what, STORE_NAME, timeout * 1000)
+        raise HTTPError(503, f"{STORE_NAME} did not answer within {timeout * 1000:.0f} ms")
+
+    async def online_endpoint(request: Request) -> Response:
         started = time.perf_counter()
-        target = "?"
+        deadline = time.monotonic() + timeout
+        target = UNKNOWN_LABEL
         try:
             role = authorize(request)
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise HTTPError(400, f"request body is not JSON: {exc}") from None
-            if not isinstance(payload, dict):
-                raise HTTPError(400, "request body must be a JSON object")
-            unknown = set(payload) - {"entities", "features", "service", "full_feature_names"}
-            if unknown:
-                raise HTTPError(400, f"unknown request fields: {', '.join(sorted(unknown))}")
-            features, service = payload.get("features"), payload.get("service")
-            if features is not None and (
-                not isinstance(features, list) or not all(isinstance(f, str) for f in features)
-            ):
-                raise HTTPError(400, "'features' must be a list of 'group:vN:feature' strings")
-            if service is not None and not isinstance(service, str):
-                raise HTTPError(400, "'service' must be a string such as 'fraud_model:v1'")
-            entities = payload.get("entities")
-            if entities is None:
-                raise HTTPError(400, "'entities' is required: a list of objects or an object of columns")
-            count = entity_count(entities)
-            if count > MAX_ENTITIES:
-                raise HTTPError(413, f"at most {MAX_ENTITIES} entities per request, got {count}")
-            check_access(role, features, service)
-            target = service or ",".join(sorted({FeatureRef.parse(f).group_ref for f in features or []}))
-            rows = store.get_online_features(
-                entities,
-                features=features,
-                service=service,
-                full_feature_names=bool(payload.get("full_feature_names", False)),
-                output="dicts",
-            )
-            names = list(rows[0]) if rows else []
+            with anyio.move_on_after(timeout):
+                body = await read_body(request, settings.max_body_bytes)
+            if time.monotonic() >= deadline:
+                raise HTTPError(408, f"request body not received within {timeout * 1000:.0f} ms")
+            lookup = parse_request(body)
+            target = target_label(lookup)
+            check_access(role, lookup)
+
+            def work() -> tuple[list[dict[str, Any]], list[str]]:
+                try:
+                    rows = store.get_online_features(
+                        lookup.entities,
+                        features=lookup.features,
+                        service=lookup.service,
+                        full_feature_names=lookup.full_feature_names,
+                        output="dicts",
+                    )
+                    plan = store.read_plan(lookup.features, lookup.service, lookup.full_feature_names)
+                except OnlineStoreError as exc:
+                    raise unavailable(exc, "online lookup") from None
+                except DefinitionError as exc:  # unresolvable names that slipped past select()
+                    raise HTTPError(404 if "unknown" in str(exc) else 400, str(exc)) from None
+                return rows, plan.group_refs
+
+            rows, group_refs = await with_deadline(deadline, work, "online lookup")
             elapsed = time.perf_counter() - started
-            full = bool(payload.get("full_feature_names", False))
-            for ref in store.read_plan(features, service, full).group_refs:
+            for ref in group_refs:
                 group_latency.labels(ref).observe(elapsed)
             entities_total.labels(target).inc(len(rows))
             requests_total.labels("online", "200").inc()
-            return json_response({"features": names, "results": rows})
+            return json_response({"features": list(rows[0]) if rows else [], "results": rows})
         except HTTPError as exc:
             requests_total.labels("online", str(exc.status)).inc()
             return json_response({"error": exc.message}, exc.status)
@@ -209,26 +566,47 @@ def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starl
             status = 404 if "unknown feature" in str(exc) else 422
             requests_total.labels("online", str(status)).inc()
             return json_response({"error": str(exc)}, status)
-        except OnlineStoreError as exc:
-            requests_total.labels("online", "503").inc()
-            return json_response({"error": str(exc)}, 503)
+        except Exception:
+            log.exception("online lookup failed")
+            requests_total.labels("online", "500").inc()
+            return json_response({"error": "internal error (logged by the server)"}, 500)
         finally:
             latency.labels(target).observe(time.perf_counter() - started)
 
-    async def online_endpoint(request: Request) -> Response:
-        body = await request.body()
-        from starlette.concurrency import run_in_threadpool
-
-        return await run_in_threadpool(online, request, body)
-
-    def health(request: Request) -> Response:
+    def ping() -> None:
+        """PING on a client of its own whose socket timeout is the request deadline: the
+        store's client retries and waits far longer, which made /health hang with Redis."""
+        if not health_client:
+            health_client.append(
+                redis.Redis.from_url(
+                    store.online.url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            )
         try:
-            store.online.ping()
-        except OnlineStoreError as exc:
-            return json_response({"status": "unavailable", "error": str(exc)}, 503)
-        return json_response({"status": "ok", "groups": len(store.repository.groups)})
+            health_client[0].ping()
+        except (redis.RedisError, OSError) as exc:
+            raise unavailable(exc, "health check") from None
+
+    async def health(request: Request) -> Response:
+        try:
+            await with_deadline(time.monotonic() + timeout, ping, "health check")
+        except HTTPError as exc:
+            return json_response({"status": "unavailable", "error": exc.message}, exc.status)
+        except OnlineStoreError as exc:  # the embedded Redis could not be started
+            message = unavailable(exc, "health check").message
+            return json_response({"status": "unavailable", "error": message}, 503)
+        if policy.open:
+            return json_response({"status": "ok", "groups": len(store.repository.groups)})
+        return json_response({"status": "ok"})  # names and counts are for key holders
 
     def metrics(request: Request) -> Response:
+        try:
+            authorize(request)
+        except HTTPError as exc:
+            return json_response({"error": exc.message}, exc.status)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def listing(request: Request) -> Response:
@@ -259,16 +637,33 @@ def create_app(store: FeatureStore, policy: AccessPolicy | None = None) -> Starl
             Route("/features", listing, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", lambda request: json_response(OPENAPI), methods=["GET"]),
         ]
     )
 
 
+def startup_line(host: str, port: int, store: FeatureStore, policy_path: str | None) -> str:
+    """What `skewless serve` prints once it is ready: where, what, and whether access is limited."""
+    repo = store.repository
+    return (
+        f"skewless feature server on http://{host}:{port} — {len(repo.services)} services, "
+        f"{len(repo.groups)} groups, policy: {policy_path or 'none'}"
+    )
+
+
 def serve(repo: str, host: str = "127.0.0.1", port: int = 6566, workers: int = 1) -> None:
-    """Run the server (blocking). Roles come from `SKEWLESS_SERVER_POLICY` (a JSON file path)."""
+    """Run the server (blocking). Roles come from `SKEWLESS_SERVER_POLICY` (a JSON file path).
+
+    Everything that could make the server less safe than configured fails here, before the
+    port opens: an invalid policy or setting, or a Redis that does not answer.
+    """
     import uvicorn
 
+    settings = ServerSettings.from_env()
     store = FeatureStore.from_repo(repo)
     policy_path = os.environ.get("SKEWLESS_SERVER_POLICY")
-    policy = AccessPolicy.from_json(Path(policy_path).read_text()) if policy_path else AccessPolicy()
+    policy = load_policy(policy_path, store.repository) if policy_path is not None else AccessPolicy()
     store.online.ping()
-    uvicorn.run(create_app(store, policy), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(store, policy, settings)
+    print(startup_line(host, port, store, policy_path), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

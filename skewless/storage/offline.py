@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from skewless.config import private_dirs
 from skewless.language.feature_group import FeatureGroup
 
 DATA_FILE = "data.parquet"
@@ -46,9 +47,12 @@ class OfflineStore:
         return self._replace(self.training_set_path(service, version), frame)
 
     def _replace(self, target: Path, frame: pl.DataFrame) -> Path:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(target.parent)
         temp = target.with_name(f".{DATA_FILE}.{uuid.uuid4().hex}.tmp")
         try:
+            # owner-only from the first byte (Polars truncates, keeping the mode); not umask,
+            # which is process-wide and would race other threads
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             frame.write_parquet(temp, compression="zstd", statistics=True)
             with open(temp, "rb") as handle:
                 os.fsync(handle.fileno())
