@@ -24,7 +24,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	# telemetry off, run monitoring and run retries on (see skewless/sensors/instance.py)
+	$(BIN)/python -m skewless.sensors.instance $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml
 
 lint: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def test_sensor_microbatch_updates_both_stores_exactly_once(
         result = tick(defs, instance, None)
         (request,) = result.run_requests
         cursor = result.cursor
-        assert cursor and request.run_key.endswith(cursor)
+        # the cursor is the requested range; the run key names it
+        pending = json.loads(cursor)
+        assert pending["after"] == "0" and request.run_key == f"clicks:0:{pending['until']}"
         job = defs.resolve_job_def("stream_clicks")
         assert job.execute_in_process(run_config=request.run_config, instance=instance).success
         first = store.get_online_features({"user_id": [1]}, features=refs, output="dicts")[0]
@@ -98,7 +101,8 @@ def test_sensor_microbatch_updates_both_stores_exactly_once(
         )
         later = tick(defs, instance, cursor)
         (request2,) = later.run_requests
-        assert request2.run_config["ops"]["apply_clicks_stream"]["config"]["after"] == cursor
+        # the next range starts at the applied marker: what the first run finished
+        assert request2.run_config["ops"]["apply_clicks_stream"]["config"]["after"] == pending["until"]
         assert job.execute_in_process(run_config=request2.run_config, instance=instance).success
     got = store.get_online_features({"user_id": [1]}, features=refs, output="dicts")[0]
     assert got == {"user_id": 1, "count_1h": 2, "count_1d": 3, "value_sum_1d": 13.75, "value": 10.0}

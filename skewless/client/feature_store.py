@@ -390,7 +390,9 @@ class FeatureStore:
             raise RequestError(f"feature group '{ref}' is not in the lock file {path}")
         key_schema = {k: getattr(pl, dtype) for k, dtype in entry["join_keys"].items()}
         base = self.offline.root / parsed.group / f"v{parsed.version}"
-        files = sorted(str(p) for p in base.glob("date=*/data.parquet"))
+        # partitions and stream micro-batch pieces: an entity only pushed is still online
+        stored = sorted(base.glob("date=*/*.parquet"))
+        files = [str(p) for p in stored]
         entities = (
             pl.scan_parquet(files).select(list(key_schema)) if files else pl.LazyFrame(schema=key_schema)
         )
@@ -405,7 +407,8 @@ class FeatureStore:
             progress,
         )
         retire(path, ref)
-        return {"ref": ref, "entities": count, "keys_deleted": deleted, "partitions_kept": len(files)}
+        days = len({p.parent for p in stored})
+        return {"ref": ref, "entities": count, "keys_deleted": deleted, "partitions_kept": days}
 
 
 def _last_materialization(group: FeatureGroup) -> dict[str, Any] | None:

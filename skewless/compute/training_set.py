@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from skewless.compute.point_in_time import LABEL_TS, ROW, join_group
 from skewless.errors import RequestError
 from skewless.language.feature_group import FeatureGroup
-from skewless.storage.offline import OfflineStore
+from skewless.storage.offline import OfflineStore, scan_merged
 
 Engine = Literal["auto", "memory", "partitioned"]
 BUCKET = "__skewless_bucket"
@@ -36,7 +36,11 @@ BUCKET = "__skewless_bucket"
 
 @dataclass
 class GroupPlan:
-    """What one group contributes: its features, output names and the files to read."""
+    """What one group contributes: its features, output names and the files to read.
+
+    `files` are the needed days' partitions and micro-batch pieces (day order, partition
+    first); `_scan` merges each day's pieces so the rows read equal a merged partition.
+    """
 
     group: FeatureGroup
     features: list[str]
@@ -82,7 +86,7 @@ def plan_group(
         span = math.ceil(ttl / timedelta(days=1))
         wanted = {d - timedelta(days=k) for d in label_days for k in range(span + 1)}
         needed = [d for d in days if d in wanted]
-    files = [offline.partition_path(group, d) for d in needed]
+    files = [path for d in needed for path in offline.day_files(group, d)]
     return GroupPlan(group, features, names, files, partitions_total=len(days))
 
 
@@ -99,7 +103,7 @@ def memory_budget_bytes() -> int:
 
 def estimated_bytes(plan: GroupPlan) -> int:
     """Rows from Parquet footers times a per-row width from the schema: cheap, no data read."""
-    plan.rows = sum(pq.ParquetFile(f).metadata.num_rows for f in plan.files)
+    plan.rows = sum(_footer_rows(f) for f in plan.files)
     width = 0
     for dtype in plan.group.offline_schema().values():
         if isinstance(dtype, pl.Array):
@@ -112,10 +116,18 @@ def estimated_bytes(plan: GroupPlan) -> int:
     return plan.rows * width * 3
 
 
+def _footer_rows(path: Path) -> int:
+    """Rows in a file's footer; 0 for a piece compaction removed since planning (its rows
+    are in the day's partition, which is counted)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except FileNotFoundError:
+        return 0
+
+
 def _scan(plan: GroupPlan) -> pl.LazyFrame:
-    if not plan.files:
-        return pl.LazyFrame(schema=plan.group.offline_schema())
-    return pl.scan_parquet(plan.files, schema=plan.group.offline_schema())
+    """The plan's rows with each day's pieces merged into it (deduplicated, join order)."""
+    return scan_merged(plan.group, plan.files)
 
 
 FILTER_MAX_LABELS = 20_000  # up to this many label rows, feature rows are filtered to their entities
@@ -216,7 +228,7 @@ def build(
     stats.label_rows = labels.height
     stats.groups = {
         p.group.ref: {
-            "partitions_read": len(p.files),
+            "partitions_read": len({f.parent for f in p.files}),  # days, pieces included
             "partitions_total": p.partitions_total,
             "rows_read": p.rows,
         }

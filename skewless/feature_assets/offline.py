@@ -1,6 +1,7 @@
 """The offline asset of a group version: daily partitions of feature rows in Parquet."""
 
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -16,8 +17,9 @@ from skewless.feature_assets.metadata import (
 )
 from skewless.feature_assets.sources import source_key
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.source import FileSource
 from skewless.resources.stores import OfflineStoreResource
-from skewless.storage.offline import days_between
+from skewless.storage.offline import OfflineStore, days_between
 
 
 def offline_key(group: FeatureGroup) -> dg.AssetKey:
@@ -57,6 +59,9 @@ def build_offline_asset(
         window = context.partition_time_window
         store = offline.store()
         days = days_between(window.start.date(), window.end.date())
+        # compaction: the pieces micro-batches stored so far, listed *before* the source is
+        # read; each one's rows are in the source by then (pushed file or landed file first)
+        compactable = _compactable_pieces(group, store, days)
         try:
             rows = compute_rows(group, window.start, window.end)
         except TransformationError as exc:
@@ -80,17 +85,23 @@ def build_offline_asset(
             )
         by_day = rows.with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("__day"))
         counts = []
+        compacted = 0
         for day in days:
             part = by_day.filter(pl.col("__day") == day).drop("__day")
             store.write_partition(group, day, part)
+            # only after the new partition is in place (readers read pieces before partitions)
+            compacted += store.delete_pieces(compactable.get(day, []))
             counts.append((day.isoformat(), part.height))
-        context.log.info(f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions")
+        context.log.info(
+            f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions, compacted {compacted} pieces"
+        )
         yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],
                 "dagster/column_lineage": offline_column_lineage(group, _source_schema(group)),
                 "partitions_written": len(days),
+                "pieces_compacted": compacted,
                 "rows_per_partition": partitions_table(
                     pl.DataFrame(counts, schema=["day", "rows"], orient="row")
                 ),
@@ -100,6 +111,18 @@ def build_offline_asset(
         )
 
     return _offline
+
+
+def _compactable_pieces(group: FeatureGroup, store: OfflineStore, days: list[date]) -> dict[date, list[Path]]:
+    """Pieces a recomputation of `days` from the source may delete: those existing now.
+
+    Only a `FileSource` keeps pushed rows with its data (`_pushed/`), so only its pieces are
+    covered by the source; other sources keep their pieces (readers merge them). A piece
+    written after this listing is never deleted, even though the source read may include it.
+    """
+    if not isinstance(group.source, FileSource):
+        return {}
+    return {day: pieces for day in days if (pieces := store.pieces(group, day))}
 
 
 def _source_schema(group: FeatureGroup) -> pl.Schema | None:

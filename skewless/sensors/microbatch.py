@@ -2,48 +2,78 @@
 
 Runs the same group definitions as the batch path (`transform_rows`) on the rows pushed since
 the last batch; updates the online state (window events, latest values through the write
-guard) and appends to the offline partitions so daily partitions and training sets see the
-events. A crash half-way leaves at worst some updates applied; re-running the same range
-applies them again with no effect (events are unique by id, the guard keeps the newer value,
-partition appends deduplicate), and only then is the range marked applied.
+guard) and adds one immutable piece per day to the offline store (never rewriting a day's
+partition, so concurrent batches cannot lose each other's rows, and the cost is the batch's,
+not the days'). A crash half-way leaves at worst some updates applied; re-running the same
+range applies them again with no effect (events are unique by id, the guard keeps the newer
+value, the pieces are named by the range so a re-run rewrites the same files, and readers
+deduplicate), and only then is the range marked applied. The sensor requests ranges from
+that marker, so a range whose run died is requested again (sensors/streams.py).
+
+`SKEWLESS_CRASH_AT=<point>` is a test hook: the process SIGKILLs itself at that point
+(`after_read`, `after_pushed_file`, `after_online`, `mid_offline`, `before_mark`) so the
+kill -9 drill (tests/test_stream_faults.py) can crash a batch exactly there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
 from datetime import UTC, datetime
 
 import polars as pl
 
 from skewless.compute.rows import latest_per_entity, transform_rows
-from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import FileSource
 from skewless.repository import FeatureRepository
 from skewless.storage import streams
-from skewless.storage.offline import OfflineStore
+from skewless.storage.offline import OfflineStore, dedupe_and_sort
 from skewless.storage.online import OnlineStore
 
 _FAR = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
 
 
-def append_offline(offline: OfflineStore, group: FeatureGroup, rows: pl.DataFrame) -> int:
-    """Merge rows into their day partitions (atomic replace per day); returns days touched."""
-    keys = group.entity.key_columns
-    if group.is_windowed:
-        order, unique_by = [*keys, EVENT_TIMESTAMP, EVENT_ID], [*keys, EVENT_ID]
-    else:
-        order = [*keys, EVENT_TIMESTAMP] + ([CREATED_TIMESTAMP] if group.has_created_timestamp else [])
-        unique_by = None  # identical rows only
+CRASH_POINTS = ("after_read", "after_pushed_file", "after_online", "mid_offline", "before_mark")
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: `SKEWLESS_CRASH_AT=<name>` kills this process here, like `kill -9` would."""
+    if os.environ.get("SKEWLESS_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _padded(entry: str) -> str:
+    """A stream id as a fixed-width name part, so piece names sort in stream order."""
+    ms, _, seq = ("0-0" if entry in ("", "0") else entry).partition("-")
+    return f"{int(ms):015d}-{int(seq or 0):06d}"
+
+
+def range_piece(after: str, until: str) -> str:
+    """The piece name of a stream range: a retried range rewrites the same pieces."""
+    return f"s{_padded(after)}_{_padded(until)}"
+
+
+def rows_piece(rows: pl.DataFrame) -> str:
+    """The piece name of rows with no stream range (landed files): derived from the rows."""
+    digest = hashlib.sha1(rows.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:20]
+    return f"r{rows.height}-{digest}"
+
+
+def append_offline(offline: OfflineStore, group: FeatureGroup, rows: pl.DataFrame, piece: str) -> int:
+    """Store rows as one new piece per day they fall on (atomic, immutable); returns days.
+
+    No day partition is read or rewritten: the cost is the batch's size, and two batches
+    running at once write different files, so neither can drop the other's rows. Each piece
+    is itself deduplicated and sorted like a partition; readers merge it with the day.
+    """
     days = 0
     for (day,), part in rows.group_by(pl.col(EVENT_TIMESTAMP).dt.date(), maintain_order=True):
-        path = offline.partition_path(group, day)
-        existing = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=group.offline_schema())
-        merged = (
-            pl.concat([existing, part.select(existing.columns)])
-            .unique(subset=unique_by, keep="first", maintain_order=True)
-            .sort(order, maintain_order=True)
-        )
-        offline.write_partition(group, day, merged)
+        frame = dedupe_and_sort(group, part.select(list(group.offline_schema())).lazy()).collect()
+        offline.write_piece(group, day, piece, frame)
         days += 1
+        _crash_point("mid_offline")
     return days
 
 
@@ -61,6 +91,7 @@ def apply_stream_batch(
     `at` replaces "now" for which events are too old to keep online (replays and tests).
     """
     rows, entries = streams.read(online, source, after, until)
+    _crash_point("after_read")
     groups = [g for g in repo.groups if g.source.name == source]
     if rows is not None and groups:
         # a re-delivered event is one event (by id when the source has ids)
@@ -74,10 +105,17 @@ def apply_stream_batch(
             / f"entries-{after.replace('-', '_')}-{until.replace('-', '_')}.parquet"
         )
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_suffix(".tmp")
+        # must be durable before any piece: compaction deletes pieces whose rows the source
+        # already holds, and these rows are how it holds them
+        temp = target.with_name(f".{target.name}.tmp")
         rows.write_parquet(temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
         temp.replace(target)
-    stats = {"entries": entries, **apply_rows(repo, offline, online, source, rows, at)}
+        _crash_point("after_pushed_file")
+    applied = _apply(repo, offline, online, source, rows, at, range_piece(after, until))
+    stats = {"entries": entries, **applied}
+    _crash_point("before_mark")
     streams.mark_applied(online, source, until)
     return stats
 
@@ -91,6 +129,19 @@ def apply_rows(
     at: datetime | None = None,
 ) -> dict[str, int]:
     """Apply new source rows to both stores with every group's definition (idempotent)."""
+    return _apply(repo, offline, online, source, rows, at, None if rows is None else rows_piece(rows))
+
+
+def _apply(
+    repo: FeatureRepository,
+    offline: OfflineStore,
+    online: OnlineStore,
+    source: str,
+    rows: pl.DataFrame | None,
+    at: datetime | None,
+    piece: str | None,
+) -> dict[str, int]:
+    """`apply_rows` with the name of the offline pieces (the stream range, or the rows')."""
     stats = {"rows": 0 if rows is None else rows.height}
     if rows is not None:
         groups = [g for g in repo.groups if g.source.name == source]
@@ -103,5 +154,7 @@ def apply_rows(
                 stats[f"{group.ref} keys"] = online.write_latest(group, latest_per_entity(group, result))[
                     "written"
                 ]
-            stats[f"{group.ref} days"] = append_offline(offline, group, result)
+            _crash_point("after_online")
+            name = piece or rows_piece(rows)
+            stats[f"{group.ref} days"] = append_offline(offline, group, result, name)
     return stats

@@ -1,10 +1,24 @@
-"""Sensor-triggered micro-batches: a job and a cursor-keeping sensor per stream source.
+"""Sensor-triggered micro-batches: a job and a sensor per stream source.
 
-The sensor's cursor is the last stream entry id it requested a batch for; each tick that sees
-a newer entry requests one run covering every entry since (all new events of a tick in one
-run), keyed by the id range so a tick evaluated twice never launches a duplicate. The job
-runs in process: Dagster's run overhead, not the work, dominates a micro-batch.
+Exactly once, without relying on the daemon noticing a crash: the sensor requests the range
+after the stream's *applied marker* (written by a micro-batch only once it has finished),
+never after what it merely requested. One range is in flight at a time; its run is found by
+tags on the next tick. While that run is queued or alive the sensor waits; once it is gone
+without moving the marker (failed, canceled, killed -9 — a STARTED run whose recorded
+process is dead, or older than `stale_after_s`) the same range is requested again under a
+new run key (`...:retry<n>`); Dagster's run-key dedupe makes a re-evaluated tick harmless.
+Each tick that finds the marker current requests one run for every entry since (all new
+events of a tick in one run). The job runs in process: Dagster's run overhead, not the work,
+dominates a micro-batch. Run monitoring (`dagster/max_runtime`, see `instance.py`) marks a
+hung run failed in the UI as well, and stream runs opt out of run retries: the sensor is
+their retry mechanism, and a second one would only replay ranges already redone.
 """
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -39,6 +53,8 @@ def build_stream_job(repo: FeatureRepository, source: str) -> dg.JobDefinition:
     ) -> None:
         from skewless.sensors.microbatch import apply_stream_batch
 
+        # who runs this batch: lets the sensor tell a killed run from a slow one
+        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: _HOST})
         stats = apply_stream_batch(repo, offline.store(), online.store(), source, config.after, config.until)
         context.log.info(f"stream {source} ({config.after}, {config.until}]: {stats}")
 
@@ -107,7 +123,103 @@ def build_landing_sensor(source: Source, job: dg.JobDefinition, interval_s: int 
     return _sensor
 
 
-def build_stream_sensor(source: str, job: dg.JobDefinition, interval_s: int = 5) -> dg.SensorDefinition:
+SOURCE_TAG = "skewless/stream_source"
+RANGE_TAG = "skewless/stream_range"
+ATTEMPT_TAG = "skewless/stream_attempt"
+PID_TAG = "skewless/pid"
+HOST_TAG = "skewless/host"
+_HOST = socket.gethostname()
+STALE_AFTER_S = 600  # a micro-batch takes seconds; a run this old without finishing is dead
+
+_WAITING = (dg.DagsterRunStatus.QUEUED,)
+_STARTING = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING)
+
+
+def id_key(entry: str) -> tuple[int, int]:
+    """A stream entry id as a comparable pair ("0" and "" are before every entry)."""
+    if entry in ("", "0", "0-0"):
+        return (0, 0)
+    ms, _, seq = entry.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The range the sensor last requested (its cursor): `after < id <= until`."""
+
+    after: str
+    until: str
+    attempt: int = 0
+
+    def encode(self) -> str:
+        return json.dumps({"after": self.after, "until": self.until, "attempt": self.attempt})
+
+    @staticmethod
+    def decode(cursor: str | None) -> "Pending | None":
+        """None for no cursor or an old-style cursor (an id: the marker decides anyway)."""
+        if not cursor or not cursor.startswith("{"):
+            return None
+        data = json.loads(cursor)
+        return Pending(data["after"], data["until"], int(data.get("attempt", 0)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_is_live(record: dg.RunRecord, stale_after_s: float, now: float | None = None) -> bool:
+    """Could this run still apply its range? Queued: yes. Finished: no. Started: only if its
+    recorded process exists (same host) and it is younger than `stale_after_s`."""
+    now = time.time() if now is None else now
+    run = record.dagster_run
+    if run.status in _WAITING:
+        return True
+    began = record.start_time or record.create_timestamp.timestamp()
+    young = now - began < stale_after_s
+    if run.status in _STARTING:
+        return young
+    if run.status != dg.DagsterRunStatus.STARTED:
+        return False  # SUCCESS, FAILURE, CANCELED
+    pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+    if pid is not None and host == _HOST and not _pid_alive(int(pid)):
+        return False
+    return young
+
+
+def range_runs(instance: dg.DagsterInstance, source: str, pending: Pending) -> list[dg.RunRecord]:
+    tags = {SOURCE_TAG: source, RANGE_TAG: f"{pending.after}..{pending.until}"}
+    return list(instance.get_run_records(filters=dg.RunsFilter(tags=tags)))
+
+
+def stream_run_request(source: str, pending: Pending, stale_after_s: float) -> dg.RunRequest:
+    """The run for one range; attempt 0 keeps the plain range key, retries add a counter."""
+    key = f"{source}:{pending.after}:{pending.until}"
+    return dg.RunRequest(
+        run_key=key if pending.attempt == 0 else f"{key}:retry{pending.attempt}",
+        run_config={
+            "ops": {f"apply_{source}_stream": {"config": {"after": pending.after, "until": pending.until}}}
+        },
+        tags={
+            SOURCE_TAG: source,
+            RANGE_TAG: f"{pending.after}..{pending.until}",
+            ATTEMPT_TAG: str(pending.attempt),
+            "dagster/max_runtime": str(int(stale_after_s)),  # run monitoring fails hung runs
+            "dagster/max_retries": "0",  # the sensor re-requests; see the module docstring
+        },
+    )
+
+
+def build_stream_sensor(
+    source: str, job: dg.JobDefinition, interval_s: int = 5, stale_after_s: float = STALE_AFTER_S
+) -> dg.SensorDefinition:
+    """Request the next unapplied range, or the same range again once its run is dead."""
+
     @dg.sensor(
         name=f"stream_{source}_sensor",
         job=job,
@@ -118,14 +230,24 @@ def build_stream_sensor(source: str, job: dg.JobDefinition, interval_s: int = 5)
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         store = context.resources.online.store()
+        applied = streams.applied(store, source) or "0"
+        pending = Pending.decode(context.cursor)
+        if pending is not None and id_key(applied) < id_key(pending.until):
+            runs = range_runs(context.instance, source, pending)
+            if any(run_is_live(r, stale_after_s) for r in runs):
+                return dg.SkipReason(f"range ({pending.after}, {pending.until}] of '{source}' in progress")
+            if runs:  # every run of it ended (or died) without marking it applied: again
+                attempts = max(int(r.dagster_run.tags.get(ATTEMPT_TAG, "0")) for r in runs)
+                pending = Pending(pending.after, pending.until, max(attempts, pending.attempt) + 1)
+            # no run yet: re-request the same key (Dagster launches it at most once)
+            request = stream_run_request(source, pending, stale_after_s)
+            return dg.SensorResult(run_requests=[request], cursor=pending.encode())
         newest = streams.newest_id(store, source)
-        after = context.cursor or streams.applied(store, source) or "0"
-        if newest is None or newest == after:
+        if newest is None or id_key(newest) <= id_key(applied):
             return dg.SkipReason(f"no new events on source '{source}'")
-        request = dg.RunRequest(
-            run_key=f"{source}:{after}:{newest}",
-            run_config={"ops": {f"apply_{source}_stream": {"config": {"after": after, "until": newest}}}},
+        pending = Pending(applied, newest)
+        return dg.SensorResult(
+            run_requests=[stream_run_request(source, pending, stale_after_s)], cursor=pending.encode()
         )
-        return dg.SensorResult(run_requests=[request], cursor=newest)
 
     return _sensor

@@ -1,11 +1,23 @@
 """The offline store: every feature row ever computed, as Hive-style daily Parquet partitions.
 
     <root>/<group>/v<N>/date=YYYY-MM-DD/data.parquet
+    <root>/<group>/v<N>/date=YYYY-MM-DD/piece-<name>.parquet   (stream micro-batches)
 
-One file per partition, replaced atomically (write a temp file in the same folder, then
-`os.replace`), so a reader sees the old partition or the new one, never half of either, and
-re-running a partition is idempotent. An empty day still gets a file (with the schema), so
-"materialized" always means "its file exists".
+`data.parquet` is the day as the batch path computed it, replaced atomically (write a temp
+file in the same folder, fsync, then `os.replace`), so a reader sees the old partition or the
+new one, never half of either, and re-running a partition is idempotent. An empty day still
+gets a file (with the schema).
+
+Pieces are immutable files a micro-batch adds next to it instead of rewriting the day: two
+micro-batches never read-modify-write the same file, so concurrent ones cannot lose each
+other's rows, and a batch costs its own rows, not its days' sizes. A piece's name comes from
+what it holds (the stream entry range), so a retried batch rewrites the same piece. Readers
+(`scan`, `scan_files`, the training-set planner, SQL views) merge a day's pieces with its
+partition and deduplicate exactly as an in-place merge would have: window groups by
+(keys, event id) keeping the first stored version, row groups identical rows once, then the
+day is sorted by (keys, event time, created time) with ties in storage order, the order the
+point-in-time join relies on. The daily offline asset compacts: it recomputes the day from
+the source (which holds the pushed rows) and deletes the pieces that existed before it read.
 """
 
 from __future__ import annotations
@@ -18,9 +30,45 @@ from pathlib import Path
 import polars as pl
 
 from skewless.config import private_dirs
-from skewless.language.feature_group import FeatureGroup
+from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
 
 DATA_FILE = "data.parquet"
+PIECE_PREFIX = "piece-"
+
+
+def _day_of(path: Path) -> date:
+    return date.fromisoformat(path.parent.name[len("date=") :])
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the folder holding the new name (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def dedupe_and_sort(group: FeatureGroup, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """One day's rows from several files (partition first, then pieces in name order) as one
+    merged partition: what the old in-place append produced, byte for byte in row order.
+
+    Window groups keep one event per (keys, event id), the first stored; row groups drop
+    identical rows only. The stable sort by (keys, event, created) keeps storage order for
+    ties, so the last stored of equal-time rows still wins the point-in-time join.
+    """
+    keys = group.entity.key_columns
+    if group.is_windowed:
+        order, unique_by = [*keys, EVENT_TIMESTAMP, EVENT_ID], [*keys, EVENT_ID]
+    else:
+        order = [*keys, EVENT_TIMESTAMP] + ([CREATED_TIMESTAMP] if group.has_created_timestamp else [])
+        unique_by = None
+    return frame.unique(subset=unique_by, keep="first", maintain_order=True).sort(order, maintain_order=True)
 
 
 class OfflineStore:
@@ -39,6 +87,40 @@ class OfflineStore:
         """Atomically replace one day's partition with `frame` (already validated and sorted)."""
         return self._replace(self.partition_path(group, day), frame)
 
+    def piece_path(self, group: FeatureGroup, day: date, name: str) -> Path:
+        return self.group_dir(group) / f"date={day.isoformat()}" / f"{PIECE_PREFIX}{name}.parquet"
+
+    def write_piece(self, group: FeatureGroup, day: date, name: str, frame: pl.DataFrame) -> Path:
+        """Add (or idempotently rewrite) one immutable piece of a day: never touches data.parquet."""
+        return self._replace(self.piece_path(group, day, name), frame)
+
+    def pieces(self, group: FeatureGroup, day: date) -> list[Path]:
+        """A day's pieces in name order (the order their rows count as stored)."""
+        folder = self.group_dir(group) / f"date={day.isoformat()}"
+        if not folder.exists():
+            return []
+        return sorted(p for p in folder.glob(f"{PIECE_PREFIX}*.parquet") if p.is_file())
+
+    def day_files(self, group: FeatureGroup, day: date) -> list[Path]:
+        """Everything stored for a day, partition first: what a reader must merge."""
+        partition = self.partition_path(group, day)
+        return ([partition] if partition.exists() else []) + self.pieces(group, day)
+
+    def has_pieces(self, group: FeatureGroup) -> bool:
+        base = self.group_dir(group)
+        return base.exists() and any(base.glob(f"date=*/{PIECE_PREFIX}*.parquet"))
+
+    def delete_pieces(self, pieces: list[Path]) -> int:
+        """Remove compacted pieces (those the partition now includes); returns how many."""
+        removed = 0
+        for piece in pieces:
+            try:
+                piece.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def training_set_path(self, service: str, version: int) -> Path:
         # '_' cannot start a group name, so training sets never collide with group folders
         return self.root / "_training_sets" / service / f"v{version}" / DATA_FILE
@@ -48,7 +130,8 @@ class OfflineStore:
 
     def _replace(self, target: Path, frame: pl.DataFrame) -> Path:
         private_dirs(target.parent)
-        temp = target.with_name(f".{DATA_FILE}.{uuid.uuid4().hex}.tmp")
+        # a dot-name ending in .tmp: no reader's glob (`*.parquet`) ever sees a half file
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
             # owner-only from the first byte (Polars truncates, keeping the mode); not umask,
             # which is process-wide and would race other threads
@@ -57,36 +140,92 @@ class OfflineStore:
             with open(temp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, target)
+            _fsync_dir(target.parent)
         finally:
             temp.unlink(missing_ok=True)
         return target
 
     def partitions(self, group: FeatureGroup) -> list[date]:
-        """Days that have a partition file, oldest first."""
+        """Days that have a partition file or a piece, oldest first."""
         base = self.group_dir(group)
         if not base.exists():
             return []
         days = []
         for child in base.iterdir():
-            if child.name.startswith("date=") and (child / DATA_FILE).exists():
+            if not child.name.startswith("date="):
+                continue
+            if (child / DATA_FILE).exists() or any(child.glob(f"{PIECE_PREFIX}*.parquet")):
                 days.append(date.fromisoformat(child.name[len("date=") :]))
         return sorted(days)
 
     def files(self, group: FeatureGroup, start: date | None = None, end: date | None = None) -> list[Path]:
-        """Partition files with `start <= day <= end` (either bound open when None)."""
+        """Files (partitions, then each day's pieces) with `start <= day <= end`, in day order.
+
+        Read them with `scan_merged`, which merges a day's pieces; a plain scan would see a
+        re-stored event twice.
+        """
         return [
-            self.partition_path(group, day)
+            path
             for day in self.partitions(group)
             if (start is None or day >= start) and (end is None or day <= end)
+            for path in self.day_files(group, day)
         ]
 
     def scan(self, group: FeatureGroup, start: date | None = None, end: date | None = None) -> pl.LazyFrame:
-        """Lazily read the partitions in a day range; an empty frame of the schema if none."""
-        files = self.files(group, start, end)
-        if not files:
-            return pl.LazyFrame(schema=group.offline_schema())
-        return pl.scan_parquet(files, schema=group.offline_schema())
+        """Lazily read the partitions (with their pieces) in a day range; empty frame if none."""
+        return scan_merged(group, self.files(group, start, end))
 
+
+def scan_merged(group: FeatureGroup, files: list[Path]) -> pl.LazyFrame:
+    """Lazily read files from `OfflineStore.files()` as merged partitions.
+
+    Days without pieces are scanned as they are (already deduplicated and sorted); only a
+    day with pieces pays for a dedupe and sort, and only of that day.
+    """
+    schema = group.offline_schema()
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    if not any(p.name.startswith(PIECE_PREFIX) for p in files):
+        return pl.scan_parquet(files, schema=schema)
+    by_day: dict[date, list[Path]] = {}
+    for path in files:
+        by_day.setdefault(_day_of(path), []).append(path)
+    frames: list[pl.LazyFrame] = []
+    plain: list[Path] = []
+    for day in sorted(by_day):
+        day_files = by_day[day]
+        if not any(p.name.startswith(PIECE_PREFIX) for p in day_files):
+            plain.extend(day_files)
+            continue
+        if plain:
+            frames.append(pl.scan_parquet(plain, schema=schema))
+            plain = []
+        frames.append(dedupe_and_sort(group, _read_day(day_files, schema).lazy()))
+    if plain:
+        frames.append(pl.scan_parquet(plain, schema=schema))
+    return pl.concat(frames, how="vertical")
+
+
+def _read_day(day_files: list[Path], schema: pl.Schema) -> pl.DataFrame:
+    """A day's partition and pieces, read pieces first so compaction cannot hide rows.
+
+    Compaction replaces data.parquet *before* deleting the pieces it folded in, so a piece
+    that vanished while we read means the partition we read afterwards already holds it.
+    """
+    pieces = []
+    for path in (p for p in day_files if p.name.startswith(PIECE_PREFIX)):
+        try:
+            pieces.append(pl.read_parquet(path).select(list(schema)).cast(dict(schema)))
+        except FileNotFoundError:
+            continue
+    partitions = []
+    for path in (p for p in day_files if not p.name.startswith(PIECE_PREFIX)):
+        try:
+            partitions.append(pl.read_parquet(path).select(list(schema)).cast(dict(schema)))
+        except FileNotFoundError:
+            continue
+    frames = partitions + pieces  # stored order: partition first, then pieces by name
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
 def days_between(start: date, end_exclusive: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end_exclusive - start).days)]

@@ -4,6 +4,11 @@ Views read the partition folders through a glob with Hive partitioning, so they 
 as partitions are written (and `WHERE date >= ...` prunes files). `<group>_v<N>` names a
 version; `<group>` names its highest version. A group version with no partition yet gets an
 empty view of the declared schema, so queries against it work rather than fail.
+
+When stream micro-batches have added pieces next to the partitions (see storage/offline.py),
+the view reads them too and deduplicates like the Polars readers: window groups one row per
+(day, keys, event id), the partition's before any piece's, pieces in name order; row groups
+identical rows once. Views are created per query, so they see the pieces of that moment.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from skewless.language.feature_group import FeatureGroup
+from skewless.language.feature_group import EVENT_ID, FeatureGroup
 from skewless.repository import FeatureRepository
 from skewless.storage.offline import DATA_FILE, OfflineStore
 
@@ -50,6 +55,16 @@ def _quote(text: str) -> str:
 
 
 def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
+    if offline.has_pieces(group):
+        pattern = _quote(str(offline.group_dir(group) / "date=*" / "*.parquet"))
+        if not group.is_windowed:
+            return f"SELECT DISTINCT * FROM read_parquet({pattern}, hive_partitioning = true)"
+        by = ", ".join(f'"{c}"' for c in ["date", *group.entity.key_columns, EVENT_ID])
+        # within a day folder 'data.parquet' sorts before every 'piece-*': partition first
+        return (
+            f"SELECT * EXCLUDE (filename) FROM read_parquet({pattern}, hive_partitioning = true, "
+            f"filename = true) QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename) = 1"
+        )
     if offline.partitions(group):
         pattern = str(offline.group_dir(group) / "date=*" / DATA_FILE)
         return f"SELECT * FROM read_parquet({_quote(pattern)}, hive_partitioning = true)"
