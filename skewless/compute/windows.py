@@ -81,6 +81,9 @@ def window_values(
     """
     keys = group.entity.key_columns
     longest = group.max_window
+    # positions, not `aggregations.index(agg)`: an index lookup compares definitions, and the
+    # position is what names the stored `where__<i>` flag column
+    index_of = {id(agg): i for i, agg in enumerate(group.aggregations)}
     wanted = [
         (agg, window, name) for agg, window, name in windowed_features(group.aggregations) if name in names
     ]
@@ -104,7 +107,7 @@ def window_values(
     where = {i: f"where__{i}" for i, a in enumerate(group.aggregations) if a.where is not None}
     exprs = []
     for agg, window, name in wanted:
-        index = group.aggregations.index(agg)
+        index = index_of[id(agg)]
         inside = pl.col("__in_longest") & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(window))
         if index in where:
             inside = inside & pl.col(where[index])
