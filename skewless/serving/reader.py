@@ -256,12 +256,16 @@ class ReadPlan:
             + [pl.Series(c, columns[c], dtype=d) for c, d in keys.items()]
             + [pl.Series(QUERY_TS, [now_us] * n, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))]
         )
-        events = self.store.read_events(group, replies).join(
-            queries.select(pl.col(ROW).alias("__entity"), *keys), on="__entity", how="left"
-        )
+        # `window_values` joins events to queries on the keys, so an entity listed n times
+        # would bring its events n times to each of its n rows: keep the events of the first
+        # request row for each distinct key only (every reply for that key holds the same set)
+        owners = queries.group_by(*keys, maintain_order=True).agg(pl.col(ROW).first().alias("__entity"))
+        events = self.store.read_events(group, replies).join(owners, on="__entity", how="inner")
         names = dict(zip(read.features, read.names, strict=True))
         values = window_values(group, events.lazy(), queries.lazy(), names)
-        return values.sort(ROW).drop(ROW).collect()
+        # `window_values` gives the group's declared order; the plan's schema (and so every
+        # output form) is in the requested order, and dicts/rows are zipped with it by position
+        return values.sort(ROW).select(read.names).collect()
 
     def _valid_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> np.ndarray:
         if read.ttl_us is None:
