@@ -202,7 +202,8 @@ def test_aggregations_equal_but_for_where(tmp_path: Path, store_config: StoreCon
     assert filtered == Aggregation("count", windows=["1h", "1d", "7d"], where=ok, name="ok_count")
     assert len({plain, filtered, Aggregation("count", windows=["1h", "1d", "7d"])}) == 2
     group = repo_for(tmp_path / "x.parquet").group("user_windows", 1)
-    assert group.aggregations.index(filtered) == 1 and group == repo_for(tmp_path / "x.parquet").group("user_windows", 1)
+    assert group.aggregations.index(filtered) == 1
+    assert group == repo_for(tmp_path / "x.parquet").group("user_windows", 1)  # groups compare too
 
     events = make_events(users=4, per_user=15)
     events.write_parquet(tmp_path / "txns.parquet")

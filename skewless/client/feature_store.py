@@ -276,7 +276,10 @@ class FeatureStore:
         if known is not None:
             return known
         try:
-            schema = source.scan().collect_schema()
+            # an empty time range: a DuckDB source then runs a query that returns no rows
+            # instead of reading its whole table just to learn the columns
+            never = datetime(1970, 1, 1, tzinfo=UTC)
+            schema = source.scan(never, never).collect_schema()
         except (SkewlessError, pl.exceptions.PolarsError, OSError):
             schema = None
         if schema is not None:
