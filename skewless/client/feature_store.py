@@ -24,8 +24,10 @@ from skewless.compute.rows import latest_per_entity, transform_rows
 from skewless.compute.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError, SkewlessError
+from skewless.language.dtypes import conform_frame
 from skewless.language.feature_group import FeatureGroup
 from skewless.language.feature_service import FeatureRef
+from skewless.language.source import Source
 from skewless.repository import FeatureRepository, load_repository
 from skewless.serving.monitor import ServingMonitor
 from skewless.serving.reader import ReadPlan
@@ -78,6 +80,7 @@ class FeatureStore:
         self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
         self.last_training_stats = TrainingSetStats()
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
+        self._source_schemas: dict[str, pl.Schema] = {}  # push's reference, read once per source
         self.monitor = ServingMonitor(self.online, log_rate=self.config.serving_log_rate)
 
     @classmethod
@@ -213,6 +216,15 @@ class FeatureStore:
         For a source declared `stream=True` the rows are also appended to its Redis Stream,
         from which the sensor's micro-batch appends them to the offline store (and, with
         `direct=False`, applies them online too, instead of this call).
+
+        Pushed rows must have the source's columns (its schema as scanned; for a source with
+        no data yet, the schema its stream last recorded; with neither, they are taken as they
+        are). Columns in another order are reordered and dtypes that widen without loss
+        (Int32 -> Int64, Float32 -> Float64) are cast; a missing or extra column, or a dtype
+        that could lose values, rejects the push with an error naming the column (and both
+        dtypes). This is checked at the door because the rows are stored as pushed — in the
+        stream and, by the micro-batch, in Parquet next to the source's files — where a
+        different shape would break every later micro-batch and scan of the source.
         """
         groups = [g for g in self.repository.groups if g.source.name == source]
         if not groups:
@@ -226,6 +238,12 @@ class FeatureStore:
             checked = src.checked(frame.lazy())
         except SkewlessError as exc:
             raise RequestError(f"rows pushed to {exc}") from None
+        reference = self._source_schema(src)
+        if reference is not None:
+            conformed, problems = conform_frame(checked.collect(), reference)
+            if problems:
+                raise RequestError(f"rows pushed to source '{source}': " + "; ".join(problems))
+            checked = conformed.lazy()
         missing = checked.select(pl.col(src.timestamp_field).null_count()).collect().item()
         if missing:
             raise RequestError(f"rows pushed to source '{source}': {missing} rows have no event time")
@@ -246,6 +264,32 @@ class FeatureStore:
                     "written"
                 ]
         return written
+
+    def _source_schema(self, source: Source) -> pl.Schema | None:
+        """The schema pushed rows are normalised to: the source's own, as a scan sees it.
+
+        Cached per store (a scan plans over every file). A source with no data yet falls back
+        to the schema its stream recorded with the last checked push, and is looked up again
+        next time (its first files may have landed by then).
+        """
+        known = self._source_schemas.get(source.name)
+        if known is not None:
+            return known
+        try:
+            # an empty time range: a DuckDB source then runs a query that returns no rows
+            # instead of reading its whole table just to learn the columns
+            never = datetime(1970, 1, 1, tzinfo=UTC)
+            schema = source.scan(never, never).collect_schema()
+        except (SkewlessError, pl.exceptions.PolarsError, OSError):
+            schema = None
+        if schema is not None:
+            self._source_schemas[source.name] = schema
+            return schema
+        if source.stream:
+            from skewless.storage import streams
+
+            return streams.recorded_schema(self.online, source.name)
+        return None
 
     def sql(self, query: str) -> pl.DataFrame:
         """Run DuckDB SQL over the offline store: a view per group version (`<group>_v<N>`)

@@ -82,6 +82,9 @@ def window_values(
     """
     keys = group.entity.key_columns
     longest = group.max_window
+    # positions, not `aggregations.index(agg)`: an index lookup compares definitions, and the
+    # position is what names the stored `where__<i>` flag column
+    index_of = {id(agg): i for i, agg in enumerate(group.aggregations)}
     wanted = [
         (agg, window, name) for agg, window, name in windowed_features(group.aggregations) if name in names
     ]
@@ -106,7 +109,7 @@ def window_values(
     exprs = []
     exact: list[tuple[str, str]] = []
     for agg, window, name in wanted:
-        index = group.aggregations.index(agg)
+        index = index_of[id(agg)]
         inside = pl.col("__in_longest") & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(window))
         if index in where:
             inside = inside & pl.col(where[index])

@@ -36,7 +36,7 @@ _NUMERIC = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Aggregation:
     """One aggregate of one column over one or more sliding windows.
 
@@ -44,6 +44,11 @@ class Aggregation:
     `distinct_count` is exact (computed from the window's events, so no sketch error);
     `sum` adds values in event order (event time, then event id), the documented order
     that makes floats agree bit for bit across paths.
+
+    Equality and hashing go through `identity()`, not the generated dataclass `__eq__`:
+    that one would compare `where` expressions with `==`, which builds a Polars expression
+    instead of a bool (`the truth value of an Expr is ambiguous`) as soon as two
+    aggregations differ only by their filter.
     """
 
     function: str
@@ -83,6 +88,28 @@ class Aggregation:
         object.__setattr__(self, "_labels", labels)
         if self.name is not None:
             check_name(self.name, f"{what} name")
+
+    def identity(self) -> tuple[Any, ...]:
+        """What the aggregation computes, as plain comparable values.
+
+        `where` is its serialized expression tree: equal filters serialize equally and no
+        expression is ever evaluated (or compared with `==`, which is element-wise in Polars).
+        """
+        where: str | None = None
+        if self.where is not None:
+            try:
+                where = str(self.where.meta.serialize(format="json"))
+            except Exception:  # e.g. a Python UDF that cannot be serialized: its text
+                where = str(self.where)
+        return (self.function, self.column, self._windows, self._labels, str(self.dtype), where, self.name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Aggregation):
+            return NotImplemented
+        return self is other or self.identity() == other.identity()
+
+    def __hash__(self) -> int:
+        return hash(self.identity())
 
     @property
     def base_name(self) -> str:

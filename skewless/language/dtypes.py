@@ -54,3 +54,55 @@ def default_fits(dtype: pl.DataType, default: Any) -> bool:
     except Exception:
         return False
     return series.null_count() == 0
+
+
+_SIGNED = (pl.Int8, pl.Int16, pl.Int32, pl.Int64)
+_UNSIGNED = (pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+_BITS = {
+    pl.Int8: 8, pl.Int16: 16, pl.Int32: 32, pl.Int64: 64,
+    pl.UInt8: 8, pl.UInt16: 16, pl.UInt32: 32, pl.UInt64: 64,
+}  # fmt: skip
+_MANTISSA = {pl.Float32: 24, pl.Float64: 53}
+
+
+def casts_losslessly(source: pl.DataType, target: pl.DataType) -> bool:
+    """True when every value of `source` has an exact, equal value in `target`.
+
+    Decided from the dtypes alone (not the values at hand), so whether a push is accepted
+    never depends on which numbers it happens to carry: Int32 -> Int64 and Float32 -> Float64
+    widen; Int64 -> Int32, Float -> Int or String -> anything are refused.
+    """
+    if source == target or source == pl.Null:
+        return True
+    src, dst = type(source), type(target)
+    if src in _BITS and dst in _BITS:
+        if (src in _SIGNED) == (dst in _SIGNED):
+            return _BITS[dst] >= _BITS[src]
+        return src in _UNSIGNED and dst in _SIGNED and _BITS[dst] > _BITS[src]
+    if src in _BITS and dst in _MANTISSA:
+        return _BITS[src] - (1 if src in _SIGNED else 0) <= _MANTISSA[dst]
+    if src in _MANTISSA and dst in _MANTISSA:
+        return _MANTISSA[dst] >= _MANTISSA[src]
+    return False
+
+
+def conform_frame(
+    frame: pl.DataFrame, schema: pl.Schema, allow_extra: bool = False
+) -> tuple[pl.DataFrame, list[str]]:
+    """`frame` with exactly `schema`'s columns, in its order and dtypes, or the problems.
+
+    Columns in another order are reordered and lossless dtypes cast (`casts_losslessly`);
+    a missing column, a column that would lose values, and (unless `allow_extra`) a column
+    `schema` does not have are problems, each described with the column's name.
+    """
+    problems = [f"missing column '{c}'" for c in schema if c not in frame.columns]
+    if not allow_extra:
+        problems += [f"extra column '{c}' (not in the source)" for c in frame.columns if c not in schema]
+    for column, dtype in schema.items():
+        if column in frame.columns and not casts_losslessly(frame.schema[column], dtype):
+            problems.append(f"column '{column}' has dtype {frame.schema[column]}, the source has {dtype}")
+    if problems:
+        return frame, problems
+    if frame.schema == schema:
+        return frame, []
+    return frame.select(pl.col(c).cast(d) for c, d in schema.items()), []

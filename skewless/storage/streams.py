@@ -6,6 +6,11 @@ cursor is the last entry id a micro-batch was requested for, and the id of the l
 micro-batch finished is recorded next to the stream, so a crashed batch is simply re-run:
 every update it makes is idempotent (events are unique members; the latest-value guard keeps
 the newer; offline appends deduplicate).
+
+Entries are read back aligned to one schema, so one entry whose columns differ (pushed before
+`FeatureStore.push` checked columns, or appended by hand) cannot fail every micro-batch over
+its range: each append also records its schema next to the stream (`<stream>:schema`, an
+empty Arrow IPC frame), which `read` uses as the reference when no schema is passed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 import polars as pl
 import redis
 
+from skewless.errors import SourceDataError
+from skewless.language.dtypes import conform_frame
 from skewless.storage.online import OnlineStore
 
 MAX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): old entries are already applied
@@ -25,17 +32,33 @@ def stream_key(store: OnlineStore, source: str) -> str:
     return f"{store.key_prefix}:stream:{source}"
 
 
-def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
-    """Append a batch of checked rows; returns the entry id."""
+def _ipc(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    rows.write_ipc(buffer, compression="zstd")
+    frame.write_ipc(buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
+    """Append a batch of checked rows; returns the entry id.
+
+    The rows' schema is recorded too (same round trip), as the reference `read` aligns
+    entries to: pushes are normalised to the source's schema, so it is the source's.
+    """
+    key = stream_key(store, source)
     try:
-        entry = store.client.xadd(
-            stream_key(store, source), {"rows": buffer.getvalue()}, maxlen=MAX_ENTRIES, approximate=True
-        )
+        pipe = store.client.pipeline(transaction=False)
+        pipe.xadd(key, {"rows": _ipc(rows)}, maxlen=MAX_ENTRIES, approximate=True)
+        pipe.set(f"{key}:schema", _ipc(rows.clear()))
+        entry = pipe.execute()[0]
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise store._unreachable(f"appending to the stream of source '{source}'", exc) from exc
     return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
+def recorded_schema(store: OnlineStore, source: str) -> pl.Schema | None:
+    """The schema of the last appended entry, or None for a stream appended to before it was kept."""
+    raw = store.client.get(f"{stream_key(store, source)}:schema")
+    return None if raw is None else pl.read_ipc(io.BytesIO(raw)).schema
 
 
 def newest_id(store: OnlineStore, source: str) -> str | None:
@@ -46,14 +69,48 @@ def newest_id(store: OnlineStore, source: str) -> str | None:
     return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
-def read(store: OnlineStore, source: str, after: str, until: str) -> tuple[pl.DataFrame | None, int]:
-    """Rows of the entries with `after < id <= until`, concatenated in entry order."""
+def read(
+    store: OnlineStore, source: str, after: str, until: str, schema: pl.Schema | None = None
+) -> tuple[pl.DataFrame | None, int]:
+    """Rows of the entries with `after < id <= until`, concatenated in entry order.
+
+    Each entry is aligned to `schema` (default: the one recorded by `append`): columns
+    reordered, lossless dtypes widened, columns the schema lacks dropped (they were never
+    part of the source). An entry missing a column or holding one that cannot be cast raises
+    a `SourceDataError` naming the entry id, so the bad entry can be found and removed. With
+    no reference at all, entries are aligned by column name (`diagonal_relaxed`).
+    """
     low = "-" if after in ("", "0", "0-0") else f"({after}"
     entries: list[Any] = store.client.xrange(stream_key(store, source), min=low, max=until)
-    frames = [pl.read_ipc(io.BytesIO(fields[b"rows"])) for _, fields in entries]
-    if not frames:
+    if not entries:
         return None, 0
-    return pl.concat(frames, how="vertical_relaxed"), len(entries)
+    ids = [entry.decode() if isinstance(entry, bytes) else str(entry) for entry, _ in entries]
+    frames = [pl.read_ipc(io.BytesIO(fields[b"rows"])) for _, fields in entries]
+    reference = schema if schema is not None else recorded_schema(store, source)
+    if reference is not None:
+        aligned = []
+        for entry, frame in zip(ids, frames, strict=True):
+            frame, problems = conform_frame(frame, reference, allow_extra=True)
+            if problems:
+                raise SourceDataError(
+                    f"stream of source '{source}': entry {entry} does not match the source's schema: "
+                    + "; ".join(problems)
+                )
+            aligned.append(frame)
+        return pl.concat(aligned, how="vertical"), len(entries)
+    try:
+        return pl.concat(frames, how="diagonal_relaxed"), len(entries)
+    except (pl.exceptions.PolarsError, TypeError):
+        pass
+    for i in range(1, len(frames)):  # name the first entry that cannot join the ones before it
+        try:
+            pl.concat(frames[: i + 1], how="diagonal_relaxed")
+        except (pl.exceptions.PolarsError, TypeError) as exc:
+            raise SourceDataError(
+                f"stream of source '{source}': entry {ids[i]} cannot be aligned with the entries "
+                f"before it: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from exc
+    raise AssertionError("unreachable: concatenation failed but every prefix succeeds")
 
 
 def first_id(store: OnlineStore, source: str, after: str, until: str) -> str:
