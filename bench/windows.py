@@ -89,7 +89,9 @@ def p50(samples: list[float]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reads", type=int, default=400)
     parser.add_argument("--labels", type=int, default=20_000)
     parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
@@ -147,13 +149,15 @@ def main() -> int:
         # ------------------------------------------------------------- online reads
         started = time.perf_counter()
         store.online.write_events(group, computed)
-        print(f"[windows] wrote {computed.height:,} events in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"[windows] wrote {computed.height:,} events in {time.perf_counter() - started:.1f} s", flush=True
+        )
         raw_client = redis.Redis.from_url(url)
         bases = {user: f"{prefix}:{{user:{user}}}:{group.name}:v{group.version}" for user in sizes.values()}
         ours: dict[int, list[float]] = {n: [] for n in sizes}
         raw: dict[int, list[float]] = {n: [] for n in sizes}
         zrange: dict[int, list[float]] = {n: [] for n in sizes}
-        for n, user in sizes.items():
+        for user in sizes.values():
             store.get_online_features([{"user_id": user}], features=refs, output="dicts")  # warm the cache
         for _ in range(args.reads):
             for n, user in sizes.items():
@@ -198,7 +202,10 @@ def main() -> int:
         rates = []
         for i in range(5):
             batch = pl.concat(
-                [events(100 + u, 10, timedelta(hours=1), datetime.now(UTC), u, f"b{i}-{u}-") for u in range(1000)]
+                [
+                    events(100 + u, 10, timedelta(hours=1), datetime.now(UTC), u, f"b{i}-{u}-")
+                    for u in range(1000)
+                ]
             )
             t0 = time.perf_counter()
             store.push("bench_txns", batch)

@@ -24,7 +24,7 @@ def compute_rows(group: FeatureGroup, start: datetime, end: datetime) -> pl.Data
     deterministic across runs.
     """
     source = group.source
-    frame = source.scan(start, end)
+    frame = source.scan(start, end, provenance=group.is_windowed)
     null_times = source.count_null_event_times()
     if null_times:
         raise SourceDataError(

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from skewless.compute.point_in_time import LABEL_TS, ROW, join_group
 from skewless.errors import RequestError
+from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import FeatureGroup
-from skewless.storage.offline import OfflineStore, scan_merged
+from skewless.storage.offline import OfflineStore, scan_merged, superseded_filter
 
 Engine = Literal["auto", "memory", "partitioned"]
 BUCKET = "__skewless_bucket"
@@ -48,6 +49,7 @@ class GroupPlan:
     files: list[Path]
     partitions_total: int
     rows: int = 0
+    all_files: list[Path] = field(default_factory=list)  # window groups: every stored file
 
     @property
     def first_day(self) -> date | None:
@@ -80,14 +82,15 @@ def plan_group(
     days = offline.partitions(group)
     last = max(label_days)
     ttl = group.max_window if group.is_windowed else group.time_to_live
-    if ttl is None:
+    if ttl is None or ttl >= LIFETIME:
         needed = [d for d in days if d <= last]
     else:
         span = math.ceil(ttl / timedelta(days=1))
         wanted = {d - timedelta(days=k) for d in label_days for k in range(span + 1)}
         needed = [d for d in days if d in wanted]
     files = [path for d in needed for path in offline.day_files(group, d)]
-    return GroupPlan(group, features, names, files, partitions_total=len(days))
+    every = [path for d in days for path in offline.day_files(group, d)] if group.is_windowed else []
+    return GroupPlan(group, features, names, files, partitions_total=len(days), all_files=every)
 
 
 def memory_budget_bytes() -> int:
@@ -126,8 +129,14 @@ def _footer_rows(path: Path) -> int:
 
 
 def _scan(plan: GroupPlan) -> pl.LazyFrame:
-    """The plan's rows with each day's pieces merged into it (deduplicated, join order)."""
-    return scan_merged(plan.group, plan.files)
+    """The plan's rows with each day's pieces merged into it (deduplicated, join order).
+
+    Window groups also drop event versions superseded on a day the plan does not read (a
+    correction that moved an event to another day), checked against every stored file."""
+    scan = scan_merged(plan.group, plan.files)
+    if plan.group.is_windowed and plan.all_files:
+        scan = superseded_filter(plan.group, plan.all_files, scan)
+    return scan
 
 
 FILTER_MAX_LABELS = 20_000  # up to this many label rows, feature rows are filtered to their entities

@@ -16,9 +16,11 @@ import polars as pl
 
 from skewless.checks.schema import check_rows
 from skewless.compute.exact import exact_sum
-from skewless.errors import TransformationError
+from skewless.compute.identity import latest_versions
+from skewless.errors import SourceDataError, TransformationError
 from skewless.language.aggregation import Aggregation, windowed_features
-from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import EVENT_ID, EVENT_SEQ, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.source import INGESTED
 
 ROW = "__skewless_row"
 QUERY_TS = "__skewless_label_ts"
@@ -28,7 +30,11 @@ def event_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: d
     """A window group's stored events: keys, time, id, aggregated columns, `where` flags.
 
     Events without an id column get one from a hash of the whole row (stable for a given
-    Polars version). Re-delivered events (same keys and id) are kept once.
+    Polars version). Identity is (entity keys, event id): a re-delivered event is kept once,
+    and of several versions of one identity the latest (`event_seq`: the arrival order the
+    source's rows carry in `INGESTED`, pushed rows after the source's own files) wins. A
+    declared id column with nulls is refused: a null names no event, and guessing would
+    merge or split events differently on the two paths.
     """
     source = group.source
     schema = frame.collect_schema()
@@ -48,26 +54,34 @@ def event_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: d
     event_id = (
         pl.col(source.id_field).cast(pl.String)
         if source.id_field is not None
-        else pl.struct(pl.all()).hash(seed=0).cast(pl.String)
+        else pl.struct(pl.all().exclude(INGESTED)).hash(seed=0).cast(pl.String)
     )
+    seq = pl.col(INGESTED) if INGESTED in schema else pl.lit("", dtype=pl.String)
     keys = group.entity.key_columns
     try:
-        events = (
-            frame.select(
-                *keys,
-                pl.col(source.timestamp_field).alias(EVENT_TIMESTAMP),
-                event_id.alias(EVENT_ID),
-                *group.input_columns(),
-                *[expr.fill_null(False).alias(name) for name, expr in group.where_columns().items()],
-            )
-            .filter((pl.col(EVENT_TIMESTAMP) >= start) & (pl.col(EVENT_TIMESTAMP) < end))
-            .sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
-            .unique(subset=[*keys, EVENT_ID], keep="first", maintain_order=True)
-            .collect()
-        )
+        selected = frame.select(
+            *keys,
+            pl.col(source.timestamp_field).alias(EVENT_TIMESTAMP),
+            event_id.alias(EVENT_ID),
+            seq.alias(EVENT_SEQ),
+            *group.input_columns(),
+            *[expr.fill_null(False).alias(name) for name, expr in group.where_columns().items()],
+        ).filter((pl.col(EVENT_TIMESTAMP) >= start) & (pl.col(EVENT_TIMESTAMP) < end))
+        events = selected.collect()
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TransformationError(f"feature group '{group.ref}': computing events failed: {message}") from exc
+    null_ids = events[EVENT_ID].null_count()
+    if null_ids:
+        raise SourceDataError(
+            f"feature group '{group.ref}': {null_ids} events have a null id in '{source.id_field}' "
+            f"(source '{source.name}'); every event needs an id, its identity with the entity keys"
+        )
+    events = (
+        latest_versions(group, events.lazy())
+        .sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
+        .collect()
+    )
     check_rows(group, events)
     return events
 
@@ -138,7 +152,9 @@ def window_values(
     result = joined.group_by(ROW, maintain_order=True).agg(exprs)
     if exact:
         result = result.with_columns(
-            pl.col(out).map_batches(_exact_sums if function == "sum" else _exact_means, return_dtype=pl.Float64)
+            pl.col(out).map_batches(
+                _exact_sums if function == "sum" else _exact_means, return_dtype=pl.Float64
+            )
             for out, function in exact
         )
     defaults = []
@@ -154,7 +170,10 @@ def window_values(
 def _signless_zero(values: pl.Expr, agg: Aggregation) -> pl.Expr:
     """min/max of floats treat -0.0 as 0.0 (Polars returns whichever zero came last, an
     order dependence tiles must not inherit)."""
-    return values + pl.lit(0.0, dtype=agg.dtype) if agg.dtype.is_float() else values
+    if not agg.dtype.is_float():
+        return values
+    # not `values + 0.0`: the optimizer may drop an added zero
+    return pl.when(values == 0).then(pl.lit(0.0, dtype=agg.dtype)).otherwise(values)
 
 
 def _exact_sums(lists: pl.Series) -> pl.Series:

@@ -72,6 +72,11 @@ def build_online_asset(
         rows = offline.store().scan(group, days[0], days[-1]).collect()
         if group.is_windowed:
             # window groups: the events still inside the longest window become online state
+            # (the latest version of each event: a correction may live on another day)
+            from skewless.storage.offline import superseded_filter
+
+            store_offline = offline.store()
+            rows = superseded_filter(group, store_offline.files(group), rows.lazy()).collect()
             added = online.store().write_events(group, rows)
             context.log.info(f"{group.ref}: {added} new events in the online window state")
             return dg.MaterializeResult(

@@ -23,7 +23,10 @@ Transformation = Callable[[pl.LazyFrame], pl.LazyFrame]
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
 EVENT_ID = "event_id"
-RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_ID, "date"})
+# which stored version of an event is the latest: "" for rows of the source's own files,
+# "<stream entry>:<row>" for pushed rows (fixed width, so it sorts in arrival order)
+EVENT_SEQ = "event_seq"
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_ID, EVENT_SEQ, "date"})
 
 _OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
@@ -280,6 +283,7 @@ class FeatureGroup:
         schema[EVENT_TIMESTAMP] = pl.Datetime("us", "UTC")
         if self.is_windowed:
             schema[EVENT_ID] = pl.String()
+            schema[EVENT_SEQ] = pl.String()
             schema.update(self.input_columns())
             schema.update({name: pl.Boolean() for name in self.where_columns()})
             return schema

@@ -19,6 +19,25 @@ import polars as pl
 from skewless.errors import DefinitionError, SourceDataError
 from skewless.language.entity import check_name
 
+# A column the batch path adds to a window group's source rows: their arrival order, "" for
+# the source's own files and "<stream entry>:<row>" for rows pushed through the stream (kept
+# in `_pushed/entries-<after>-<until>.parquet`). The micro-batch gives the same rows the same
+# values, so both paths agree on which version of a re-pushed event is the latest.
+INGESTED = "__skewless_ingested"
+PUSHED_PREFIX = "entries-"
+
+
+def padded_entry(entry: str) -> str:
+    """A stream entry id as fixed-width text, so ids compare in stream order."""
+    ms, _, seq = ("0-0" if entry in ("", "0") else entry).partition("-")
+    return f"{int(ms):015d}-{int(seq or 0):06d}"
+
+
+def ingested_values(until: str, n: int) -> pl.Series:
+    """`INGESTED` for the n rows of the stream range ending at entry `until`, in order."""
+    prefix = padded_entry(until)
+    return pl.Series(INGESTED, [f"{prefix}:{i:09d}" for i in range(n)], dtype=pl.String)
+
 
 class Source:
     """What every source offers; the concrete ones are dataclasses below."""
@@ -67,12 +86,22 @@ class Source:
         """Where the data is, for metadata and messages."""
         raise NotImplementedError
 
-    def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:
+    def _raw(self, start: datetime | None, end: datetime | None, provenance: bool = False) -> pl.LazyFrame:
         raise NotImplementedError
 
-    def scan(self, start: datetime | None = None, end: datetime | None = None) -> pl.LazyFrame:
-        """Events with event time in `[start, end)` (either bound open), times checked and UTC."""
-        return self.checked(self._raw(start, end), start, end)
+    def scan(
+        self, start: datetime | None = None, end: datetime | None = None, provenance: bool = False
+    ) -> pl.LazyFrame:
+        """Events with event time in `[start, end)` (either bound open), times checked and UTC.
+
+        `provenance` adds the `INGESTED` column (window groups: which version is latest)."""
+        frame = self.checked(self._raw(start, end, provenance), start, end)
+        if provenance:
+            frame = self._with_provenance(frame)
+        return frame
+
+    def _with_provenance(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(pl.lit("", dtype=pl.String).alias(INGESTED))
 
     def checked(
         self, frame: pl.LazyFrame, start: datetime | None = None, end: datetime | None = None
@@ -162,15 +191,58 @@ class FileSource(Source):
         else:
             found = []
         pushed = str(self.pushed_dir) + os.sep
-        found = [f for f in found if not f.startswith(pushed)]
+        found = sorted(f for f in found if not f.startswith(pushed))
         if self.stream and include_pushed:
-            found += glob.glob(os.path.join(pushed, "*.parquet"))
-        return sorted(found)
+            # after the source's own files, in stream order (the names hold the entry range)
+            found += sorted(glob.glob(os.path.join(pushed, "*.parquet")))
+        return found
 
-    def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:
+    def _with_provenance(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """`INGESTED` from the file each row came from: "" for the source's own files, the
+        stream range's last entry and the row's position for a pushed file."""
+        import pyarrow.parquet as pq
+
+        files = self.files()
+        folder = str(self.pushed_dir) + os.sep
+        pushed = [f for f in files if f.startswith(folder) and os.path.basename(f).startswith(PUSHED_PREFIX)]
+        if not pushed:
+            return frame.with_columns(pl.lit("", dtype=pl.String).alias(INGESTED))
+        offsets: dict[str, int] = {}
+        at = 0
+        for path in files:
+            offsets[path] = at
+            at += pq.ParquetFile(path).metadata.num_rows
+        prefixes = {}
+        for path in pushed:
+            until = os.path.basename(path)[len(PUSHED_PREFIX) : -len(".parquet")].split("-", 2)[-1]
+            prefixes[path] = padded_entry(until.replace("_", "-"))
+        row = pl.col("__skewless_row").cast(pl.Int64) - pl.col("__skewless_file").replace_strict(
+            offsets, return_dtype=pl.Int64
+        )
+        ingested = (
+            pl.when(pl.col("__skewless_file").is_in(list(prefixes)))
+            .then(
+                pl.concat_str(
+                    pl.col("__skewless_file").replace_strict(prefixes, default="", return_dtype=pl.String),
+                    pl.lit(":"),
+                    row.cast(pl.String).str.zfill(9),
+                )
+            )
+            .otherwise(pl.lit(""))
+        )
+        return frame.with_columns(ingested.alias(INGESTED)).drop("__skewless_file", "__skewless_row")
+
+    def _raw(self, start: datetime | None, end: datetime | None, provenance: bool = False) -> pl.LazyFrame:
         files = self.files()
         if not files:
             raise SourceDataError(f"source '{self.name}': no Parquet files found at {self.path}")
+        if provenance:
+            return pl.scan_parquet(
+                files,
+                hive_partitioning=False,
+                include_file_paths="__skewless_file",
+                row_index_name="__skewless_row",
+            )
         return pl.scan_parquet(files, hive_partitioning=False)
 
 
@@ -207,7 +279,7 @@ class DuckDBSource(Source):
     def location(self) -> str:
         return f"{self.database}: {self.table or self.query}"
 
-    def _raw(self, start: datetime | None, end: datetime | None) -> pl.LazyFrame:
+    def _raw(self, start: datetime | None, end: datetime | None, provenance: bool = False) -> pl.LazyFrame:
         import duckdb
 
         if self.database != ":memory:" and not os.path.exists(self.database):

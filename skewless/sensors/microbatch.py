@@ -26,7 +26,7 @@ import polars as pl
 
 from skewless.compute.rows import latest_per_entity, transform_rows
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
-from skewless.language.source import FileSource
+from skewless.language.source import FileSource, ingested_values
 from skewless.repository import FeatureRepository
 from skewless.storage import streams
 from skewless.storage.offline import OfflineStore, dedupe_and_sort
@@ -93,10 +93,8 @@ def apply_stream_batch(
     rows, entries = streams.read(online, source, after, until)
     _crash_point("after_read")
     groups = [g for g in repo.groups if g.source.name == source]
-    if rows is not None and groups:
-        # a re-delivered event is one event (by id when the source has ids)
-        id_field = groups[0].source.id_field
-        rows = rows.unique(subset=[id_field] if id_field else None, keep="first", maintain_order=True)
+    # no dedupe here: identity is per group (its entity keys + event id) and of two versions
+    # the later one wins, which each group's `event_rows` decides from the arrival order
     if rows is not None and groups and isinstance(groups[0].source, FileSource):
         # keep the pushed rows with the source's data, so a day re-materialized from the
         # source still has them (the file name is the range: a re-run rewrites the same file)
@@ -113,6 +111,9 @@ def apply_stream_batch(
             os.fsync(handle.fileno())
         temp.replace(target)
         _crash_point("after_pushed_file")
+    if rows is not None:
+        # the arrival order the batch path reads from the pushed file: same rows, same values
+        rows = rows.with_columns(ingested_values(until, rows.height))
     applied = _apply(repo, offline, online, source, rows, at, range_piece(after, until))
     stats = {"entries": entries, **applied}
     _crash_point("before_mark")

@@ -255,7 +255,9 @@ class ReadPlan:
             if spec.default is not None:
                 column = column.fill_null(pl.lit(spec.default, dtype=dtype))
             series.append(column)
-        return pl.DataFrame(series, schema={r.name: r.dtype for r in read.reads}) if series else pl.DataFrame()
+        return (
+            pl.DataFrame(series, schema={r.name: r.dtype for r in read.reads}) if series else pl.DataFrame()
+        )
 
     def _valid_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> np.ndarray:
         if read.ttl_us is None:

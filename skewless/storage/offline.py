@@ -29,8 +29,15 @@ from pathlib import Path
 
 import polars as pl
 
+from skewless.compute.identity import latest_versions
 from skewless.config import private_dirs
-from skewless.language.feature_group import CREATED_TIMESTAMP, EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.feature_group import (
+    CREATED_TIMESTAMP,
+    EVENT_ID,
+    EVENT_SEQ,
+    EVENT_TIMESTAMP,
+    FeatureGroup,
+)
 
 DATA_FILE = "data.parquet"
 PIECE_PREFIX = "piece-"
@@ -58,17 +65,54 @@ def dedupe_and_sort(group: FeatureGroup, frame: pl.LazyFrame) -> pl.LazyFrame:
     """One day's rows from several files (partition first, then pieces in name order) as one
     merged partition: what the old in-place append produced, byte for byte in row order.
 
-    Window groups keep one event per (keys, event id), the first stored; row groups drop
-    identical rows only. The stable sort by (keys, event, created) keeps storage order for
+    Window groups keep one event per (keys, event id), its latest version (highest
+    `event_seq`, the last stored of equal ones: a re-pushed id is a correction); row groups
+    drop identical rows only. The stable sort by (keys, event, created) keeps storage order for
     ties, so the last stored of equal-time rows still wins the point-in-time join.
     """
     keys = group.entity.key_columns
     if group.is_windowed:
-        order, unique_by = [*keys, EVENT_TIMESTAMP, EVENT_ID], [*keys, EVENT_ID]
-    else:
-        order = [*keys, EVENT_TIMESTAMP] + ([CREATED_TIMESTAMP] if group.has_created_timestamp else [])
-        unique_by = None
-    return frame.unique(subset=unique_by, keep="first", maintain_order=True).sort(order, maintain_order=True)
+        return latest_versions(group, frame).sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
+    order = [*keys, EVENT_TIMESTAMP] + ([CREATED_TIMESTAMP] if group.has_created_timestamp else [])
+    return frame.unique(keep="first", maintain_order=True).sort(order, maintain_order=True)
+
+
+def superseded_filter(group: FeatureGroup, files: list[Path], frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Drop event versions superseded by a later version stored on *another* day.
+
+    A correction may move an event to another day (its time was wrong): each day's files
+    then hold one version, and a reader of only one of those days must still know the
+    other exists. The identity columns of every file of the group are scanned (narrow) to
+    find the identities stored more than once; only those are checked against the winner.
+    """
+    if not files:
+        return frame
+    keys = group.entity.key_columns
+    identity = [*keys, EVENT_ID]
+    schema = {c: group.offline_schema()[c] for c in [*identity, EVENT_SEQ, EVENT_TIMESTAMP]}
+    versions = pl.scan_parquet(files, schema=schema, extra_columns="ignore").select(list(schema))
+    winners = (
+        versions.sort([EVENT_SEQ, EVENT_TIMESTAMP], maintain_order=True)
+        .group_by(identity)
+        .agg(
+            pl.len().alias("__n"),
+            pl.col(EVENT_SEQ).last().alias("__wseq"),
+            pl.col(EVENT_TIMESTAMP).last().alias("__wts"),
+        )
+        .filter(pl.col("__n") > 1)
+        .drop("__n")
+        .collect()
+    )
+    if winners.height == 0:
+        return frame
+    return (
+        frame.join(winners.lazy(), on=identity, how="left", maintain_order="left")
+        .filter(
+            pl.col("__wseq").is_null()
+            | ((pl.col(EVENT_SEQ) == pl.col("__wseq")) & (pl.col(EVENT_TIMESTAMP) == pl.col("__wts")))
+        )
+        .drop("__wseq", "__wts")
+    )
 
 
 class OfflineStore:
@@ -226,6 +270,7 @@ def _read_day(day_files: list[Path], schema: pl.Schema) -> pl.DataFrame:
             continue
     frames = partitions + pieces  # stored order: partition first, then pieces by name
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+
 
 def days_between(start: date, end_exclusive: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end_exclusive - start).days)]

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from skewless.errors import OnlineStoreError, RequestError
-from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, Feature, FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
 

@@ -147,7 +147,9 @@ class WindowState:
         return self._write_lua  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ reads
-    def plan(self, group: FeatureGroup, t_us: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict]:
+    def plan(
+        self, group: FeatureGroup, t_us: int
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict]:
         """Tiles and raw ranges every window of the group needs at `t_us`, and which each uses."""
         fields: dict[tuple[int, int], None] = {}
         raws: dict[tuple[int, int], None] = {}
@@ -197,7 +199,9 @@ class WindowState:
             if gen is not None and absent:
                 missing.append((i, base, absent))
         if missing:
-            filled = self._fill(group, [(base, [tiles[p] for p in absent], states[i][0]) for i, base, absent in missing])
+            filled = self._fill(
+                group, [(base, [tiles[p] for p in absent], states[i][0]) for i, base, absent in missing]
+            )
             if filled is None:
                 return None
             for (i, _, _), tiles_done in zip(missing, filled, strict=True):
@@ -212,7 +216,9 @@ class WindowState:
             out.append(self._values(group, parts, per_window, cached, edges))
         return out
 
-    def _partials_of(self, group: FeatureGroup, parts: list[T.Part], codec: GroupCodec, found: list[bytes]) -> list[Any]:
+    def _partials_of(
+        self, group: FeatureGroup, parts: list[T.Part], codec: GroupCodec, found: list[bytes]
+    ) -> list[Any]:
         if not found:
             return []
         frame = codec.decode([unpack_member(m) for m in found])
@@ -309,12 +315,18 @@ class WindowState:
                 for kid in pending[e][tile]:
                     piece = done[e][kid]
                     if piece:
-                        acc = piece if not acc else [T.merge(p, a, b) for p, a, b in zip(parts, acc, piece, strict=True)]
+                        acc = (
+                            piece
+                            if not acc
+                            else [T.merge(p, a, b) for p, a, b in zip(parts, acc, piece, strict=True)]
+                        )
                 done[e][tile] = acc
         self._write_back(group, wanted, done)
         return [{t: done[e][t] for t in tiles} for e, (_, tiles, _) in enumerate(wanted)]
 
-    def _write_back(self, group: FeatureGroup, wanted: list, done: list[dict[tuple[int, int], list[Any]]]) -> None:
+    def _write_back(
+        self, group: FeatureGroup, wanted: list, done: list[dict[tuple[int, int], list[Any]]]
+    ) -> None:
         if self._put_lua is None:
             self._put_lua = self.store.client.register_script(_PUT_TILES)
         parts = self.parts(group)
@@ -345,7 +357,7 @@ class WindowState:
             lists = T.events_as_lists(group, frame)
             per_window = self._whole(group, t_us)
             edges = {}
-            for window, (_, raws) in per_window.items():
+            for _window, (_, raws) in per_window.items():
                 (lo, hi) = raws[0]
                 rows = [r for r, ts in enumerate(lists["ts"]) if lo < ts <= hi]
                 edges[(lo, hi)] = T.partials(parts, lists, rows) if rows else []
