@@ -46,7 +46,8 @@ REPO = textwrap.dedent(
     import polars as pl
     from skewless import Aggregation, Entity, FeatureGroup, FileSource, FeatureRepository
 
-    W = ["1h", "1d", "7d", "30d", "lifetime"]
+    W = ["1h", "1d", "7d", "30d"] + (["lifetime"] if {lifetime!r} else [])
+    L = ["lifetime"] if {lifetime!r} else ["14d"]
     ok = pl.col("status") == "ok"
     source = FileSource("bench_txns", {path!r}, "ts", id_field="eid", stream=True, start_date={start!r})
     group = FeatureGroup(
@@ -54,10 +55,10 @@ REPO = textwrap.dedent(
         aggregations=[
             Aggregation("count", windows=W),
             Aggregation("sum", "amount", W),
-            Aggregation("mean", "amount", ["1d", "7d", "30d", "lifetime"]),
+            Aggregation("mean", "amount", ["1d", "7d", "30d", *L]),
             Aggregation("min", "amount", ["1d", "7d", "30d"]),
             Aggregation("max", "amount", ["1d", "7d", "30d"]),
-            Aggregation("last", "amount", ["7d", "lifetime"], name="last_amount"),
+            Aggregation("last", "amount", ["7d", *L], name="last_amount"),
             Aggregation("count", windows=["1d", "7d", "30d"], where=ok, name="ok_count"),
             Aggregation("sum", "amount", ["1d", "7d", "30d"], where=ok, name="ok_amount"),
             Aggregation("distinct_count", "merchant", ["1d", "7d", "30d"], dtype=pl.Int64),
@@ -84,6 +85,52 @@ def events(user: int, n: int, span: timedelta, end: datetime, seed: int, prefix:
     )
 
 
+def training(args: argparse.Namespace, work: Path, now: datetime, start, url: str, prefix: str) -> dict:
+    """A training set of `--labels` labels over `--train-users` users' 30 days of events."""
+    from skewless import FeatureStore
+    from skewless.compute.rows import transform_rows
+    from skewless.config import StoreConfig
+    from skewless.repository import load_repository
+
+    rng = np.random.default_rng(3)
+    users = args.train_users
+    per_user = 60
+    frames = [
+        events(10_000 + u, per_user, timedelta(days=30), now, int(rng.integers(0, 2**31)), f"t{u}-")
+        for u in range(users)
+    ]
+    rows = pl.concat(frames).sort("ts")
+    folder = work / "train"
+    folder.mkdir()
+    rows.write_parquet(folder / "txns.parquet")
+    (folder / "repo.py").write_text(
+        REPO.format(path=str(folder / "txns.parquet"), start=start.isoformat(), lifetime=False)
+    )
+    repo = load_repository(str(folder / "repo.py"))
+    group = repo.groups[0]
+    store = FeatureStore(repo, StoreConfig(str(folder / "offline"), url, str(folder / "state"), prefix + "t"))
+    far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    computed = transform_rows(group, group.source.checked(rows.lazy()), *far)
+    for (day,), part in computed.group_by(pl.col("event_timestamp").dt.date()):
+        store.offline.write_partition(group, day, part.sort(["user_id", "event_timestamp", "event_id"]))
+    label_ts = [now - timedelta(seconds=int(s)) for s in rng.integers(0, 20 * 86400, args.labels)]
+    labels = pl.DataFrame(
+        {"user_id": 10_000 + rng.integers(0, users, args.labels), "event_timestamp": label_ts},
+        schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")},
+    )
+    refs = [f"{group.name}:v{group.version}:{f}" for f in group.feature_names]
+    store.get_training_dataset(labels.head(100), features=refs)  # warm-up
+    started = time.perf_counter()
+    store.get_training_dataset(labels, features=refs)
+    elapsed = round(time.perf_counter() - started, 3)
+    store.close()
+    print(
+        f"[windows] training set: {args.labels:,} labels x {users * per_user:,} events: {elapsed} s",
+        flush=True,
+    )
+    return {"training_s": elapsed, "training_labels": args.labels, "training_events": users * per_user}
+
+
 def p50(samples: list[float]) -> float:
     return round(float(np.percentile(samples, 50)), 3)
 
@@ -94,6 +141,7 @@ def main() -> int:
     )
     parser.add_argument("--reads", type=int, default=400)
     parser.add_argument("--labels", type=int, default=20_000)
+    parser.add_argument("--train-users", type=int, default=2_000)
     parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
     parser.add_argument("--only", choices=["training"], default=None)
     args = parser.parse_args()
@@ -108,6 +156,12 @@ def main() -> int:
     prefix = f"skbench:{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
     start = (now - timedelta(days=31)).date()
+    os.environ.update({"SKEWLESS_KEY_PREFIX": prefix, "SKEWLESS_HOME": str(work / "state")})
+    # its own data and a group without lifetime windows, so older versions can run it too
+    trained = training(args, work, now, start, url, prefix)
+    if args.only == "training":
+        print(json.dumps(trained))
+        return 0
     sizes = {100: 1, 100_000: 2}
     frames = []
     for n, user in sizes.items():
@@ -117,35 +171,18 @@ def main() -> int:
         frames.append(older)
     source_rows = pl.concat(frames).sort("ts")
     source_rows.write_parquet(work / "txns.parquet")
-    (work / "bench_repo.py").write_text(REPO.format(path=str(work / "txns.parquet"), start=start.isoformat()))
+    (work / "bench_repo.py").write_text(
+        REPO.format(path=str(work / "txns.parquet"), start=start.isoformat(), lifetime=True)
+    )
     config = StoreConfig(str(work / "offline"), url, str(work / "state"), prefix)
-    os.environ.update({"SKEWLESS_KEY_PREFIX": prefix, "SKEWLESS_HOME": str(work / "state")})
     repo = load_repository(str(work / "bench_repo.py"))
     group = repo.groups[0]
     store = FeatureStore(repo, config)
     refs = [f"{group.name}:v{group.version}:{f}" for f in group.feature_names]
-    result: dict[str, object] = {"features": len(refs)}
+    result: dict[str, object] = {"features": len(refs), **trained}
     far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
     computed = transform_rows(group, group.source.checked(source_rows.lazy()), *far)
     try:
-        # ------------------------------------------------------------- training set
-        for (day,), part in computed.group_by(pl.col("event_timestamp").dt.date()):
-            store.offline.write_partition(group, day, part.sort(["user_id", "event_timestamp", "event_id"]))
-        rng = np.random.default_rng(7)
-        label_ts = [now - timedelta(seconds=int(s)) for s in rng.integers(0, 20 * 86400, args.labels)]
-        labels = pl.DataFrame(
-            {"user_id": rng.choice([1, 2], args.labels), "event_timestamp": label_ts},
-            schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")},
-        )
-        started = time.perf_counter()
-        store.get_training_dataset(labels, features=refs)
-        result["training_s"] = round(time.perf_counter() - started, 3)
-        result["training_labels"] = args.labels
-        print(f"[windows] training set of {args.labels} labels: {result['training_s']} s", flush=True)
-        if args.only == "training":
-            print(json.dumps(result))
-            return 0
-
         # ------------------------------------------------------------- online reads
         started = time.perf_counter()
         store.online.write_events(group, computed)

@@ -212,6 +212,25 @@ user_txn_windows = FeatureGroup(
     description="Sliding-window aggregates of the user's transactions (batch and push paths agree)",
 )
 
+# v2 adds long windows: 30 days and the whole history, read online from pre-aggregated tiles
+# in constant time (however many events the window holds)
+user_txn_windows_v2 = FeatureGroup(
+    name="user_txn_windows",
+    version=2,
+    entity=user,
+    source=transactions,
+    aggregations=[
+        Aggregation("count", windows=["1h", "1d", "7d", "30d", "lifetime"], name="txn_count"),
+        Aggregation("sum", "amount", ["1d", "7d", "30d", "lifetime"]),
+        Aggregation("mean", "amount", ["7d", "30d", "lifetime"]),
+        Aggregation("max", "amount", ["1d", "30d"]),
+        Aggregation("count", windows=["7d", "30d"], where=pl.col("currency_foreign"), name="foreign_count"),
+        Aggregation("distinct_count", "merchant_id", ["7d", "30d"], dtype=pl.Int64),
+    ],
+    owner="team:fraud",
+    description="Sliding windows up to the whole history (30d and lifetime windows read from tiles)",
+)
+
 fraud_model = FeatureService(
     name="fraud_model",
     version=1,

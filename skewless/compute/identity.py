@@ -4,7 +4,8 @@ A re-delivered event is one event; a re-pushed id with new content is a correcti
 latest version wins on every path. "Latest" is `event_seq` — "" for rows of the source's own
 files, `<stream entry>:<row>` for pushed rows, so pushes come after the files and in arrival
 order — then storage order (across days, which have no common order, the later event
-time). The online store applies the same rule by arrival (`storage/lua/write_events.lua`: the last write of an id replaces the earlier one).
+time). The online store applies the same rule by arrival (`storage/lua/write_events.lua`:
+the last write of an id replaces the earlier one).
 """
 
 from __future__ import annotations

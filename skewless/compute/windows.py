@@ -11,7 +11,9 @@ fold on both paths, whatever else is in the batch.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from itertools import pairwise
 
+import numpy as np
 import polars as pl
 
 from skewless.checks.schema import check_rows
@@ -176,13 +178,25 @@ def _signless_zero(values: pl.Expr, agg: Aggregation) -> pl.Expr:
     return pl.when(values == 0).then(pl.lit(0.0, dtype=agg.dtype)).otherwise(values)
 
 
+def _list_slices(lists: pl.Series) -> tuple[list[float], list[int]]:
+    """A list column as one flat Python list and its offsets (one C conversion, not a
+    Python list per row: `to_list()` on the list column costs more than the sums)."""
+    lengths = lists.list.len().fill_null(0).to_numpy()
+    offsets = [0, *np.cumsum(lengths).tolist()]
+    flat = lists.explode().drop_nulls().to_list() if offsets[-1] else []
+    return flat, offsets
+
+
 def _exact_sums(lists: pl.Series) -> pl.Series:
-    return pl.Series([exact_sum(values) for values in lists.to_list()], dtype=pl.Float64)
+    flat, offsets = _list_slices(lists)
+    return pl.Series([exact_sum(flat[a:b]) for a, b in pairwise(offsets)], dtype=pl.Float64)
 
 
 def _exact_means(lists: pl.Series) -> pl.Series:
+    flat, offsets = _list_slices(lists)
     return pl.Series(
-        [exact_sum(values) / len(values) if values else None for values in lists.to_list()], dtype=pl.Float64
+        [exact_sum(flat[a:b]) / (b - a) if b > a else None for a, b in pairwise(offsets)],
+        dtype=pl.Float64,
     )
 
 

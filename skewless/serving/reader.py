@@ -113,6 +113,21 @@ class GroupRead:
         return [f"{pre}{'|'.join(map(str, vs))}{suf}" for vs in zip(*parts, strict=True)]
 
 
+@dataclass
+class WindowRows:
+    """A window group's finished values: one tuple per requested entity (requested order)."""
+
+    rows: list[tuple[Any, ...]]
+    read: GroupRead
+
+    def series(self) -> list[pl.Series]:
+        out = []
+        for j, spec in enumerate(self.read.reads):
+            data = [row[j] for row in self.rows]
+            out.append(pl.Series(spec.name, data, dtype=spec.dtype, strict=False))
+        return out
+
+
 class ReadPlan:
     """A resolved online request shape: which groups, features and output names."""
 
@@ -217,7 +232,7 @@ class ReadPlan:
         return out
 
     # ------------------------------------------------------------------ reading
-    def fetch(self, columns: dict[str, list[Any]], n: int, now_us: int) -> list[Decoded | pl.DataFrame]:
+    def fetch(self, columns: dict[str, list[Any]], n: int, now_us: int) -> list[Decoded | WindowRows]:
         """Row groups: one MGET for every group and entity, decoded records per group.
         Window groups: their tiles and edge events as of `now_us` (`storage.window_state`),
         one round trip per group; their result is the finished feature frame."""
@@ -226,7 +241,7 @@ class ReadPlan:
             if not read.group.is_windowed:
                 row_keys.extend(read.keys(columns))
         raw = self.store.mget(row_keys) if n and row_keys else []
-        out: list[Decoded | pl.DataFrame] = []
+        out: list[Decoded | WindowRows] = []
         rows_at = 0
         for read in self.groups:
             if read.group.is_windowed:
@@ -236,28 +251,32 @@ class ReadPlan:
                 rows_at += 1
         return out
 
-    def _windows(self, read: GroupRead, columns: dict[str, list[Any]], n: int, now_us: int) -> pl.DataFrame:
+    def _windows(self, read: GroupRead, columns: dict[str, list[Any]], n: int, now_us: int) -> WindowRows:
         """The requested window features, in the requested order and names, one row per
-        requested entity (a repeated entity is read once and repeated, never summed)."""
+        requested entity (a repeated entity is read once and repeated, never summed), with
+        defaults applied: plain Python values, so small requests build no Polars objects."""
         bases = read.keys(columns) if n else []
         unique = list(dict.fromkeys(bases))
         values = self.store.windows.read(read.group, unique, now_us) if unique else []
-        by_base = dict(zip(unique, values, strict=True))
+        defaults = [spec.default for spec in read.reads]
+        by_base = {}
+        for base, found in zip(unique, values, strict=True):
+            row = tuple(found.get(feature) for feature in read.features)
+            if None in row:
+                row = tuple(d if v is None else v for v, d in zip(row, defaults, strict=True))
+            by_base[base] = row
         rows = [by_base[base] for base in bases]
-        series = []
-        for feature, spec in zip(read.features, read.reads, strict=True):
-            dtype = spec.dtype
-            data = [row.get(feature) for row in rows]
-            if dtype.is_temporal():
-                column = pl.Series(spec.name, data, dtype=pl.Int64).cast(dtype)
-            else:
-                column = pl.Series(spec.name, data, dtype=dtype, strict=False)
-            if spec.default is not None:
-                column = column.fill_null(pl.lit(spec.default, dtype=dtype))
-            series.append(column)
-        return (
-            pl.DataFrame(series, schema={r.name: r.dtype for r in read.reads}) if series else pl.DataFrame()
-        )
+        temporal = [j for j, spec in enumerate(read.reads) if spec.dtype.is_temporal()]
+        if temporal and rows:  # min/max/last of a datetime column: physical ints until here
+            converted = {
+                j: pl.Series([r[j] for r in rows], dtype=pl.Int64).cast(read.reads[j].dtype).to_list()
+                for j in temporal
+            }
+            rows = [
+                tuple(converted[j][i] if j in converted else v for j, v in enumerate(row))
+                for i, row in enumerate(rows)
+            ]
+        return WindowRows(rows, read)
 
     def _valid_rows(self, read: GroupRead, decoded: Decoded, now_us: int) -> np.ndarray:
         if read.ttl_us is None:
@@ -280,8 +299,8 @@ class ReadPlan:
         now_us = now_us or time.time_ns() // 1000
         series = [pl.Series(c, columns[c], dtype=d) for c, d in self.key_schema.items()]
         for read, decoded in zip(self.groups, self.fetch(columns, n, now_us), strict=True):
-            if isinstance(decoded, pl.DataFrame):
-                series.extend(decoded.get_columns())
+            if isinstance(decoded, WindowRows):
+                series.extend(decoded.series())
                 continue
             valid, all_valid = self._validity(read, decoded, now_us)
             for j, feature in enumerate(read.reads):
@@ -295,11 +314,11 @@ class ReadPlan:
         return pl.DataFrame(series)
 
     def _group_rows(
-        self, read: GroupRead, decoded: Decoded | pl.DataFrame, now_us: int
+        self, read: GroupRead, decoded: Decoded | WindowRows, now_us: int
     ) -> list[tuple[Any, ...]]:
         """One tuple of Python values per entity for one group, TTL and defaults applied."""
-        if isinstance(decoded, pl.DataFrame):
-            return decoded.rows()
+        if isinstance(decoded, WindowRows):
+            return decoded.rows
         valid, all_valid = self._validity(read, decoded, now_us)
         if read.matrix is not None:
             kind, offset = read.matrix

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 import polars as pl
 import redis
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from skewless.storage.online import OnlineStore
 
 RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
+TILE_CACHE_MAX = 200_000  # decoded tiles kept in process (cleared when full)
 PRUNE_EVERY = 64  # about one write-back in this many also drops tiles no window can use
 
 
@@ -65,6 +67,20 @@ class WindowState:
         self._put_lua: Any = None
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._parts: dict[tuple[str, int], list[T.Part]] = {}
+        self._tile_cache: dict[tuple[str, int, bytes], list[Any]] = {}
+
+    def _decoded(self, group: FeatureGroup, parts: list[T.Part], raw: bytes) -> list[Any]:
+        """A cached tile's partials; decoded once per distinct stored bytes (tiles change only
+        when written, so a steady read decodes nothing). Partials are never mutated."""
+        if not raw:
+            return []
+        key = (group.name, group.version, raw)
+        found = self._tile_cache.get(key)
+        if found is None:
+            if len(self._tile_cache) >= TILE_CACHE_MAX:
+                self._tile_cache.clear()
+            found = self._tile_cache[key] = T.from_json(parts, orjson.loads(raw))
+        return found
 
     # ------------------------------------------------------------------ layout
     @staticmethod
@@ -193,7 +209,7 @@ class WindowState:
                 if raw is None:
                     absent.append(position)
                 else:
-                    cached[tile] = T.from_json(parts, orjson.loads(raw)) if raw else []
+                    cached[tile] = self._decoded(group, parts, raw)
             edge_events = [replies[i * step + 1 + j] for j in range(len(raws))]
             states.append((gen, cached, edge_events))
             if gen is not None and absent:
@@ -206,14 +222,45 @@ class WindowState:
                 return None
             for (i, _, _), tiles_done in zip(missing, filled, strict=True):
                 states[i][1].update(tiles_done)
+        # every entity's edge events decoded in one call, then cut per range
+        found_all = [m for _, _, edge_events in states for found in edge_events for m in found]
+        decoded = self._lists_of(group, codec, found_all)
+        at = 0
         for gen, cached, edge_events in states:
             if gen is None:  # no state at all for this entity
                 out.append(self._values(group, parts, per_window, {}, {}))
                 continue
             edges = {}
             for (lo, hi), found in zip(raws, edge_events, strict=True):
-                edges[(lo, hi)] = self._partials_of(group, parts, codec, found)
+                if found:
+                    edges[(lo, hi)] = T.partials(parts, decoded, range(at, at + len(found)))
+                    at += len(found)
             out.append(self._values(group, parts, per_window, cached, edges))
+        return out
+
+    def _lists_of(self, group: FeatureGroup, codec: GroupCodec, found: list[bytes]) -> dict[str, list[Any]]:
+        """Events as Python lists straight from the packed records (numpy `tolist`, no
+        Polars frame: a read's edges hold a handful of events and a frame costs more)."""
+        if not found:
+            return {}
+        decoded = codec.decode_arrays([unpack_member(m) for m in found])
+        out: dict[str, list[Any]] = {"ts": decoded.event_us.tolist()}
+        for i, feature in enumerate(codec.features):
+            name = feature.name
+            raw = decoded.data(name)
+            dtype = feature.polars_dtype
+            if name in decoded.strings:
+                values = raw.to_pylist()
+            elif dtype == pl.Boolean:
+                values = raw.view(np.bool_).tolist()
+            else:
+                values = raw.tolist()
+            valid = decoded.validity[:, i]
+            if not valid.all():
+                values = [v if ok else None for v, ok in zip(values, valid.tolist(), strict=True)]
+            if name in group.where_columns():
+                values = [bool(v) for v in values]
+            out["id" if name == EVENT_ID else name] = values
         return out
 
     def _partials_of(
@@ -221,9 +268,7 @@ class WindowState:
     ) -> list[Any]:
         if not found:
             return []
-        frame = codec.decode([unpack_member(m) for m in found])
-        events = T.events_as_lists(group, frame)
-        return T.partials(parts, events, range(len(found)))
+        return T.partials(parts, self._lists_of(group, codec, found), range(len(found)))
 
     def _values(
         self,
@@ -237,12 +282,10 @@ class WindowState:
         for window, (tiles, raws) in per_window.items():
             pieces = [cached[t] for t in tiles if cached.get(t)] + [edges[r] for r in raws if edges.get(r)]
             for index, (agg, part) in enumerate(zip(group.aggregations, parts, strict=True)):
-                if window not in agg.window_list:
-                    continue
-                acc = T.empty(part)
-                for piece in pieces:
-                    acc = T.merge(part, acc, piece[index])
-                values[agg.feature_name(window)] = T.finish(part, acc)
+                if window in agg.window_list:
+                    values[agg.feature_name(window)] = T.finish(
+                        part, T.merge_all(part, [p[index] for p in pieces])
+                    )
         return values
 
     # ------------------------------------------------------------------ cache misses
@@ -292,7 +335,7 @@ class WindowState:
                             if raw is None:
                                 next_frontier[e].append(kid)
                             else:
-                                done[e][kid] = T.from_json(parts, orjson.loads(raw)) if raw else []
+                                done[e][kid] = self._decoded(group, parts, raw)
                 gens[e] = replies[at]
                 at += 1
             if any(gens[e] != wanted[e][2] for e in gens):
