@@ -235,7 +235,7 @@ def test_cover_is_exact_and_bounded() -> None:
         assert pieces[0][0] == low and pieces[-1][1] == high
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))  # contiguous, disjoint
         assert len(raws) <= 2 and all(hi - lo < T.SIZES[0] for lo, hi in raws)
-        assert len(tiles) <= 2 * sum(r - 1 for r in T.RATIOS[1:]) + 2 * 9 + 100
+        assert len(tiles) <= 2 * sum(r - 1 for r in T.RATIOS[1:]) + 2 * 10 + 100
 
 
 def test_identity_corrections_shared_ids_and_null_ids(tmp_path: Path, store_config: StoreConfig) -> None:

@@ -1,11 +1,11 @@
 """Tiles: pre-aggregated window state, so an online window read costs the same for 100 or
 100,000 events in the window.
 
-Time is cut into tiles at fixed levels (1 min, 10 min, 1 h, 6 h, 1 d, 7 d, 28 d, 336 d,
-3360 d), each level's tile exactly `ratio` tiles of the level below, all aligned to the epoch.
+Time is cut into tiles at fixed levels (10 s, 1 min, 10 min, 1 h, 6 h, 1 d, 7 d, 28 d,
+336 d, 3360 d), each level's tile exactly `ratio` tiles of the level below, all aligned to the epoch.
 A tile `(level, k)` covers event times in `(k*size, (k+1)*size]` — left-open like a window.
 Any window `(t - w, t]` is cut (`cover`) into whole tiles, largest first, plus at most two
-raw ranges shorter than one minute at its edges, read as events: so values are exactly the
+raw ranges shorter than ten seconds at its edges, read as events: so values are exactly the
 `(t - w, t]` of the contract, not "approximately the last w", and the work is bounded by the
 number of levels, not by the events.
 
@@ -33,9 +33,9 @@ import polars as pl
 from skewless.compute.exact import ExactSum
 from skewless.language.feature_group import FeatureGroup
 
-MINUTE_US = 60_000_000
-RATIOS = (1, 10, 6, 6, 4, 7, 4, 12, 10)
-SIZES: tuple[int, ...] = tuple(MINUTE_US * math.prod(RATIOS[: i + 1]) for i in range(len(RATIOS)))
+BASE_US = 10_000_000  # the finest tile: 10 s (raw edges are shorter than this)
+RATIOS = (1, 6, 10, 6, 6, 4, 7, 4, 12, 10)
+SIZES: tuple[int, ...] = tuple(BASE_US * math.prod(RATIOS[: i + 1]) for i in range(len(RATIOS)))
 
 
 def tile_index(ts_us: int, level: int) -> int:
@@ -227,10 +227,7 @@ def merge_all(part: Part, accs: list[Any]) -> Any:
     if function == "last":
         present = [acc for acc in accs if acc is not None]
         return max(present, key=lambda a: (a[0], a[1])) if present else None
-    out: set = set()
-    for acc in accs:
-        out |= acc
-    return out
+    return set().union(*accs)
 
 
 def finish(part: Part, acc: Any) -> Any:

@@ -326,7 +326,7 @@ class OnlineStore:
         packed.append(hiredis.pack_command(("EXEC",)))
         connection = self._read_connection()
         try:
-            connection.send_packed_command(packed, check_health=False)
+            connection.send_packed_command([b"".join(packed)], check_health=False)
             for _ in range(len(commands) + 1):
                 connection.read_response()
             replies = connection.read_response()

@@ -68,6 +68,9 @@ class WindowState:
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._parts: dict[tuple[str, int], list[T.Part]] = {}
         self._tile_cache: dict[tuple[str, int, bytes], list[Any]] = {}
+        self._plans: dict[tuple[Any, ...], Any] = {}
+        self._window_lists: dict[tuple[str, int], list[int]] = {}
+        self._layouts: dict[tuple[str, int], dict[int, list[tuple[int, T.Part, str]]]] = {}
 
     def _decoded(self, group: FeatureGroup, parts: list[T.Part], raw: bytes) -> list[Any]:
         """A cached tile's partials; decoded once per distinct stored bytes (tiles change only
@@ -165,18 +168,42 @@ class WindowState:
     # ------------------------------------------------------------------ reads
     def plan(
         self, group: FeatureGroup, t_us: int
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict]:
-        """Tiles and raw ranges every window of the group needs at `t_us`, and which each uses."""
-        fields: dict[tuple[int, int], None] = {}
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict, list[str]]:
+        """Tiles, raw ranges, which each window uses, and the HMGET field names at `t_us`.
+
+        Only the raw edges depend on `t_us` itself; the whole tiles depend on the finest-tile
+        boundaries the windows' ends fall between, so they are computed once per such span."""
+        base = T.SIZES[0]
+        windows = self._windows_us(group)
+        lows = [max(-1, t_us - w) for w in windows]
+        key = (group.name, group.version, t_us // base, *(-(-low // base) for low in lows))
+        cached = self._plans.get(key)
+        if cached is None:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            per_tiles = [T.cover(-(-low // base) * base, (t_us // base) * base)[0] for low in lows]
+            fields = list(dict.fromkeys(t for tiles in per_tiles for t in tiles))
+            names = ["_gen", *(T.field(level, k) for level, k in fields)]
+            cached = self._plans[key] = (per_tiles, fields, names)
+        per_tiles, fields, names = cached
         raws: dict[tuple[int, int], None] = {}
-        per_window: dict[timedelta, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
-        for window in sorted({w for agg in group.aggregations for w in agg.window_list}):
-            low = max(-1, t_us - window // timedelta(microseconds=1))
-            tiles, edges = T.cover(low, t_us)
+        per_window = {}
+        head = (t_us // base) * base
+        for window, low, tiles in zip(windows, lows, per_tiles, strict=True):
+            left = -(-low // base) * base
+            # a window within one finest tile is all raw
+            edges = [(low, t_us)] if left >= head else [r for r in ((low, left), (head, t_us)) if r[0] < r[1]]
             per_window[window] = (tiles, edges)
-            fields.update(dict.fromkeys(tiles))
             raws.update(dict.fromkeys(edges))
-        return list(fields), list(raws), per_window
+        return fields, list(raws), per_window, names
+
+    def _windows_us(self, group: FeatureGroup) -> list[int]:
+        key = (group.name, group.version)
+        found = self._window_lists.get(key)
+        if found is None:
+            spans = sorted({w for agg in group.aggregations for w in agg.window_list})
+            found = self._window_lists[key] = [w // timedelta(microseconds=1) for w in spans]
+        return found
 
     def read(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]]:
         """Window feature values (before defaults) for each entity base key, as of `t_us`."""
@@ -187,8 +214,7 @@ class WindowState:
         return self._read_from_events(group, bases, t_us)
 
     def _read_once(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]] | None:
-        tiles, raws, per_window = self.plan(group, t_us)
-        names = ["_gen", *(T.field(level, k) for level, k in tiles)]
+        tiles, raws, per_window, names = self.plan(group, t_us)
         commands: list[tuple[Any, ...]] = []
         for base in bases:
             commands.append(("HMGET", base + ":tiles", *names))
@@ -279,14 +305,26 @@ class WindowState:
         edges: dict[tuple[int, int], list[Any]],
     ) -> dict[str, Any]:
         values: dict[str, Any] = {}
+        layout = self._layout(group)
         for window, (tiles, raws) in per_window.items():
             pieces = [cached[t] for t in tiles if cached.get(t)] + [edges[r] for r in raws if edges.get(r)]
-            for index, (agg, part) in enumerate(zip(group.aggregations, parts, strict=True)):
-                if window in agg.window_list:
-                    values[agg.feature_name(window)] = T.finish(
-                        part, T.merge_all(part, [p[index] for p in pieces])
-                    )
+            for index, part, name in layout[window]:
+                values[name] = T.finish(part, T.merge_all(part, [p[index] for p in pieces]))
         return values
+
+    def _layout(self, group: FeatureGroup) -> dict[int, list[tuple[int, T.Part, str]]]:
+        """Per window (µs): the aggregations computed over it and their feature names."""
+        key = (group.name, group.version)
+        found = self._layouts.get(key)
+        if found is None:
+            found = {}
+            parts = self.parts(group)
+            for index, agg in enumerate(group.aggregations):
+                for window in agg.window_list:
+                    span = window // timedelta(microseconds=1)
+                    found.setdefault(span, []).append((index, parts[index], agg.feature_name(window)))
+            self._layouts[key] = found
+        return found
 
     # ------------------------------------------------------------------ cache misses
     def _fill(
@@ -407,12 +445,8 @@ class WindowState:
             out.append(self._values(group, parts, per_window, {}, edges))
         return out
 
-    @staticmethod
-    def _whole(group: FeatureGroup, t_us: int) -> dict:
-        return {
-            w: ([], [(max(-1, t_us - w // timedelta(microseconds=1)), t_us)])
-            for w in sorted({w for agg in group.aggregations for w in agg.window_list})
-        }
+    def _whole(self, group: FeatureGroup, t_us: int) -> dict:
+        return {w: ([], [(max(-1, t_us - w), t_us)]) for w in self._windows_us(group)}
 
 
 _PUT_TILES = """
