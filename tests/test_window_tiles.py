@@ -8,6 +8,7 @@ latest version of each event (`fractions.Fraction` sums, correctly rounded once)
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import tempfile
@@ -171,7 +172,9 @@ def test_tiles_agree_with_training_sets_and_an_oracle(
     fixes = []
     for index, amount, minutes in corrections:
         if index < len(first):
-            fixes.append({**first[index], "amount": amount, "ts": first[index]["ts"] + timedelta(minutes=minutes)})
+            fixes.append(
+                {**first[index], "amount": amount, "ts": first[index]["ts"] + timedelta(minutes=minutes)}
+            )
     again = [first[i] for i in redelivered if i < len(first)]
     arrivals = first + again
     rng.shuffle(arrivals)
@@ -194,7 +197,9 @@ def test_tiles_agree_with_training_sets_and_an_oracle(
                     if via == "stream":
                         until = streams.newest_id(store.online, "txns")
                         after = streams.applied(store.online, "txns") or "0"
-                        apply_stream_batch(store.repository, store.offline, store.online, "txns", after, until, at=t)
+                        apply_stream_batch(
+                            store.repository, store.offline, store.online, "txns", after, until, at=t
+                        )
                 seen = arrivals[:half] if t_index == 0 else arrivals
                 online = store.get_online_features({"user_id": users}, features=refs, at=t, output="dicts")
                 for row, user in zip(online, users, strict=True):
@@ -207,7 +212,8 @@ def test_tiles_agree_with_training_sets_and_an_oracle(
                 if via == "stream":
                     # training sets from the micro-batch's offline pieces agree to the bit
                     labels = pl.DataFrame(
-                        {"user_id": users, "t": [t] * len(users)}, schema_overrides={"t": pl.Datetime("us", "UTC")}
+                        {"user_id": users, "t": [t] * len(users)},
+                        schema_overrides={"t": pl.Datetime("us", "UTC")},
                     )
                     offline = store.get_training_dataset(labels, features=refs, timestamp_column="t")
                     for name in group.feature_names:
@@ -229,11 +235,13 @@ def test_cover_is_exact_and_bounded() -> None:
     rng = random.Random(1)
     for _ in range(2000):
         high = rng.randrange(0, 2**51)
-        low = max(-1, high - rng.choice([1, 59_999_999, 3600 * 10**6, 7 * 86400 * 10**6, 30 * 86400 * 10**6, 2**52]))
+        low = max(
+            -1, high - rng.choice([1, 59_999_999, 3600 * 10**6, 7 * 86400 * 10**6, 30 * 86400 * 10**6, 2**52])
+        )
         tiles, raws = T.cover(low, high)
         pieces = sorted([T.tile_range(*t) for t in tiles] + raws)
         assert pieces[0][0] == low and pieces[-1][1] == high
-        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))  # contiguous, disjoint
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))  # contiguous, disjoint
         assert len(raws) <= 2 and all(hi - lo < T.SIZES[0] for lo, hi in raws)
         assert len(tiles) <= 2 * sum(r - 1 for r in T.RATIOS[1:]) + 2 * 10 + 100
 
@@ -244,7 +252,14 @@ def test_identity_corrections_shared_ids_and_null_ids(tmp_path: Path, store_conf
     t0 = NOW - timedelta(minutes=30)
     base = [
         {"user_id": 1, "ts": t0, "eid": "a", "amount": 10.0, "status": "ok", "merchant": 1},
-        {"user_id": 2, "ts": t0, "eid": "a", "amount": 7.0, "status": "ok", "merchant": 1},  # same id, other user
+        {
+            "user_id": 2,
+            "ts": t0,
+            "eid": "a",
+            "amount": 7.0,
+            "status": "ok",
+            "merchant": 1,
+        },  # same id, other user
     ]
     frame(base[:1]).write_parquet(tmp_path / "txns.parquet")
     group = group_for(tmp_path / "txns.parquet")
@@ -284,3 +299,33 @@ def test_identity_corrections_shared_ids_and_null_ids(tmp_path: Path, store_conf
     with pytest.raises(SkewlessError, match="null id in 'eid'"):
         compute_rows(group, start, start + timedelta(days=1))
     store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.lists(event, min_size=1, max_size=40), dup=st.booleans())
+def test_push_shortcut_builds_the_same_events_as_the_batch_code(raw, dup) -> None:
+    """`pushed_events` (few rows, no Polars query) must equal `event_rows` exactly."""
+    from skewless.compute.rows import transform_rows
+    from skewless.compute.windows import pushed_events
+
+    group = group_for(Path("/nonexistent/txns.parquet"))
+    rows = frame(
+        [
+            {
+                "user_id": e["user_id"],
+                "ts": BASE + timedelta(minutes=e["minute"], seconds=e["second"]),
+                "eid": f"e{i % 3 if dup else i}",
+                "amount": e["amount"],
+                "status": e["status"],
+                "merchant": e["merchant"],
+            }
+            for i, e in enumerate(raw)
+        ]
+    )
+    far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    expected = transform_rows(group, rows.lazy(), *far)
+    fast = pushed_events(group, rows)
+    if fast is not None:
+        assert fast.equals(expected, null_equal=True) and fast.schema == expected.schema
+    else:
+        assert rows.height > 32 or dup

@@ -22,6 +22,7 @@ from skewless.compute.point_in_time import (
 )
 from skewless.compute.rows import latest_per_entity, transform_rows
 from skewless.compute.training_set import Engine, TrainingSetStats, build, plan_group
+from skewless.compute.windows import pushed_events
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError, SkewlessError
 from skewless.language.dtypes import conform_frame
@@ -235,24 +236,33 @@ class FeatureStore:
             return {g.ref: 0 for g in groups}
         src = groups[0].source
         try:
-            checked = src.checked(frame.lazy())
+            lazy = src.checked(frame.lazy())
         except SkewlessError as exc:
             raise RequestError(f"rows pushed to {exc}") from None
+        # eager from here: a push is usually a few rows, where each lazy collect costs more
+        # than the work (a single-event push is the common streaming case)
+        utc_us = pl.Datetime("us", "UTC")
+        converted = any(frame.schema.get(c) != utc_us for c in src.time_columns)
+        checked = lazy.collect() if converted else frame
         reference = self._source_schema(src)
         if reference is not None:
-            conformed, problems = conform_frame(checked.collect(), reference)
+            checked, problems = conform_frame(checked, reference)
             if problems:
                 raise RequestError(f"rows pushed to source '{source}': " + "; ".join(problems))
-            checked = conformed.lazy()
-        missing = checked.select(pl.col(src.timestamp_field).null_count()).collect().item()
+        missing = checked.get_column(src.timestamp_field).null_count()
         if missing:
             raise RequestError(f"rows pushed to source '{source}': {missing} rows have no event time")
         start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
-        computed = [(g, transform_rows(g, checked, start, end)) for g in groups]
+        computed = []
+        for group in groups:
+            fast = pushed_events(group, checked) if group.is_windowed else None
+            computed.append(
+                (group, fast if fast is not None else transform_rows(group, checked.lazy(), start, end))
+            )
         if src.stream:
             from skewless.storage import streams
 
-            streams.append(self.online, source, checked.collect())
+            streams.append(self.online, source, checked)
         written: dict[str, int] = {}
         if not direct:
             return written

@@ -68,7 +68,7 @@ def event_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: d
             seq.alias(EVENT_SEQ),
             *group.input_columns(),
             *[expr.fill_null(False).alias(name) for name, expr in group.where_columns().items()],
-        ).filter((pl.col(EVENT_TIMESTAMP) >= start) & (pl.col(EVENT_TIMESTAMP) < end))
+        ).filter(_in_range(start, end))
         events = selected.collect()
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -79,13 +79,70 @@ def event_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: d
             f"feature group '{group.ref}': {null_ids} events have a null id in '{source.id_field}' "
             f"(source '{source.name}'); every event needs an id, its identity with the entity keys"
         )
-    events = (
-        latest_versions(group, events.lazy())
-        .sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
-        .collect()
-    )
+    if events.height == 1:
+        pass  # one event: nothing to dedupe or order (the common single-event push)
+    elif events.height <= 32 and _unique_identities(events, keys):
+        events = events.sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
+    else:
+        events = (
+            latest_versions(group, events.lazy())
+            .sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
+            .collect()
+        )
     check_rows(group, events)
     return events
+
+
+_RANGES: dict[tuple[datetime, datetime], pl.Expr] = {}
+
+
+def _in_range(start: datetime, end: datetime) -> pl.Expr:
+    """`start <= event time < end`, built once per range: literal datetimes cost a Series
+    each, which a single-event push would pay on every call."""
+    found = _RANGES.get((start, end))
+    if found is None:
+        if len(_RANGES) > 1024:
+            _RANGES.clear()
+        found = _RANGES[(start, end)] = (pl.col(EVENT_TIMESTAMP) >= start) & (pl.col(EVENT_TIMESTAMP) < end)
+    return found
+
+
+def pushed_events(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame | None:
+    """`event_rows` for a few pushed rows of a group without a transformation, built from the
+    rows' own columns (one eager select for the `where` flags instead of a lazy query per
+    push). The same frame `event_rows` returns; None when that shortcut does not apply."""
+    source = group.source
+    if group.transformation is not None or rows.height > 32 or source.id_field is None:
+        return None
+    keys = group.entity.key_columns
+    expected = {**group.entity.key_schema, **group.input_columns(), source.id_field: pl.String()}
+    if any(rows.schema.get(c) != d for c, d in expected.items()) or INGESTED in rows.columns:
+        return None
+    ids = rows.get_column(source.id_field)
+    if ids.null_count():
+        return None  # event_rows names the problem
+    flags = group.where_columns()
+    where = rows.select(expr.fill_null(False).alias(n) for n, expr in flags.items()) if flags else None
+    columns = [
+        *(rows.get_column(k) for k in keys),
+        rows.get_column(source.timestamp_field).alias(EVENT_TIMESTAMP),
+        ids.alias(EVENT_ID),
+        pl.Series(EVENT_SEQ, [""] * rows.height, dtype=pl.String),
+        *(rows.get_column(c) for c in group.input_columns()),
+        *(where.get_columns() if where is not None else []),
+    ]
+    events = pl.DataFrame(columns)
+    if events.height > 1:
+        if not _unique_identities(events, keys):
+            return None
+        events = events.sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
+    check_rows(group, events)
+    return events
+
+
+def _unique_identities(events: pl.DataFrame, keys: list[str]) -> bool:
+    columns = [events.get_column(c).to_list() for c in [*keys, EVENT_ID]]
+    return len(set(zip(*columns, strict=True))) == events.height
 
 
 def window_values(

@@ -128,7 +128,8 @@ class Source:
                     f"source '{self.name}': column '{column}' is timezone-naive ({dtype}); "
                     "event times must be timezone-aware UTC"
                 )
-            frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.cast_time_unit("us"))
+            if dtype != pl.Datetime("us", "UTC"):  # already UTC µs: nothing to convert
+                frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.cast_time_unit("us"))
         ts = pl.col(self.timestamp_field)
         if start is not None:
             frame = frame.filter(ts >= start)

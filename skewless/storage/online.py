@@ -73,6 +73,23 @@ def version_key_expression(
     return pl.concat_str(parts)
 
 
+_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
+
+
+def entity_keys(group: FeatureGroup, prefix: str, frame: pl.DataFrame) -> list[str]:
+    """`key_expression` for a few rows, formatted in Python (the same strings)."""
+    parts = []
+    for column, dtype in group.entity.key_schema.items():
+        values = frame.get_column(column).to_list()
+        if any(v is None for v in values):
+            raise RequestError(f"writing feature group '{group.ref}': a row has a null join key '{column}'")
+        parts.append(
+            [v.translate(_ESCAPES) for v in values] if dtype == pl.String else [str(v) for v in values]
+        )
+    head, tail = f"{prefix}:{{{group.entity.name}:", f"}}:{group.name}:v{group.version}"
+    return [head + "|".join(vs) + tail for vs in zip(*parts, strict=True)]
+
+
 class OnlineStore:
     """Redis-backed latest values; the embedded server is started when no URL is given."""
 
@@ -183,12 +200,15 @@ class OnlineStore:
         """One small hash per group version: newest event time written and when."""
         return f"{self.key_prefix}:_meta:{group.name}:v{group.version}"
 
-    def mark_written(self, group: FeatureGroup, newest_event_us: int) -> None:
-        """Record a write; the newest event time only moves forward (a Lua max, atomic)."""
+    def mark_written(self, group: FeatureGroup, newest_event_us: int, client: Any = None) -> None:
+        """Record a write; the newest event time only moves forward (a Lua max, atomic).
+        `client`: a pipeline to queue it on (a push sends it with its writes)."""
         if self._mark_lua is None:
             self._mark_lua = self.client.register_script(_MARK_WRITTEN)
         try:
-            self._mark_lua(keys=[self.meta_key(group)], args=[newest_event_us, time.time_ns() // 1000])
+            self._mark_lua(
+                keys=[self.meta_key(group)], args=[newest_event_us, time.time_ns() // 1000], client=client
+            )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"recording a write of '{group.ref}'", exc) from exc
 
@@ -349,8 +369,7 @@ class OnlineStore:
         pattern = (
             f"{self.key_prefix}:*"
             if group is None
-            else f"{self.key_prefix}:*}}:{group.name}:v{group.version}"
-            + (":*" if group.is_windowed else "")
+            else f"{self.key_prefix}:*}}:{group.name}:v{group.version}" + (":*" if group.is_windowed else "")
         )
         yield from self.client.scan_iter(match=pattern, count=1000)
 

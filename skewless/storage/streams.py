@@ -33,9 +33,22 @@ def stream_key(store: OnlineStore, source: str) -> str:
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
+    """Arrow IPC bytes; small pushes uncompressed (zstd costs more than it saves there)."""
     buffer = io.BytesIO()
-    frame.write_ipc(buffer, compression="zstd")
+    frame.write_ipc(buffer, compression="zstd" if frame.height > 1000 else "uncompressed")
     return buffer.getvalue()
+
+
+_SCHEMAS: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _schema_ipc(schema: pl.Schema) -> bytes:
+    """An empty frame of `schema` as Arrow IPC, encoded once per schema (pushes repeat it)."""
+    key = tuple((name, str(dtype)) for name, dtype in schema.items())
+    found = _SCHEMAS.get(key)
+    if found is None:
+        found = _SCHEMAS[key] = _ipc(pl.DataFrame(schema=schema))
+    return found
 
 
 def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
@@ -46,10 +59,18 @@ def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
     """
     key = stream_key(store, source)
     try:
-        pipe = store.client.pipeline(transaction=False)
-        pipe.xadd(key, {"rows": _ipc(rows)}, maxlen=MAX_ENTRIES, approximate=True)
-        pipe.set(f"{key}:schema", _ipc(rows.clear()))
-        entry = pipe.execute()[0]
+        schema = _schema_ipc(rows.schema)
+        recorded = getattr(store, "_recorded_schemas", None)
+        if recorded is None:
+            recorded = store._recorded_schemas = {}  # type: ignore[attr-defined]
+        if recorded.get(source) == schema:  # recorded by this process already: one command
+            entry = store.client.xadd(key, {"rows": _ipc(rows)}, maxlen=MAX_ENTRIES, approximate=True)
+        else:
+            pipe = store.client.pipeline(transaction=False)
+            pipe.xadd(key, {"rows": _ipc(rows)}, maxlen=MAX_ENTRIES, approximate=True)
+            pipe.set(f"{key}:schema", schema)
+            entry = pipe.execute()[0]
+            recorded[source] = schema
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise store._unreachable(f"appending to the stream of source '{source}'", exc) from exc
     return entry.decode() if isinstance(entry, bytes) else str(entry)

@@ -34,11 +34,12 @@ import redis
 from skewless.compute import tiles as T
 from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, Feature, FeatureGroup
-from skewless.storage.codec import GroupCodec
+from skewless.storage.codec import GroupCodec, _micros
 
 if TYPE_CHECKING:
     from skewless.storage.online import OnlineStore
 
+SMALL_WRITE = 32  # up to this many events, a write is prepared from Python values
 RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
 TILE_CACHE_MAX = 200_000  # decoded tiles kept in process (cleared when full)
 PRUNE_EVERY = 64  # about one write-back in this many also drops tiles no window can use
@@ -111,7 +112,7 @@ class WindowState:
         Events older than the longest window are not kept online (they stay offline). The
         same event twice is one event; the same id with new content replaces the old one.
         """
-        from skewless.storage.online import key_expression
+        from skewless.storage.online import entity_keys, key_expression
 
         store = self.store
         wall_us = time.time_ns() // 1000
@@ -121,42 +122,51 @@ class WindowState:
         lifetime = longest >= LIFETIME
         window_us = longest // timedelta(microseconds=1)
         cutoff = -1 if lifetime else max(-1, now_us - window_us)
-        frame = events.with_columns(
-            key_expression(group, store.key_prefix).alias("__key"),
-            pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
-        ).filter(pl.col("__score") > cutoff)
-        if frame.height == 0:
-            return 0
-        frame = frame.with_columns(
-            pl.Series(
-                "__member",
-                members(frame[EVENT_ID].to_list(), self.codec(group).encode(frame)),
-                dtype=pl.Binary,
-            )
-        )
-        batches = frame.group_by("__key", maintain_order=True).agg("__score", EVENT_ID, "__member")
+        if events.height <= SMALL_WRITE:
+            # a push of a few events: Python values (each Polars call costs tens of µs)
+            scores_all = [_micros(v) for v in events.get_column(EVENT_TIMESTAMP).to_list()]
+            keep = [i for i, score in enumerate(scores_all) if score > cutoff]
+            if not keep:
+                return 0
+            frame = events if len(keep) == events.height else events[keep]
+            keys_all = entity_keys(group, store.key_prefix, frame)
+            scores = [scores_all[i] for i in keep]
+        else:
+            frame = events.with_columns(
+                key_expression(group, store.key_prefix).alias("__key"),
+                pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
+            ).filter(pl.col("__score") > cutoff)
+            if frame.height == 0:
+                return 0
+            keys_all = frame.get_column("__key").to_list()
+            scores = frame.get_column("__score").to_list()
+        ids = frame.get_column(EVENT_ID).to_list()
+        packed = members(ids, self.codec(group).encode(frame))
+        batches: dict[str, list[Any]] = {}
+        for key, score, event_id, member in zip(keys_all, scores, ids, packed, strict=True):
+            batches.setdefault(key, []).extend((score, event_id, member))
         sha = self._write_sha()
         head: list[Any] = [cutoff, 0 if lifetime else window_us // 1000, shift_ms, len(T.SIZES), *T.SIZES]
         added = 0
         try:
             pipe = store.client.pipeline(transaction=False)
-            for rows in batches.iter_slices(500):
+            entities = list(batches.items())
+            for start in range(0, len(entities), 500):
                 keys: list[str] = []
                 args = list(head)
-                for key, scores, ids, packed in rows.iter_rows():
+                for key, flat in entities[start : start + 500]:
                     keys += [key + ":events", key + ":ids", key + ":tiles"]
-                    args.append(len(scores))
-                    for score, event_id, member in zip(scores, ids, packed, strict=True):
-                        args += [score, event_id, member]
+                    args.append(len(flat) // 3)
+                    args += flat
                 pipe.evalsha(sha, len(keys), *keys, *args)
+            store.mark_written(group, max(scores), client=pipe)
             try:
-                added = sum(pipe.execute())
+                added = sum(pipe.execute()[:-1])
             except redis.exceptions.NoScriptError:
                 self._write_lua = None
                 return self.write(group, events, now)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise store._unreachable(f"writing window state of '{group.ref}'", exc) from exc
-        store.mark_written(group, int(frame["__score"].max()))  # type: ignore[arg-type]
         return added
 
     def _write_sha(self) -> str:
