@@ -101,6 +101,7 @@ class OnlineStore:
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._write_script: Any = None
         self._windows: Any = None
+        self._mark_sha: str | None = None
         self._mark_lua: Any = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -206,9 +207,16 @@ class OnlineStore:
         if self._mark_lua is None:
             self._mark_lua = self.client.register_script(_MARK_WRITTEN)
         try:
-            self._mark_lua(
-                keys=[self.meta_key(group)], args=[newest_event_us, time.time_ns() // 1000], client=client
-            )
+            if client is not None:
+                # by sha: a Script queued on a pipeline costs a SCRIPT EXISTS round trip per
+                # execute; the caller's pipeline reloads on NOSCRIPT like its own script
+                if self._mark_sha is None:
+                    self._mark_sha = self.client.script_load(_MARK_WRITTEN)
+                client.evalsha(
+                    self._mark_sha, 1, self.meta_key(group), newest_event_us, time.time_ns() // 1000
+                )
+                return
+            self._mark_lua(keys=[self.meta_key(group)], args=[newest_event_us, time.time_ns() // 1000])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"recording a write of '{group.ref}'", exc) from exc
 

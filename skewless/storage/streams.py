@@ -33,10 +33,19 @@ def stream_key(store: OnlineStore, source: str) -> str:
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
-    """Arrow IPC bytes; small pushes uncompressed (zstd costs more than it saves there)."""
-    buffer = io.BytesIO()
-    frame.write_ipc(buffer, compression="zstd" if frame.height > 1000 else "uncompressed")
-    return buffer.getvalue()
+    """Arrow IPC (file format) bytes. Small pushes go through pyarrow uncompressed: Polars'
+    writer plans a query per call (~0.4 ms), pyarrow's takes ~0.05 ms for a few rows."""
+    if frame.height > 1000:
+        buffer = io.BytesIO()
+        frame.write_ipc(buffer, compression="zstd")
+        return buffer.getvalue()
+    import pyarrow as pa
+
+    table = frame.to_arrow()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 _SCHEMAS: dict[tuple[tuple[str, str], ...], bytes] = {}

@@ -164,6 +164,7 @@ class WindowState:
                 added = sum(pipe.execute()[:-1])
             except redis.exceptions.NoScriptError:
                 self._write_lua = None
+                store._mark_sha = None
                 return self.write(group, events, now)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise store._unreachable(f"writing window state of '{group.ref}'", exc) from exc

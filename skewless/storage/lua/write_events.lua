@@ -24,12 +24,26 @@ end
 local at = 5 + levels
 local added = 0
 
-local function invalidate(tkey, score)
-  local fields = {}
+-- the tile fields an event at `score` falls in, gathered per entity (one HDEL at the end:
+-- events of one entity share most of their coarser tiles)
+local function touch(fields, score)
   for l = 1, levels do
-    fields[l] = (l - 1) .. ':' .. string.format('%d', math.floor((score - 1) / sizes[l]))
+    fields[(l - 1) .. ':' .. string.format('%d', math.floor((score - 1) / sizes[l]))] = true
   end
-  redis.call('HDEL', tkey, unpack(fields))
+end
+
+local function invalidate(tkey, fields)
+  local list = {}
+  for field in pairs(fields) do
+    list[#list + 1] = field
+    if #list == 4000 then
+      redis.call('HDEL', tkey, unpack(list))
+      list = {}
+    end
+  end
+  if #list > 0 then
+    redis.call('HDEL', tkey, unpack(list))
+  end
 end
 
 local function id_of(member)
@@ -42,6 +56,7 @@ for e = 0, #KEYS / 3 - 1 do
   local count = tonumber(ARGV[at])
   at = at + 1
   local changed = false
+  local touched = {}
   for j = 0, count - 1 do
     local score, id, member = ARGV[at + 3 * j], ARGV[at + 3 * j + 1], ARGV[at + 3 * j + 2]
     local old = redis.call('HGET', hkey, id)
@@ -50,14 +65,14 @@ for e = 0, #KEYS / 3 - 1 do
         local old_score = redis.call('ZSCORE', zkey, old)
         redis.call('ZREM', zkey, old)
         if old_score then
-          invalidate(tkey, tonumber(old_score))
+          touch(touched, tonumber(old_score))
         end
       else
         added = added + 1
       end
       redis.call('ZADD', zkey, score, member)
       redis.call('HSET', hkey, id, member)
-      invalidate(tkey, tonumber(score))
+      touch(touched, tonumber(score))
       changed = true
     end
   end
@@ -75,6 +90,7 @@ for e = 0, #KEYS / 3 - 1 do
     end
   end
   if changed then
+    invalidate(tkey, touched)
     redis.call('HINCRBY', tkey, '_gen', 1)
   end
   local newest = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
