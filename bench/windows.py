@@ -202,8 +202,7 @@ def main() -> int:
                 store.get_online_features([{"user_id": user}], features=refs, output="dicts")
                 ours[n].append((time.perf_counter() - t0) * 1000)
                 t_us = time.time_ns() // 1000
-                tiles, raws, _ = store.online.windows.plan(group, t_us)
-                fields = ["_gen", *(f"{level}:{k}" for level, k in tiles)]
+                _, raws, _, fields = store.online.windows.plan(group, t_us)
                 t0 = time.perf_counter()
                 pipe = raw_client.pipeline(transaction=True)
                 pipe.hmget(bases[user] + ":tiles", fields)
