@@ -11,16 +11,12 @@ fold on both paths, whatever else is in the batch.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from itertools import pairwise
 
-import numpy as np
 import polars as pl
 
 from skewless.checks.schema import check_rows
-from skewless.compute.exact import exact_sum
 from skewless.compute.identity import latest_versions
 from skewless.errors import SourceDataError, TransformationError
-from skewless.language.aggregation import Aggregation, windowed_features
 from skewless.language.feature_group import EVENT_ID, EVENT_SEQ, EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import INGESTED
 
@@ -152,109 +148,12 @@ def window_values(
 
     `names` maps feature names to output column names. Queries with no events get each
     feature's empty-window value (0 for counts and sums, null otherwise), then defaults.
+    Computed by index ranges over the entity's sorted events (`compute/window_ranges.py`):
+    linear in events plus labels, whatever the windows' lengths.
     """
-    keys = group.entity.key_columns
-    longest = group.max_window
-    # positions, not `aggregations.index(agg)`: an index lookup compares definitions, and the
-    # position is what names the stored `where__<i>` flag column
-    index_of = {id(agg): i for i, agg in enumerate(group.aggregations)}
-    wanted = [
-        (agg, window, name) for agg, window, name in windowed_features(group.aggregations) if name in names
-    ]
-    joined = (
-        queries.select(ROW, *keys, QUERY_TS)
-        .join(events, on=keys, how="left")
-        .with_columns(
-            (
-                (pl.col(EVENT_TIMESTAMP) <= pl.col(QUERY_TS))
-                & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(longest))
-            )
-            .fill_null(False)
-            .alias("__in_longest")
-        )
-        .with_columns(
-            # events outside the longest window (or none at all) stay as a single null row
-            [pl.when(pl.col("__in_longest")).then(pl.col(c)).alias(c) for c in [EVENT_TIMESTAMP, EVENT_ID]]
-        )
-        .sort([ROW, EVENT_TIMESTAMP, EVENT_ID], nulls_last=False)
-    )
-    where = {i: f"where__{i}" for i, a in enumerate(group.aggregations) if a.where is not None}
-    exprs = []
-    exact: list[tuple[str, str]] = []
-    for agg, window, name in wanted:
-        index = index_of[id(agg)]
-        inside = pl.col("__in_longest") & (pl.col(EVENT_TIMESTAMP) > pl.col(QUERY_TS) - _micros(window))
-        if index in where:
-            inside = inside & pl.col(where[index])
-        inside = inside.fill_null(False)
-        out = names[name]
-        if agg.function == "count":
-            exprs.append(inside.sum().cast(pl.Int64).alias(out))
-            continue
-        column = pl.col(agg.column)  # type: ignore[arg-type]
-        present = inside & column.is_not_null()
-        values = column.filter(present)
-        if agg.function == "sum" and not agg.dtype.is_float():
-            exprs.append(values.sum().cast(agg.output_dtype).alias(out))
-        elif agg.function in ("sum", "mean"):
-            # exact sums (compute.exact): the value does not depend on order or tiling
-            exprs.append(values.cast(pl.Float64).alias(out))
-            exact.append((out, agg.function))
-        elif agg.function == "min":
-            exprs.append(_signless_zero(values, agg).min().alias(out))
-        elif agg.function == "max":
-            exprs.append(_signless_zero(values, agg).max().alias(out))
-        elif agg.function == "last":
-            exprs.append(values.last().alias(out))
-        else:  # distinct_count
-            exprs.append(values.n_unique().cast(pl.Int64).alias(out))
-    result = joined.group_by(ROW, maintain_order=True).agg(exprs)
-    if exact:
-        result = result.with_columns(
-            pl.col(out).map_batches(
-                _exact_sums if function == "sum" else _exact_means, return_dtype=pl.Float64
-            )
-            for out, function in exact
-        )
-    defaults = []
-    for _agg, _window, name in wanted:
-        feature = group.feature(name)
-        expr = pl.col(names[name])
-        if feature.default is not None:
-            expr = expr.fill_null(pl.lit(feature.default, dtype=feature.polars_dtype))
-        defaults.append(expr.cast(feature.polars_dtype))
-    return result.select(ROW, *defaults)
+    from skewless.compute.window_ranges import range_window_values
 
-
-def _signless_zero(values: pl.Expr, agg: Aggregation) -> pl.Expr:
-    """min/max of floats treat -0.0 as 0.0 (Polars returns whichever zero came last, an
-    order dependence tiles must not inherit)."""
-    if not agg.dtype.is_float():
-        return values
-    # not `values + 0.0`: the optimizer may drop an added zero
-    return pl.when(values == 0).then(pl.lit(0.0, dtype=agg.dtype)).otherwise(values)
-
-
-def _list_slices(lists: pl.Series) -> tuple[list[float], list[int]]:
-    """A list column as one flat Python list and its offsets (one C conversion, not a
-    Python list per row: `to_list()` on the list column costs more than the sums)."""
-    lengths = lists.list.len().fill_null(0).to_numpy()
-    offsets = [0, *np.cumsum(lengths).tolist()]
-    flat = lists.explode().drop_nulls().to_list() if offsets[-1] else []
-    return flat, offsets
-
-
-def _exact_sums(lists: pl.Series) -> pl.Series:
-    flat, offsets = _list_slices(lists)
-    return pl.Series([exact_sum(flat[a:b]) for a, b in pairwise(offsets)], dtype=pl.Float64)
-
-
-def _exact_means(lists: pl.Series) -> pl.Series:
-    flat, offsets = _list_slices(lists)
-    return pl.Series(
-        [exact_sum(flat[a:b]) / (b - a) if b > a else None for a, b in pairwise(offsets)],
-        dtype=pl.Float64,
-    )
+    return range_window_values(group, events, queries, names, ROW, QUERY_TS)
 
 
 def _micros(window: timedelta) -> pl.Expr:
