@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 SMALL_WRITE = 32  # up to this many events, a write is prepared from Python values
 RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
 TILE_CACHE_MAX = 200_000  # decoded tiles kept in process (cleared when full)
+MERGED_MAX = 100_000  # entities whose merged tiles are remembered (cleared when full)
 PRUNE_EVERY = 64  # about one write-back in this many also drops tiles no window can use
 
 
@@ -69,6 +70,7 @@ class WindowState:
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._parts: dict[tuple[str, int], list[T.Part]] = {}
         self._tile_cache: dict[tuple[str, int, bytes], list[Any]] = {}
+        self._merged: dict[tuple[str, tuple[Any, ...]], tuple[bytes, dict]] = {}
         self._plans: dict[tuple[Any, ...], Any] = {}
         self._window_lists: dict[tuple[str, int], list[int]] = {}
         self._layouts: dict[tuple[str, int], dict[int, list[tuple[int, T.Part, str]]]] = {}
@@ -225,7 +227,64 @@ class WindowState:
         return self._read_from_events(group, bases, t_us)
 
     def _read_once(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]] | None:
-        tiles, raws, per_window, names = self.plan(group, t_us)
+        """One attempt at a consistent read; None when a concurrent write raced a tile build.
+
+        Entities whose merged tiles for this plan are remembered (`_merged`, keyed by the
+        entity's write generation) fetch only the generation and their edge events; the rest
+        fetch their tiles too."""
+        plan = self.plan(group, t_us)
+        _, raws, per_window, _ = plan
+        pkey = self._plan_key(group, t_us)
+        known = [self._merged.get((base, pkey)) for base in bases]
+        if not any(known):
+            return self._read_full(group, bases, plan, pkey)
+        commands: list[tuple[Any, ...]] = []
+        for base in bases:
+            commands.append(("HGET", base + ":tiles", "_gen"))
+            commands += [("ZRANGEBYSCORE", base + ":events", f"({lo}", hi) for lo, hi in raws]
+        replies = self.store.transaction(commands)
+        step = 1 + len(raws)
+        parts = self.parts(group)
+        out: list[dict[str, Any] | None] = [None] * len(bases)
+        hits: list[tuple[int, dict, list[list[bytes]]]] = []
+        misses: list[int] = []
+        for i, memo in enumerate(known):
+            gen = replies[i * step]
+            if gen is None:
+                out[i] = self._finish(group, parts, per_window, {}, {})
+            elif memo is not None and memo[0] == gen:
+                hits.append((i, memo[1], replies[i * step + 1 : (i + 1) * step]))
+            else:
+                misses.append(i)
+        if hits:
+            found_all = [m for _, _, edge_events in hits for found in edge_events for m in found]
+            decoded = self._lists_of(group, self.codec(group), found_all)
+            at = 0
+            for i, merged, edge_events in hits:
+                edges = {}
+                for span, found in zip(raws, edge_events, strict=True):
+                    if found:
+                        edges[span] = T.partials(parts, decoded, range(at, at + len(found)))
+                        at += len(found)
+                out[i] = self._finish(group, parts, per_window, merged, edges)
+        if misses:
+            full = self._read_full(group, [bases[i] for i in misses], plan, pkey)
+            if full is None:
+                return None
+            for i, values in zip(misses, full, strict=True):
+                out[i] = values
+        return out  # type: ignore[return-value]
+
+    def _plan_key(self, group: FeatureGroup, t_us: int) -> tuple[Any, ...]:
+        base = T.SIZES[0]
+        lows = (max(-1, t_us - w) for w in self._windows_us(group))
+        return (group.name, group.version, t_us // base, *(-(-low // base) for low in lows))
+
+    def _read_full(
+        self, group: FeatureGroup, bases: list[str], plan: tuple, pkey: tuple[Any, ...]
+    ) -> list[dict[str, Any]] | None:
+        """Tiles, generation and edges of every entity in one MULTI/EXEC; missing tiles built."""
+        tiles, raws, per_window, names = plan
         commands: list[tuple[Any, ...]] = []
         for base in bases:
             commands.append(("HMGET", base + ":tiles", *names))
@@ -263,17 +322,54 @@ class WindowState:
         found_all = [m for _, _, edge_events in states for found in edge_events for m in found]
         decoded = self._lists_of(group, codec, found_all)
         at = 0
-        for gen, cached, edge_events in states:
+        if len(self._merged) > MERGED_MAX:
+            self._merged.clear()
+        for base, (gen, cached, edge_events) in zip(bases, states, strict=True):
             if gen is None:  # no state at all for this entity
-                out.append(self._values(group, parts, per_window, {}, {}))
+                out.append(self._finish(group, parts, per_window, {}, {}))
                 continue
             edges = {}
             for (lo, hi), found in zip(raws, edge_events, strict=True):
                 if found:
                     edges[(lo, hi)] = T.partials(parts, decoded, range(at, at + len(found)))
                     at += len(found)
-            out.append(self._values(group, parts, per_window, cached, edges))
+            merged = self._merge_tiles(group, parts, per_window, cached)
+            self._merged[(base, pkey)] = (gen, merged)
+            out.append(self._finish(group, parts, per_window, merged, edges))
         return out
+
+    def _merge_tiles(
+        self, group: FeatureGroup, parts: list[T.Part], per_window: dict, cached: dict
+    ) -> dict[int, dict[int, Any]]:
+        """Per window, each of its aggregations merged over the window's whole tiles."""
+        merged: dict[int, dict[int, Any]] = {}
+        layout = self._layout(group)
+        for window, (tiles, _) in per_window.items():
+            pieces = [cached[t] for t in tiles if cached.get(t)]
+            merged[window] = {
+                index: T.merge_all(part, [p[index] for p in pieces]) for index, part, _ in layout[window]
+            }
+        return merged
+
+    def _finish(
+        self,
+        group: FeatureGroup,
+        parts: list[T.Part],
+        per_window: dict,
+        merged: dict[int, dict[int, Any]],
+        edges: dict[tuple[int, int], list[Any]],
+    ) -> dict[str, Any]:
+        """Feature values: each window's merged tiles plus its edge events."""
+        values: dict[str, Any] = {}
+        for window, (_, raws) in per_window.items():
+            pieces = [edges[r] for r in raws if edges.get(r)]
+            body = merged.get(window, {})
+            for index, part, name in self._layout(group)[window]:
+                accs = [p[index] for p in pieces]
+                if index in body:
+                    accs.append(body[index])
+                values[name] = T.finish(part, T.merge_all(part, accs))
+        return values
 
     def _lists_of(self, group: FeatureGroup, codec: GroupCodec, found: list[bytes]) -> dict[str, list[Any]]:
         """Events as Python lists straight from the packed records (numpy `tolist`, no

@@ -2,7 +2,8 @@
 -- Per entity three keys (one hash tag, so one cluster slot):
 --   KEYS[3e+1] events  sorted set: member = 2-byte id length .. id .. packed event, score = event µs
 --   KEYS[3e+2] ids     hash: event id -> its current member (identity: entity keys + event id)
---   KEYS[3e+3] tiles   hash: "<level>:<k>" -> cached tile partials (JSON), "_gen" -> write count
+--   KEYS[3e+3] tiles   hash: "<level>:<k>" -> cached tile partials (JSON), "_gen" -> write
+--                      generation (starts at the server clock in ns, +1 per changing write)
 -- ARGV[1]: cutoff score (µs): events at or before it can no longer be in a window (-1: keep all)
 -- ARGV[2]: milliseconds a key lives after its newest event (0: no expiry, for lifetime windows)
 -- ARGV[3]: milliseconds to add to expiries: 0, or (wall clock - `at`) when replaying as of `at`
@@ -13,6 +14,7 @@
 -- enters. Every tile an added or removed event falls in is deleted from the cache and the
 -- generation bumped, so a reader can never keep a tile computed from older events.
 -- Returns the number of new event ids.
+pcall(redis.replicate_commands)  -- effects replication (the default since 5.0): TIME below
 local cutoff = tonumber(ARGV[1])
 local life_ms = tonumber(ARGV[2])
 local shift_ms = tonumber(ARGV[3])
@@ -91,7 +93,14 @@ for e = 0, #KEYS / 3 - 1 do
   end
   if changed then
     invalidate(tkey, touched)
-    redis.call('HINCRBY', tkey, '_gen', 1)
+    if redis.call('HEXISTS', tkey, '_gen') == 1 then
+      redis.call('HINCRBY', tkey, '_gen', 1)
+    else
+      -- a new state starts from the server clock, not 1: a reader remembering an expired
+      -- state's generation can never mistake a re-created one for it
+      local now = redis.call('TIME')
+      redis.call('HSET', tkey, '_gen', now[1] .. string.format('%06d', tonumber(now[2])) .. '000')
+    end
   end
   local newest = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
   if not newest[2] then
