@@ -28,9 +28,16 @@ local added = 0
 
 -- the tile fields an event at `score` falls in, gathered per entity (one HDEL at the end:
 -- events of one entity share most of their coarser tiles)
+-- (a field name is built only for a tile not seen yet: string building is most of the cost)
+local seen = {}
 local function touch(fields, score)
   for l = 1, levels do
-    fields[(l - 1) .. ':' .. string.format('%d', math.floor((score - 1) / sizes[l]))] = true
+    local k = math.floor((score - 1) / sizes[l])
+    local level_seen = seen[l]
+    if level_seen[k] == nil then
+      level_seen[k] = true
+      fields[(l - 1) .. ':' .. string.format('%d', k)] = true
+    end
   end
 end
 
@@ -59,6 +66,9 @@ for e = 0, #KEYS / 3 - 1 do
   at = at + 1
   local changed = false
   local touched = {}
+  for l = 1, levels do
+    seen[l] = {}
+  end
   for j = 0, count - 1 do
     local score, id, member = ARGV[at + 3 * j], ARGV[at + 3 * j + 1], ARGV[at + 3 * j + 2]
     local old = redis.call('HGET', hkey, id)
