@@ -9,8 +9,10 @@ each). Measured in the same run against the same Redis, last line one JSON objec
 
 - `read_p50_ms_<n>`: `get_online_features` of all 31 features of the user (`output="dicts"`)
   after one warm-up read (which fills the tile cache), reads interleaved between the users;
-- `raw_p50_ms_<n>`: the same keys read raw — the MULTI/EXEC of HMGET (tiles) + ZRANGEBYSCORE
-  (edges) our read sends, through a plain redis-py pipeline — and `ratio_<n>` ours/raw;
+- `raw_p50_ms_<n>`: the keys a cold read fetches, read raw — the MULTI/EXEC of HMGET (tiles) + ZRANGEBYSCORE
+  (edges), through a plain redis-py pipeline — and `ratio_<n>` ours/raw;
+- `raw_steady_p50_ms_<n>`, `ratio_steady_<n>`: the raw cost of what a *warm* read sends (the
+  entity's merged tiles are remembered by generation: HGET `_gen` + the edges' ZRANGEBYSCORE);
 - `raw_zrange_p50_ms_<n>`: a raw ZRANGEBYSCORE of every event in the 7-day window (what a
   read cost before tiles: the floor of any read that aggregates raw events);
 - `push_p50_ms_1`: `FeatureStore.push` of one event (validated, transformed, window state
@@ -194,6 +196,7 @@ def main() -> int:
         ours: dict[int, list[float]] = {n: [] for n in sizes}
         raw: dict[int, list[float]] = {n: [] for n in sizes}
         zrange: dict[int, list[float]] = {n: [] for n in sizes}
+        steady: dict[int, list[float]] = {n: [] for n in sizes}
         for user in sizes.values():
             store.get_online_features([{"user_id": user}], features=refs, output="dicts")  # warm the cache
         for _ in range(args.reads):
@@ -211,6 +214,13 @@ def main() -> int:
                 pipe.execute()
                 raw[n].append((time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
+                pipe = raw_client.pipeline(transaction=True)
+                pipe.hget(bases[user] + ":tiles", "_gen")
+                for lo, hi in raws:
+                    pipe.zrangebyscore(bases[user] + ":events", f"({lo}", hi)
+                pipe.execute()
+                steady[n].append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
                 raw_client.zrangebyscore(bases[user] + ":events", t_us - 7 * 86400 * 10**6, t_us)
                 zrange[n].append((time.perf_counter() - t0) * 1000)
         for n in sizes:
@@ -219,6 +229,8 @@ def main() -> int:
             result[f"raw_p50_ms_{n}"] = p50(raw[n])
             result[f"ratio_{n}"] = round(p50(ours[n]) / p50(raw[n]), 3)
             result[f"raw_zrange_p50_ms_{n}"] = p50(zrange[n])
+            result[f"raw_steady_p50_ms_{n}"] = p50(steady[n])
+            result[f"ratio_steady_{n}"] = round(p50(ours[n]) / p50(steady[n]), 3)
             print(
                 f"[windows] {n:>7,} events in 7d: ours p50 {result[f'read_p50_ms_{n}']} ms, "
                 f"raw same keys {result[f'raw_p50_ms_{n}']} ms (x{result[f'ratio_{n}']}), "
