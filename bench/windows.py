@@ -9,8 +9,8 @@ each). Measured in the same run against the same Redis, last line one JSON objec
 
 - `read_p50_ms_<n>`: `get_online_features` of all 31 features of the user (`output="dicts"`)
   after one warm-up read (which fills the tile cache), reads interleaved between the users;
-- `raw_p50_ms_<n>`: the keys a cold read fetches, read raw — the MULTI/EXEC of HMGET (tiles) + ZRANGEBYSCORE
-  (edges), through a plain redis-py pipeline — and `ratio_<n>` ours/raw;
+- `raw_p50_ms_<n>`: the keys a cold read fetches, read raw — the MULTI/EXEC of HMGET (tiles)
+  + ZRANGEBYSCORE (edges), through a plain redis-py pipeline — and `ratio_<n>` ours/raw;
 - `raw_steady_p50_ms_<n>`, `ratio_steady_<n>`: the raw cost of what a *warm* read sends (the
   entity's merged tiles are remembered by generation: HGET `_gen` + the edges' ZRANGEBYSCORE);
 - `raw_zrange_p50_ms_<n>`: a raw ZRANGEBYSCORE of every event in the 7-day window (what a
