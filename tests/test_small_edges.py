@@ -96,7 +96,7 @@ def test_null_keys_in_labels_are_kept_with_defaults(store: FeatureStore) -> None
     assert result.height == 2 and result["amount"].to_list() == [1.0, 0.0]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "skewless.cli", *args],
         cwd=ROOT,
@@ -104,15 +104,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
         check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SKEWLESS_HOME": str(home)},
     )
 
 
-def test_cli_version_and_missing_repo() -> None:
-    version = run_cli("--version")
+def test_cli_version_and_missing_repo(tmp_path: Path) -> None:
+    version = run_cli(tmp_path, "--version")
     assert version.returncode == 0 and version.stdout.startswith("skewless ")
     for args in (("features", "list", "--repo", "nope.py"), ("list", "nope.py"), ("serve", "nope.py")):
-        result = run_cli(*args)
+        result = run_cli(tmp_path, *args)
         assert result.returncode == 1, result
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert "no feature repository at nope.py" in result.stderr
