@@ -146,6 +146,11 @@ def test_push_endpoint_writes_like_feature_store_push(store: FeatureStore) -> No
     )
     assert online.json()["results"] == [{"user_id": 7, "amount": 12.0}]
     assert "/push" in client.get("/openapi.json").json()["paths"]
+    # JSON numbers 12 and 12.5 in one column are one float column; columns form works too
+    row = push_body()["rows"][0]
+    columns = {k: [row[k], row[k]] for k in row} | {"user_id": [8, 9], "amount": [12, 12.5]}
+    both = client.post("/push", json={"source": "events", "rows": columns})
+    assert both.status_code == 200 and both.json()["written"] == {"user_stats:v1": 2}, both.text
 
 
 @pytest.mark.parametrize(
@@ -157,7 +162,8 @@ def test_push_endpoint_writes_like_feature_store_push(store: FeatureStore) -> No
         (push_body(rows=[{**push_body()["rows"][0], "ts": "2026-10-01T12:00:00"}]), 422, "without an offset"),
         (push_body(rows=[{**push_body()["rows"][0], "ts": "yesterday"}]), 422, "not an ISO 8601 time"),
         (push_body(rows=[{**push_body()["rows"][0], "bogus": 1}]), 422, "extra column 'bogus'"),
-        (push_body(rows=[{**push_body()["rows"][0], "user_id": 2**63}]), 422, "'user_id'"),
+        (push_body(rows=[{**push_body()["rows"][0], "user_id": 2**63}]), 422, "'user_id' has values out"),
+        (push_body(rows=[{**push_body()["rows"][0], "amount": "12"}]), 422, "'amount' has dtype String"),
     ],
 )
 def test_push_endpoint_refuses_bad_bodies(store: FeatureStore, body: dict, status: int, message: str) -> None:

@@ -472,7 +472,6 @@ OPENAPI: dict[str, Any] = {
 
 
 MAX_PUSH_ROWS = 10_000
-_JSON_CASTABLE = (pl.Int64, pl.Null)  # JSON integers (or all-null columns) may take a declared width
 
 
 @dataclass
@@ -556,10 +555,17 @@ def push_frame(store: FeatureStore, request: PushRequest) -> pl.DataFrame:
         if name in source.time_columns:
             series.append(_utc_times(name, values))
             continue
+        # JSON numbers: 12 and 12.5 in one column are one float column, not a type clash
+        numbers = [v for v in values if v is not None]
+        floats = all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers) and any(
+            isinstance(v, float) for v in numbers
+        )
         try:
-            series.append(pl.Series(name, values, strict=True))
-        except (TypeError, pl.exceptions.PolarsError):
-            raise RequestError(f"rows: column '{name}' mixes value types") from None
+            series.append(pl.Series(name, values, dtype=pl.Float64 if floats else None, strict=True))
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):
+            raise RequestError(
+                f"rows: column '{name}' mixes value types (or a number is out of range)"
+            ) from None
     frame = pl.DataFrame(series)
     # the schema push itself normalises to (cached by the store); JSON has only Int64/Float64
     reference = store._source_schema(source)
@@ -571,7 +577,7 @@ def push_frame(store: FeatureStore, request: PushRequest) -> pl.DataFrame:
             continue
         actual = frame.schema[name]
         numeric = dtype.is_integer() or dtype.is_float()
-        if (actual in _JSON_CASTABLE and (numeric or actual == pl.Null)) or (
+        if ((actual.is_integer() or actual == pl.Null) and (numeric or actual == pl.Null)) or (
             actual == pl.Float64 and dtype == pl.Float32
         ):
             values = frame.get_column(name)
