@@ -9,16 +9,22 @@ same Redis and in the same run, measures:
   of one group, and 1,000 entities x 3 groups (60 features), with the default Polars output
   and with `output="dicts"`; the baseline is redis-py + hiredis doing what a hand-written
   online store does: one pipeline of HMGETs (one per entity and group) over hashes of 20
-  fields. The baseline returns raw bytes; ours returns typed, TTL-checked, defaulted values.
+  fields (the "naive" baseline). The baseline returns raw bytes; ours returns typed,
+  TTL-checked, defaulted values. The *floor* is the least any client could do for the same
+  answer: one raw MGET of exactly the keys the request reads (our stored values).
 - writes: entities/s of `OnlineStore.write_latest` (what the online asset runs: packed values
-  through the Lua event-time guard, batched) against an HSET pipeline of 20-field hashes,
-  both from the same Polars frame.
+  through the Lua event-time guard, batched) against the naive HSET pipeline of 20-field
+  hashes built row by row from the same Polars frame; the floor is a redis-py pipeline of raw
+  `SET key value PXAT expiry` of exactly our encoded bytes (encoded before the clock starts).
 - HTTP: `skewless`'s feature server in a second process; 4 keep-alive connections from this
-  process, 100 entities per request; p50/p99 and requests/s.
+  process, 100 entities per request; p50/p99 and requests/s. The floor, in the same run: a
+  minimal Starlette/uvicorn app (same server stack, a third process) answering the same JSON
+  from one raw MGET of pre-serialized rows.
 
-Sizes: medium = 100k entities (writes 100k), large = 1M entities (writes 1M). The last line
-is one JSON object; `ratio_*` are ours/baseline (below 1 is faster for reads; `ratio_writes`
-is ours/baseline throughput, above 1 is faster).
+Sizes: small = 10k, medium = 100k entities (writes 100k), large = 1M entities (writes 1M). The
+last line is one JSON object; `ratio_*` are ours/naive, `ratio_floor_*` ours/floor (below 1
+is faster for reads; `ratio_writes` and `ratio_floor_writes` are ours/baseline throughput,
+above 1 is faster).
 """
 
 from __future__ import annotations
@@ -48,10 +54,12 @@ from bench_redis import resolve_redis  # noqa: E402  (bench/ is the script's fol
 
 from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource  # noqa: E402
 from skewless.config import StoreConfig  # noqa: E402
+from skewless.storage.online import entity_keys  # noqa: E402
 
-SIZES = {"medium": 100_000, "large": 1_000_000}
+SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
 FEATURES = [f"f{i:02d}" for i in range(20)]
 GROUPS = ["g0", "g1", "g2"]
+SENTINEL_ID = 987_654_321  # an entity id to split a formatted key around
 
 
 def repository() -> FeatureRepository:
@@ -101,12 +109,70 @@ def baseline_write(client: redis.Redis, prefix: str, group: str, frame: pl.DataF
     return time.perf_counter() - started
 
 
+def floor_write(client: redis.Redis, keys: list[str], values: list[bytes], expires_ms: list[int]) -> float:
+    """The write floor: our encoded bytes under the same keys' shape, `SET ... PXAT` (our
+    values carry the TTL too), pipelined in batches; nothing computed while the clock runs."""
+    started = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    for i, (key, value, expire) in enumerate(zip(keys, values, expires_ms, strict=True)):
+        pipe.execute_command("SET", key, value, "PXAT", expire)
+        if i % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+    return time.perf_counter() - started
+
+
+def key_around_id(group: FeatureGroup, prefix: str) -> tuple[str, str]:
+    """The text before and after the entity id in the group's online keys (formatted by our
+    own key function, so the floor reads exactly our keys)."""
+    head, tail = entity_keys(group, prefix, pl.DataFrame({"user_id": [SENTINEL_ID]}))[0].split(
+        str(SENTINEL_ID)
+    )
+    return head, tail
+
+
+def floor_read(client: redis.Redis, key_of: list[tuple[str, str]], ids: list[int]) -> list[Any]:
+    """The read floor: one MGET of exactly the keys the request reads (`key_of`: each group's
+    key head and tail around the entity id, as our store formats them)."""
+    return client.mget([f"{head}{i}{tail}" for head, tail in key_of for i in ids])
+
+
 def baseline_read(client: redis.Redis, prefix: str, groups: list[str], ids: list[int]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for i in ids:
         for group in groups:
             pipe.hmget(f"{prefix}:{group}:{i}", FEATURES)
     return pipe.execute()
+
+
+def serve_floor(port: int, url: str, prefix: str) -> None:
+    """Child mode: the HTTP floor. The same Starlette + uvicorn stack as our server, whose
+    one route answers our response's JSON for group g0 from one MGET of rows stored already
+    serialized (`<prefix>:json:<id>`): no parsing of values, no TTL, no defaults."""
+    import orjson
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    client = redis.Redis.from_url(url)
+    head = orjson.dumps(["user_id", *FEATURES])
+
+    def lookup(body: bytes) -> bytes:
+        ids = orjson.loads(body)["entities"]["user_id"]
+        rows = client.mget([f"{prefix}:json:{i}" for i in ids])
+        return b'{"features":' + head + b',"results":[' + b",".join(r or b"null" for r in rows) + b"]}"
+
+    async def online(request: Request) -> Response:
+        body = await request.body()
+        payload = await anyio.to_thread.run_sync(lookup, body)  # like ours: Redis off the loop
+        return Response(payload, media_type="application/json")
+
+    import anyio
+
+    app = Starlette(routes=[Route("/features/online", online, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def serve(port: int, url: str, prefix: str, state: str) -> None:
@@ -173,6 +239,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_server(servers: list[subprocess.Popen[bytes]], args: list[str]) -> int:
+    """This script in a child mode on a free port; returns once it answers HTTP."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, args[0], str(port), *args[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    servers.append(server)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/")  # any HTTP answer (404 included) means it is listening
+            conn.getresponse().read()
+            return port
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(
+                    f"server did not start: {server.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+                ) from None
+            time.sleep(0.2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,11 +272,15 @@ def main() -> int:
     parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
     parser.add_argument("--http-seconds", type=float, default=10.0)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.redis_url, args.prefix, args.state)
+        return 0
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.redis_url, args.prefix)
         return 0
 
     n = SIZES[args.size]
@@ -196,24 +291,41 @@ def main() -> int:
     repo = repository()
     store = FeatureStore(repo, StoreConfig(str(state), url, str(state), prefix))
     client = redis.Redis.from_url(url)
-    server = None
+    servers: list[subprocess.Popen[bytes]] = []
     print(f"[online] {args.size}: {n} entities x 20 features x 3 groups, Redis {url}", flush=True)
     try:
         # ---------------------------------------------------------------- writes
         frames = [frame_for(n, seed) for seed in range(len(GROUPS))]
         ours_w = []
         base_w = []
+        floor_w = []
         for group, frame in zip(repo.groups, frames, strict=True):
             started = time.perf_counter()
             stats = store.online.write_latest(group, frame)
             ours_w.append(time.perf_counter() - started)
             assert stats["written"] == n, stats
             base_w.append(baseline_write(client, base_prefix, group.name, frame))
+            values = store.online.codec(group).encode(frame)
+            keys = [f"{base_prefix}:floor:{k}" for k in entity_keys(group, "", frame)]
+            ttl_ms = int(group.time_to_live.total_seconds() * 1000)  # type: ignore[union-attr]
+            expires = (frame["event_timestamp"].dt.epoch("ms") + ttl_ms).to_list()
+            floor_w.append(floor_write(client, keys, values, expires))
         writes = n / min(ours_w)
         base_writes = n / min(base_w)
+        floor_writes = n / min(floor_w)
         print(
-            f"[online] writes: ours {writes:,.0f}/s, baseline HSET pipeline {base_writes:,.0f}/s", flush=True
+            f"[online] writes: ours {writes:,.0f}/s, naive HSET pipeline {base_writes:,.0f}/s, "
+            f"floor SET pipeline {floor_writes:,.0f}/s",
+            flush=True,
         )
+        # the HTTP floor's rows, serialized once (not timed): what our server answers for g0
+        json_rows = frames[0].select("user_id", *FEATURES).to_dicts()
+        pipe = client.pipeline(transaction=False)
+        for i, row in enumerate(json_rows):
+            pipe.set(f"{base_prefix}:json:{row['user_id']}", json.dumps(row, separators=(",", ":")))
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
 
         # ---------------------------------------------------------------- reads
         rng = np.random.default_rng(11)
@@ -233,9 +345,11 @@ def main() -> int:
                 return batches[next(it) % len(batches)]
 
             full = len(groups) > 1
-            # interleaved: each round calls ours, ours-as-dicts and the baseline once, so all
-            # three see the same machine (a VM's loopback latency drifts by 2x over minutes)
-            ours, dicts, base = timed_interleaved(
+            by_name = {g.name: g for g in repo.groups}
+            key_of = [key_around_id(by_name[g], prefix) for g in groups]
+            # interleaved: each round calls ours, ours-as-dicts, the naive baseline and the
+            # floor once, so all see the same machine (a VM's loopback latency drifts by 2x)
+            ours, dicts, base, floor = timed_interleaved(
                 [
                     lambda refs=refs, full=full: store.get_online_features(
                         {"user_id": pick()}, features=refs, full_feature_names=full
@@ -244,6 +358,7 @@ def main() -> int:
                         {"user_id": pick()}, features=refs, output="dicts", full_feature_names=full
                     ),
                     lambda groups=groups: baseline_read(client, base_prefix, groups, pick()),
+                    lambda key_of=key_of: floor_read(client, key_of, pick()),
                 ],
                 repeats,
             )
@@ -260,51 +375,40 @@ def main() -> int:
                     f"baseline_p99_ms_{label}": round(base["p99_ms"], 3),
                     f"ratio_p50_{label}": round(ours["p50_ms"] / base["p50_ms"], 3),
                     f"ratio_dicts_p50_{label}": round(dicts["p50_ms"] / base["p50_ms"], 3),
+                    f"floor_p50_ms_{label}": round(floor["p50_ms"], 3),
+                    f"floor_p99_ms_{label}": round(floor["p99_ms"], 3),
+                    f"ratio_floor_p50_{label}": round(ours["p50_ms"] / floor["p50_ms"], 3),
+                    f"ratio_floor_dicts_p50_{label}": round(dicts["p50_ms"] / floor["p50_ms"], 3),
                 }
             )
             print(
                 f"[online] {label:>6} entities: ours p50 {ours['p50_ms']:.3f} ms "
                 f"(dicts {dicts['p50_ms']:.3f}), "
-                f"baseline p50 {base['p50_ms']:.3f} ms -> ratio {ours['p50_ms'] / base['p50_ms']:.2f}",
+                f"naive p50 {base['p50_ms']:.3f} ms -> ratio {ours['p50_ms'] / base['p50_ms']:.2f}, "
+                f"floor MGET p50 {floor['p50_ms']:.3f} ms -> ratio {ours['p50_ms'] / floor['p50_ms']:.2f}",
                 flush=True,
             )
 
         # ---------------------------------------------------------------- HTTP
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--serve",
-                str(port),
-                "--redis-url",
-                url,
-                "--prefix",
-                prefix,
-                "--state",
-                str(state),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(
-                        f"server did not start: {server.stderr.read().decode()[-2000:]}"
-                    ) from None
-                time.sleep(0.2)
+        ours_args = ["--serve", "--redis-url", url, "--prefix", prefix, "--state", str(state)]
+        port = start_server(servers, ours_args)
         result.update(http_load(port, n, 100, 4, args.http_seconds))
+        floor_port = start_server(servers, ["--serve-floor", "--redis-url", url, "--prefix", base_prefix])
+        floor_http = http_load(floor_port, n, 100, 4, args.http_seconds)
+        result.update(
+            {
+                "http_floor_p50_ms": floor_http["http_p50_ms"],
+                "http_floor_p99_ms": floor_http["http_p99_ms"],
+                "http_floor_rps": floor_http["http_rps"],
+                "http_floor_errors": floor_http["http_errors"],
+                "ratio_floor_http_p50": round(result["http_p50_ms"] / floor_http["http_p50_ms"], 3),
+                "ratio_floor_http_rps": round(result["http_rps"] / floor_http["http_rps"], 3),
+            }
+        )
         print(
             f"[online] HTTP: p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
-            f"{result['http_rps']} req/s",
+            f"{result['http_rps']} req/s; floor (Starlette + MGET) p50 {result['http_floor_p50_ms']} ms, "
+            f"{result['http_floor_rps']} req/s",
             flush=True,
         )
         result.update(
@@ -312,10 +416,12 @@ def main() -> int:
                 "writes_per_s": round(writes),
                 "baseline_writes_per_s": round(base_writes),
                 "ratio_writes": round(writes / base_writes, 2),
+                "floor_writes_per_s": round(floor_writes),
+                "ratio_floor_writes": round(writes / floor_writes, 2),
             }
         )
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(timeout=20)
         store.online.delete_all()

@@ -57,8 +57,19 @@ def _retire(store: object, target: str, quiet: bool) -> dict:
         return store.retire(target, progress=lambda n: progress.advance(task, n))  # type: ignore[attr-defined]
 
 
+def _version() -> str:
+    """The installed distribution's version (from pyproject.toml): one source of truth."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("skewless")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skewless", description="A feature store inside Dagster.")
+    parser.add_argument("--version", action="version", version=f"skewless {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the card-fraud example end to end (from the repository root)")
     demo.add_argument("--users", type=int, default=2_000)

@@ -168,6 +168,13 @@ def _load_module(target: str | Path | ModuleType) -> ModuleType:
         path = Path(text).resolve()
         if path.is_dir():
             path = path / "__init__.py"
+        if not path.is_file():
+            # a clear one-line error, not importlib's traceback: a wrong --repo or working
+            # directory is the usual cause, and the path shows which
+            raise DefinitionError(
+                f"no feature repository at {text} ({path} does not exist); pass the path of the "
+                "module that defines the feature groups, e.g. examples/card_fraud/features.py"
+            )
         name = f"skewless_repo_{path.parent.name}_{path.stem}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
@@ -176,4 +183,12 @@ def _load_module(target: str | Path | ModuleType) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
         return module
-    return importlib.import_module(text)
+    try:
+        return importlib.import_module(text)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (text == exc.name or text.startswith(exc.name + ".")):
+            raise  # the repository itself imports something missing: that traceback helps
+        raise DefinitionError(
+            f"no feature repository {text!r}: not a .py file and no module of that name can be "
+            "imported (pass a file path such as examples/card_fraud/features.py)"
+        ) from None

@@ -7,7 +7,9 @@ its keys afterwards; nothing here flushes a database.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,6 +32,70 @@ def _answers(url: str) -> bool:
         return ok
     except redis.RedisError:
         return False
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _redis_servers() -> dict[int, tuple[str, Path | None]]:
+    """Every redis-server process of this user: pid -> (its command line, its cwd).
+
+    redis-server rewrites its process title to `redis-server unixsocket:<path>` (or
+    `host:port`), so the command line names the socket of an embedded server.
+    """
+    found: dict[int, tuple[str, Path | None]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            if "redis-server" not in cmdline.split(" ", 1)[0]:
+                continue
+            try:
+                cwd: Path | None = (entry / "cwd").resolve(strict=True)
+            except OSError:
+                cwd = None
+            found[int(entry.name)] = (cmdline, cwd)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # it exited while we looked
+    return found
+
+
+def _ours(cmdline: str, cwd: Path | None, roots: list[Path]) -> bool:
+    """Started by this session: its socket (or, for a TCP server, its working folder) lies
+    under this session's pytest temp folder or the repository."""
+    paths = [Path(part.split("unixsocket:", 1)[1]) for part in cmdline.split() if "unixsocket:" in part]
+    if cwd is not None:
+        paths.append(cwd)
+    return any(path.is_relative_to(root) for path in paths for root in roots)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the session if a test left a redis-server running (issue 12 item 10).
+
+    The embedded Redis is a daemon: a test that starts one (through the CLI, the demo,
+    `dagster dev`, or `ensure_embedded_redis`) must stop it. Servers already running when the
+    session started are none of its business (a developer's `make demo`, other worktrees,
+    the shared server on 6379); new ones whose socket or working folder lies under this
+    session's temp folder or the repository are killed here and reported as an error.
+    """
+    before = set(_redis_servers())
+    yield
+    roots = [tmp_path_factory.getbasetemp().resolve(), ROOT]
+    leaked = {
+        pid: cmdline
+        for pid, (cmdline, cwd) in _redis_servers().items()
+        if pid not in before and _ours(cmdline, cwd, roots)
+    }
+    for pid in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if leaked:
+        described = "; ".join(f"pid {pid}: {cmdline}" for pid, cmdline in sorted(leaked.items()))
+        pytest.fail(f"the test session left redis-server processes running (now killed): {described}")
 
 
 @pytest.fixture(scope="session")

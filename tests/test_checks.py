@@ -27,12 +27,14 @@ from skewless import (
     FeatureService,
     FileSource,
 )
+from skewless.checks.agreement import check_agreement
 from skewless.checks.drift import EPSILON, ks_statistic, psi_categorical, psi_numeric
 from skewless.client.feature_store import FeatureStore
 from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
 from skewless.feature_assets.offline import offline_key
 from skewless.feature_assets.online import online_key
+from skewless.storage.online import entity_keys
 from tests.helpers import START, materialize_days
 
 DAY0 = date.fromisoformat(START)
@@ -314,20 +316,69 @@ def test_online_offline_agreement_fails_when_redis_disagrees(
     result = materialize_days(repo, store_config, instance, day(0), day(1))
     agreement = check_events(result)["online_offline_agreement"]
     assert agreement.passed and agreement.metadata["entities_compared"].value == 200
-    # a value that reached Redis but not the offline store (a newer event written online only)
     group = repo.groups[0]
     store = FeatureStore(repo, store_config)
-    newer = datetime.combine(DAY0 + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=5)
+    # a racing writer: a push of an event newer than the offline store reached Redis first.
+    # Redis is right (the newest event wins), so the check skips that entity instead of failing
+    newer = datetime.combine(DAY0 + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=30)
+    pushed = store.push(
+        "scores",
+        pl.DataFrame({"merchant_id": [17], "score": [0.99], "kind": ["c"], "ts": [newer]}).with_columns(
+            pl.col("ts").cast(pl.Datetime("us", "UTC"))
+        ),
+    )
+    assert pushed == {"risk:v1": 1}
+    run = rerun_online(build_definitions(repo, store_config), instance, day(1))
+    assert run.success
+    agreement = check_events(run)["online_offline_agreement"]
+    assert agreement.passed, agreement.description
+    assert agreement.metadata["skipped_newer_online"].value == 1
+    assert agreement.metadata["entities_compared"].value == 199
+    # a genuinely wrong online value: older than what the offline store holds for the entity
+    # (a write that never reached Redis, then a stale value): compared, and the run fails
+    stale = datetime.combine(DAY0, datetime.min.time(), UTC)
+    entity = pl.DataFrame({"merchant_id": [17]})
+    store.online.client.delete(*entity_keys(group, store_config.key_prefix, entity))
     store.online.write_latest(
-        group, pl.DataFrame({"merchant_id": [17], "event_timestamp": [newer], "score": [0.99], "kind": ["c"]})
+        group, pl.DataFrame({"merchant_id": [17], "event_timestamp": [stale], "score": [0.99], "kind": ["c"]})
+    )
+    run = check_agreement(store, group, days=[DAY0 + timedelta(days=1)])
+    assert not run.passed
+    assert "score (1)" in run.description and "kind" in run.description
+    assert run.values["skipped_newer_online"] == 0
+    table = run.tables["mismatches"]
+    assert table["entity"].to_list()[0] == "merchant_id=17" and "0.99" in table["online"].to_list()
+    store.close()
+
+
+def test_blocking_agreement_fails_the_run(
+    tmp_path: Path, store_config: StoreConfig, instance: dg.DagsterInstance
+) -> None:
+    """A wrong online value for an event time the offline store covers blocks the run."""
+    repo = scores_repo(tmp_path / "data", daily_scores(2))
+    materialize_days(repo, store_config, instance, day(0), day(1))
+    group = repo.groups[0]
+    store = FeatureStore(repo, store_config)
+    # the same event time as the offline row, another value, a later created time: the write
+    # guard keeps it through the rerun, and the check must see it (its event time is covered)
+    covered = datetime.combine(DAY0 + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=1)
+    store.online.write_latest(
+        group,
+        pl.DataFrame(
+            {
+                "merchant_id": [17],
+                "event_timestamp": [covered],
+                "created_timestamp": [covered + timedelta(days=365)],
+                "score": [0.99],
+                "kind": ["c"],
+            }
+        ),
     )
     run = rerun_online(build_definitions(repo, store_config), instance, day(1))
     assert not run.success  # the check is blocking: a disagreement fails the run
     agreement = check_events(run)["online_offline_agreement"]
-    assert not agreement.passed
-    assert "score (1)" in agreement.description and "kind" in agreement.description
-    table = agreement.metadata["mismatches"].value
-    assert "merchant_id=17" in table and "0.99" in table
+    assert not agreement.passed and "score (1)" in agreement.description
+    assert "merchant_id=17" in agreement.metadata["mismatches"].value
     store.close()
 
 

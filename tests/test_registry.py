@@ -4,9 +4,11 @@ written to disk, so the lock file beside them is exercised the way a user's woul
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -284,10 +286,17 @@ def test_registry_snapshot_asset_keeps_history(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ CLI
+CLI_ENV: dict[str, str] = {}
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed `skewless` command, from the repository root, with the state folder and
+    Redis of the test (`CLI_ENV`): with the defaults it would start an embedded Redis in
+    `<repo>/.skewless` that outlives the test."""
     return subprocess.run(
         [str(Path(sys.executable).parent / "skewless"), *args],
         cwd=ROOT,
+        env={**os.environ, **CLI_ENV},
         capture_output=True,
         text=True,
         timeout=120,
@@ -295,6 +304,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture
+def cli_env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(CLI_ENV, "SKEWLESS_HOME", str(tmp_path / "state"))
+    monkeypatch.setitem(CLI_ENV, "SKEWLESS_REDIS_URL", redis_url)
+    monkeypatch.setitem(CLI_ENV, "SKEWLESS_KEY_PREFIX", f"sktest:cli{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.usefixtures("cli_env")
 def test_cli_end_to_end() -> None:
     listed = cli("features", "list", "--json")
     assert listed.returncode == 0, listed.stderr

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from skewless.storage.embedded_redis import stop_embedded_redis
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "card_fraud"
 STARTUP_TIMEOUT_S = 120
@@ -199,6 +201,9 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUI]:
         yield DagsterUI(url=url, tmp=tmp, log=log)
     finally:
         _stop(proc)
+        # without SKEWLESS_REDIS_URL the code location started the embedded Redis in `state`:
+        # a daemon, so stopping dagster dev does not stop it
+        stop_embedded_redis(state)
 
 
 # --------------------------------------------------------------------------- Test A: GraphQL

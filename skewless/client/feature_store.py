@@ -105,17 +105,21 @@ class FeatureStore:
 
     # ----------------------------------------------------------------- selection
     def select(self, features: Sequence[str] | None = None, service: str | None = None) -> Selection:
-        """Resolve feature references (or a service) to groups and feature names, in order."""
+        """Resolve feature references (or a service) to groups and feature names, in order.
+
+        One string is one reference (`features="g:v1:f"`): a `str` is itself a sequence, and
+        iterating it would parse each letter as a reference.
+        """
         if (features is None) == (service is None):
             raise RequestError("pass exactly one of features=[...] or service='name:vN'")
+        if isinstance(features, str):
+            features = [features]
         try:
             refs = (
                 [FeatureRef.parse(f) for f in features]  # type: ignore[union-attr]
                 if service is None
                 else self.repository.service(service).refs
             )
-            if isinstance(features, str):
-                raise RequestError("features must be a list of 'group:vN:feature' strings, not one string")
             selection: dict[tuple[str, int], tuple[FeatureGroup, list[str]]] = {}
             for ref in refs:
                 group, names = self.repository.resolve(ref)
@@ -160,6 +164,12 @@ class FeatureStore:
         which engine ran and how many partitions were read. `partitions_from` skips row-feature
         partitions before that day, for callers who know no label's latest value is older
         (the agreement check: its entities all have a row on or after that day).
+
+        `features` is a list of `group:vN:feature` references (one string is one reference).
+        Every label row is kept, in order. A label row whose join key is null is kept too and
+        gets each feature's declared default (a null key matches no stored row, exactly as
+        online), so drop such rows first if they should not be trained on. A null label time
+        is an error naming the rows: there is no point in time to join at.
         """
         original = labels = to_polars(entity_df, "entity_df")
         selection = self.select(features, service)
@@ -351,12 +361,16 @@ class FeatureStore:
     def read_plan(
         self, features: Sequence[str] | None, service: str | None, full_feature_names: bool
     ) -> ReadPlan:
-        """The resolved request shape, cached: repeated requests skip parsing and checks."""
+        """The resolved request shape, cached: repeated requests skip parsing and checks.
+
+        A single string is one reference, as in `select` (and cached as a one-element tuple,
+        so `"g:v1:f"` and `["g:v1:f"]` share a plan).
+        """
+        if isinstance(features, str):
+            features = [features]
         cache_key = (tuple(features) if features is not None else None, service, full_feature_names)
         plan = self._read_plans.get(cache_key)
         if plan is None:
-            if isinstance(features, str):
-                raise RequestError("features must be a list of 'group:vN:feature' strings, not one string")
             selection = self.select(features, service)
             plan = ReadPlan(self.online, selection, self.output_names(selection, full_feature_names))
             plan.service_ref = self.repository.service(service).ref if service is not None else None

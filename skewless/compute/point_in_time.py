@@ -41,12 +41,24 @@ def normalize_label_times(labels: pl.DataFrame, column: str) -> pl.Series:
             "timezone-aware (e.g. .dt.replace_time_zone('UTC'))"
         )
     if series.null_count():
-        raise RequestError(f"label column '{column}' has {series.null_count()} null timestamps")
+        rows = series.is_null().arg_true().head(5).to_list()
+        more = ", ..." if series.null_count() > len(rows) else ""
+        raise RequestError(
+            f"label column '{column}' has {series.null_count()} null timestamps "
+            f"(rows {', '.join(map(str, rows))}{more}); every label row needs a time"
+        )
     return series.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
 
 
 def conform_keys(frame: pl.DataFrame, group: FeatureGroup, what: str) -> pl.DataFrame:
-    """Check the entity's key columns exist with a compatible dtype, casting integer widths."""
+    """Check the entity's key columns exist with a compatible dtype, casting integer widths.
+
+    Null keys are allowed (such a label row gets the features' defaults, as online). The
+    errors name the column and the fix, because the usual causes are not obvious from a
+    dtype: pandas turns an integer column holding a missing value into float64, and an
+    integer that does not fit the declared width would otherwise surface as Polars'
+    multi-line cast error.
+    """
     casts = []
     for column, dtype in group.entity.key_schema.items():
         if column not in frame.columns:
@@ -58,9 +70,22 @@ def conform_keys(frame: pl.DataFrame, group: FeatureGroup, what: str) -> pl.Data
         if actual == dtype:
             continue
         if actual.is_integer() and dtype.is_integer():
-            casts.append(pl.col(column).cast(dtype, strict=True))
+            casts.append(_checked_int_cast(frame, column, dtype, what))
         elif actual == pl.Null:
             casts.append(pl.col(column).cast(dtype))
+        elif actual.is_float() and dtype.is_integer():
+            nulls = frame.get_column(column).is_null() | frame.get_column(column).is_nan()
+            hint = (
+                f"it holds {int(nulls.sum())} null/NaN values: pandas stores an integer column "
+                "with missing values as float64, so keep keys integer with pandas' nullable "
+                f"dtype (df['{column}'].astype('Int64'))"
+                if nulls.any()
+                else f"cast it to {dtype} before the request"
+            )
+            raise RequestError(
+                f"{what}: join key '{column}' has dtype {actual}, but entity '{group.entity.name}' "
+                f"declares {dtype}; {hint}"
+            )
         else:
             raise RequestError(
                 f"{what}: join key '{column}' has dtype {actual}, but entity '{group.entity.name}' "
@@ -68,10 +93,21 @@ def conform_keys(frame: pl.DataFrame, group: FeatureGroup, what: str) -> pl.Data
             )
     if not casts:
         return frame
-    try:
-        return frame.with_columns(casts)
-    except pl.exceptions.InvalidOperationError as exc:
-        raise RequestError(f"{what}: join key values do not fit the entity's dtype: {exc}") from None
+    return frame.with_columns(casts)
+
+
+def _checked_int_cast(frame: pl.DataFrame, column: str, dtype: pl.DataType, what: str) -> pl.Expr:
+    """A cast of an integer key column to the declared width, or a one-line error naming the
+    column and its first value that does not fit (instead of Polars' multi-line report)."""
+    values = frame.get_column(column)
+    lossy = values.is_not_null() & values.cast(dtype, strict=False).is_null()
+    if lossy.any():
+        bad = values.filter(lossy)
+        raise RequestError(
+            f"{what}: join key '{column}' has {bad.len()} values out of range for the entity's "
+            f"{dtype} (first: {bad[0]})"
+        )
+    return pl.col(column).cast(dtype)
 
 
 def apply_defaults(group: FeatureGroup, features: list[str], names: dict[str, str]) -> list[pl.Expr]:

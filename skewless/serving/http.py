@@ -10,13 +10,17 @@ the read path is a blocking redis-py call plus numpy work, and redis-py's pool i
     GET  /features          the feature services and group versions this caller may read
     GET  /health            200 when Redis answers within the request deadline, else 503
     GET  /metrics           Prometheus text: requests, errors, latency by service/group
+    POST /push              {"source": "transactions", "rows": [{...}, ...]} -> FeatureStore.push
+                            (Feast's push server shape): {"source": ..., "rows": n, "written": {...}}
     GET  /openapi.json      the request/response shapes (OpenAPI 3)
 
 Access (optional): a policy maps an API key (header `Authorization: Bearer <key>` or
 `X-API-Key`) to a role, and each role lists the feature services and group versions it may
-read (fnmatch patterns over `name:vN`, such as `fraud_model:*` or `user_*:v2`). Without a
-policy the server is open (local use); with one, it is validated strictly at startup, because
-a typo in an access policy must never silently widen access.
+read (fnmatch patterns over `name:vN`, such as `fraud_model:*` or `user_*:v2`) and the
+sources it may push to (`push`, fnmatch patterns over source names; none by default: a read
+key must not be able to change what models see). Without a policy the server is open (local
+use); with one, it is validated strictly at startup, because a typo in an access policy must
+never silently widen access.
 
 Failing closed and failing fast: every request has a deadline (`SKEWLESS_REQUEST_TIMEOUT_MS`,
 500 ms by default). A lookup still waiting on Redis then answers 503, and its thread is
@@ -35,11 +39,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import orjson
+import polars as pl
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from redis.backoff import NoBackoff
@@ -115,10 +121,15 @@ def _positive_int(name: str, default: int) -> int:
 
 @dataclass
 class Role:
-    """What one role may read: patterns over service refs and group refs (`name:vN`)."""
+    """What one role may read — patterns over service refs and group refs (`name:vN`) — and
+    which sources it may push events to (patterns over source names)."""
 
     services: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
+    push: list[str] = field(default_factory=list)
+
+    def may_push(self, source: str) -> bool:
+        return any(fnmatch.fnmatchcase(source, p) for p in self.push)
 
     def may_read_service(self, ref: str) -> bool:
         return any(fnmatch.fnmatchcase(ref, p) for p in self.services)
@@ -127,7 +138,8 @@ class Role:
         return any(fnmatch.fnmatchcase(ref, p) for p in self.groups)
 
 
-_ROLE_FIELDS = ("services", "groups")
+_ROLE_FIELDS = ("services", "groups", "push")
+_KIND_NAMES = {"services": "service", "groups": "group", "push": "source"}
 
 
 @dataclass
@@ -140,7 +152,7 @@ class AccessPolicy:
     @classmethod
     def from_json(cls, text: str, repository: FeatureRepository | None = None) -> AccessPolicy:
         """Parse and strictly validate `{"keys": {"<api key>": "<role>"}, "roles": {"<role>":
-        {"services": [...], "groups": [...]}}}`.
+        {"services": [...], "groups": [...], "push": [...]}}}`.
 
         Strict because every lenient reading of a policy widens access: a string where a list
         belongs would be iterated character by character (`"*"` matches everything), and an
@@ -170,13 +182,13 @@ class AccessPolicy:
             where = f"roles.{role_name}"
             if not isinstance(spec, dict):
                 raise PolicyError(
-                    f"access policy: '{where}' must be an object with 'services' and/or 'groups'"
+                    f"access policy: '{where}' must be an object with 'services', 'groups' and/or 'push'"
                 )
             extra = sorted(set(spec) - set(_ROLE_FIELDS))
             if extra:
                 raise PolicyError(
                     f"access policy: '{where}' has unknown field(s) {', '.join(map(repr, extra))} "
-                    "(expected 'services', 'groups')"
+                    "(expected 'services', 'groups', 'push')"
                 )
             patterns: dict[str, list[str]] = {}
             for kind in _ROLE_FIELDS:
@@ -207,18 +219,21 @@ class AccessPolicy:
         return policy
 
     def check_against(self, repository: FeatureRepository) -> None:
-        """Every pattern must match a service/group version of the repository being served."""
+        """Every pattern must match a service/group version/source of the repository served."""
         known = {
             "services": sorted(s.ref for s in repository.services),
             "groups": sorted(g.ref for g in repository.groups),
+            "push": sorted({g.source.name for g in repository.groups}),
         }
         for role_name, role in self.roles.items():
             for kind in _ROLE_FIELDS:
+                over = "source names" if kind == "push" else "'name:vN'"
                 for i, pattern in enumerate(getattr(role, kind)):
                     if not any(fnmatch.fnmatchcase(ref, pattern) for ref in known[kind]):
                         raise PolicyError(
                             f"access policy: 'roles.{role_name}.{kind}[{i}]' = {pattern!r} matches no "
-                            f"{kind[:-1]} of the repository (patterns are fnmatch over 'name:vN'; "
+                            f"{_KIND_NAMES[kind]} of the repository (patterns are fnmatch over "
+                            f"{over}; "
                             f"known: {', '.join(known[kind]) or 'none'})"
                         )
 
@@ -418,11 +433,159 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/push": {
+            "post": {
+                "summary": "Push events of a source to the online store (FeatureStore.push)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["source", "rows"],
+                                "properties": {
+                                    "source": {"type": "string", "example": "transactions"},
+                                    "rows": {
+                                        "oneOf": [
+                                            {"type": "array", "items": {"type": "object"}, "maxItems": 10000},
+                                            {"type": "object", "additionalProperties": {"type": "array"}},
+                                        ],
+                                        "description": "time columns as ISO 8601 strings with an offset",
+                                    },
+                                },
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "rows accepted; keys/events written per group version"},
+                    **_responses("400", "401", "403", "404", "408", "413", "422", "503"),
+                },
+            }
+        },
         "/features": {"get": {"summary": "Services and group versions this key may read"}},
         "/health": {"get": {"summary": "200 when Redis answers within the deadline, else 503"}},
         "/metrics": {"get": {"summary": "Prometheus metrics"}},
     },
 }
+
+
+MAX_PUSH_ROWS = 10_000
+
+
+@dataclass
+class PushRequest:
+    """A validated `/push` body: the source and its rows as a frame of the source's shape."""
+
+    source: str
+    rows: list[dict[str, Any]] | dict[str, list[Any]]
+
+
+def parse_push(body: bytes) -> PushRequest:
+    """Shape checks on a `/push` body (Feast's push server takes the same two things: a
+    source name and its rows); every failure is a 4xx naming the field."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, f"request body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, "request body must be a JSON object")
+    unknown = set(payload) - {"source", "rows"}
+    if unknown:
+        raise HTTPError(400, f"unknown request fields: {', '.join(sorted(unknown))} (expected source, rows)")
+    source, rows = payload.get("source"), payload.get("rows")
+    if not isinstance(source, str) or not source:
+        raise HTTPError(400, "'source' must name a source, e.g. 'transactions'")
+    if isinstance(rows, list):
+        if not all(isinstance(r, dict) for r in rows):
+            raise HTTPError(400, "'rows' must be a list of objects (one per event) or an object of columns")
+    elif isinstance(rows, dict):
+        if not all(isinstance(v, list) for v in rows.values()):
+            raise HTTPError(400, "'rows' as an object of columns needs a list per column")
+    else:
+        raise HTTPError(400, "'rows' is required: a list of objects (one per event) or an object of columns")
+    count = entity_count(rows)
+    if count > MAX_PUSH_ROWS:
+        raise HTTPError(413, f"at most {MAX_PUSH_ROWS} rows per push, got {count}")
+    return PushRequest(source, rows)
+
+
+def _utc_times(column: str, values: list[Any]) -> pl.Series:
+    """ISO 8601 strings with an offset (`Z`, `+02:00`) as UTC µs. A naive time is refused:
+    reading it as UTC is exactly the silent shift that corrupts partitions."""
+    out: list[datetime | None] = []
+    for i, value in enumerate(values):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise RequestError(f"rows: column '{column}' row {i} is {value!r}, not an ISO 8601 time")
+        if parsed.tzinfo is None:
+            raise RequestError(
+                f"rows: column '{column}' row {i} is {value!r}, a time without an offset; "
+                "send it with one (e.g. '2026-10-01T12:00:00Z')"
+            )
+        out.append(parsed.astimezone(UTC))
+    return pl.Series(column, out, dtype=pl.Datetime("us", "UTC"))
+
+
+def push_frame(store: FeatureStore, request: PushRequest) -> pl.DataFrame:
+    """The JSON rows as a frame in the source's dtypes, where JSON cannot say them itself:
+    time columns from ISO 8601 strings, integers into the declared width (a value that does
+    not fit is an error naming the column). Everything else — missing or extra columns, a
+    dtype that could lose values — is left to `FeatureStore.push`, which names it."""
+    groups = [g for g in store.repository.groups if g.source.name == request.source]
+    if not groups:
+        known = ", ".join(sorted({g.source.name for g in store.repository.groups}))
+        raise HTTPError(404, f"unknown source '{request.source}' (sources with feature groups: {known})")
+    source = groups[0].source
+    rows = request.rows
+    columns: dict[str, list[Any]] = (
+        {k: list(v) for k, v in rows.items()}
+        if isinstance(rows, dict)
+        else {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+    )
+    series = []
+    for name, values in columns.items():
+        if name in source.time_columns:
+            series.append(_utc_times(name, values))
+            continue
+        # JSON numbers: 12 and 12.5 in one column are one float column, not a type clash
+        numbers = [v for v in values if v is not None]
+        floats = all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers) and any(
+            isinstance(v, float) for v in numbers
+        )
+        try:
+            series.append(pl.Series(name, values, dtype=pl.Float64 if floats else None, strict=True))
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):
+            raise RequestError(
+                f"rows: column '{name}' mixes value types (or a number is out of range)"
+            ) from None
+    frame = pl.DataFrame(series)
+    # the schema push itself normalises to (cached by the store); JSON has only Int64/Float64
+    reference = store._source_schema(source)
+    if reference is None:
+        return frame
+    casts = []
+    for name, dtype in reference.items():
+        if name not in frame.columns or frame.schema[name] == dtype:
+            continue
+        actual = frame.schema[name]
+        numeric = dtype.is_integer() or dtype.is_float()
+        if ((actual.is_integer() or actual == pl.Null) and (numeric or actual == pl.Null)) or (
+            actual == pl.Float64 and dtype == pl.Float32
+        ):
+            values = frame.get_column(name)
+            cast = values.cast(dtype, strict=False)
+            if (cast.is_null() & values.is_not_null()).any():
+                raise RequestError(f"rows: column '{name}' has values out of range for the source's {dtype}")
+            casts.append(cast)
+    return frame.with_columns(casts) if casts else frame
 
 
 def create_app(
@@ -573,6 +736,43 @@ def create_app(
         finally:
             latency.labels(target).observe(time.perf_counter() - started)
 
+    async def push_endpoint(request: Request) -> Response:
+        """`FeatureStore.push` over HTTP. With a policy, the key's role must list the source
+        under `push` (reading is not writing). Pushing the same events again changes nothing,
+        so a client that got 503 at the deadline (the write may still finish) can retry."""
+        deadline = time.monotonic() + timeout
+        try:
+            role = authorize(request)
+            with anyio.move_on_after(timeout):
+                body = await read_body(request, settings.max_body_bytes)
+            if time.monotonic() >= deadline:
+                raise HTTPError(408, f"request body not received within {timeout * 1000:.0f} ms")
+            push = parse_push(body)
+            if role is not None and not role.may_push(push.source):
+                raise HTTPError(403, f"this key may not push to source '{push.source}'")
+
+            def work() -> tuple[int, dict[str, int]]:
+                frame = push_frame(store, push)
+                try:
+                    return frame.height, store.push(push.source, frame)
+                except OnlineStoreError as exc:
+                    raise unavailable(exc, "push") from None
+
+            count, written = await with_deadline(deadline, work, "push")
+            requests_total.labels("push", "200").inc()
+            return json_response({"source": push.source, "rows": count, "written": written})
+        except HTTPError as exc:
+            requests_total.labels("push", str(exc.status)).inc()
+            return json_response({"error": exc.message}, exc.status)
+        except SkewlessError as exc:  # the rows are refused (shape, checks): nothing was stored
+            status = 404 if str(exc).startswith("unknown source") else 422
+            requests_total.labels("push", str(status)).inc()
+            return json_response({"error": str(exc)}, status)
+        except Exception:
+            log.exception("push failed")
+            requests_total.labels("push", "500").inc()
+            return json_response({"error": "internal error (logged by the server)"}, 500)
+
     def ping() -> None:
         """PING on a client of its own whose socket timeout is the request deadline: the
         store's client retries and waits far longer, which made /health hang with Redis."""
@@ -634,6 +834,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/features/online", online_endpoint, methods=["POST"]),
+            Route("/push", push_endpoint, methods=["POST"]),
             Route("/features", listing, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

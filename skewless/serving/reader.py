@@ -215,8 +215,32 @@ class ReadPlan:
 
     @staticmethod
     def _checked(column: str, dtype: pl.DataType, values: list[Any]) -> list[Any]:
+        """`values` as plain Python ints/strs, or a one-line error naming the column and row.
+
+        Integer keys are range-checked against the declared width: a key that cannot exist
+        must be refused, not looked up as a different key. Nulls and floats get a hint,
+        because they usually come from pandas, which turns an integer column holding a
+        missing value into float64 (NaN).
+        """
         want = str if dtype == pl.String else int
+
+        def check_range(ints: list[int]) -> None:
+            if not dtype.is_integer():
+                return
+            bits = int(str(dtype).lstrip("UInt") or 64)
+            signed = not dtype.is_unsigned_integer()
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+            low, high = min(ints), max(ints)
+            if low < lo or high > hi:
+                bad = low if low < lo else high
+                raise RequestError(
+                    f"entities: join key '{column}' row {ints.index(bad)} is {bad}, out of range "
+                    f"for the entity's {dtype} ({lo}..{hi})"
+                )
+
         if all(type(v) is want for v in values):
+            if want is int and values:
+                check_range(values)
             return values
         out = []
         for i, v in enumerate(values):
@@ -225,10 +249,22 @@ class ReadPlan:
             elif want is str and isinstance(v, str):
                 out.append(v)
             else:
+                hint = ""
+                if want is int and (v is None or isinstance(v, (float, np.floating))):
+                    nulls = sum(1 for x in values if x is None or x != x)  # x != x: NaN
+                    hint = (
+                        f"; {nulls} of its values are null/NaN: pandas stores an integer column "
+                        "with missing values as float64, so keep keys integer with pandas' "
+                        f"nullable dtype (df['{column}'].astype('Int64')) and drop rows without a key"
+                    )
+                elif v is None:
+                    hint = "; every entity needs its join keys (nulls are not looked up)"
                 raise RequestError(
                     f"entities: join key '{column}' row {i} is {v!r} ({type(v).__name__}), "
-                    f"but the entity declares {dtype}"
+                    f"but the entity declares {dtype}{hint}"
                 )
+        if want is int and out:
+            check_range(out)
         return out
 
     # ------------------------------------------------------------------ reading

@@ -23,6 +23,7 @@ the source (which holds the pushed rows) and deletes the pieces that existed bef
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
@@ -45,6 +46,39 @@ PIECE_PREFIX = "piece-"
 
 def _day_of(path: Path) -> date:
     return date.fromisoformat(path.parent.name[len("date=") :])
+
+
+STALE_TEMP_S = 3600.0  # a temp file untouched this long has no live writer
+
+
+def remove_stale_temps(target: Path, started: float, stale_after_s: float = STALE_TEMP_S) -> list[Path]:
+    """After `target` was replaced successfully, delete the temp files a killed writer left in
+    its folder (a half-written `.data.parquet.<uuid>.tmp` survives a kill: `finally` never ran).
+
+    Two rules, because the folder is shared. Temps of `target` itself last modified before
+    this write started are removed at once: whoever writes `target` owns it (one run
+    materializes a day's partition; a piece's name is its run's), so an older temp of it is
+    from a writer that died — or lost the race to this one anyway. Temps of other files (the
+    pieces concurrent micro-batch runs write next to the partition) are removed only once
+    untouched for `stale_after_s`: a live writer's temp is younger than that, so an in-flight
+    write is never broken. Returns the files removed.
+    """
+    removed = []
+    now = time.time()
+    own = f".{target.name}."
+    for temp in target.parent.glob(".*.tmp"):
+        try:
+            modified = temp.stat().st_mtime
+        except FileNotFoundError:
+            continue  # its writer just finished (or someone else cleaned it)
+        mine = temp.name.startswith(own)
+        if (mine and modified < started) or (not mine and now - modified > stale_after_s):
+            try:
+                temp.unlink()
+                removed.append(temp)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -176,6 +210,7 @@ class OfflineStore:
         private_dirs(target.parent)
         # a dot-name ending in .tmp: no reader's glob (`*.parquet`) ever sees a half file
         temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        started = time.time()
         try:
             # owner-only from the first byte (Polars truncates, keeping the mode); not umask,
             # which is process-wide and would race other threads
@@ -187,6 +222,7 @@ class OfflineStore:
             _fsync_dir(target.parent)
         finally:
             temp.unlink(missing_ok=True)
+        remove_stale_temps(target, started)
         return target
 
     def partitions(self, group: FeatureGroup) -> list[date]:
