@@ -252,7 +252,8 @@ class FeatureStore:
         # eager from here: a push is usually a few rows, where each lazy collect costs more
         # than the work (a single-event push is the common streaming case)
         utc_us = pl.Datetime("us", "UTC")
-        converted = any(frame.schema.get(c) != utc_us for c in src.time_columns)
+        have = frame.schema
+        converted = any(have.get(c) != utc_us for c in src.time_columns)
         checked = lazy.collect() if converted else frame
         reference = self._source_schema(src)
         if reference is not None:
@@ -272,13 +273,22 @@ class FeatureStore:
         if src.stream:
             from skewless.storage import streams
 
-            streams.append(self.online, source, checked)
+            # with a window group to write directly, the append rides in its round trip
+            if direct and computed[0][0].is_windowed:
+                queued = {"stream": lambda: streams.append_commands(self.online, source, checked)}
+            else:
+                streams.append(self.online, source, checked)
+                queued = {}
+        else:
+            queued = {}
         written: dict[str, int] = {}
         if not direct:
             return written
         for group, result in computed:
             if group.is_windowed:
-                written[group.ref] = self.online.write_events(group, result, now=at)
+                written[group.ref] = self.online.write_events(
+                    group, result, now=at, before=queued.pop("stream", None)
+                )
             else:
                 written[group.ref] = self.online.write_latest(group, latest_per_entity(group, result))[
                     "written"

@@ -112,7 +112,8 @@ def pushed_events(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame | Non
         return None
     keys = group.entity.key_columns
     expected = {**group.entity.key_schema, **group.input_columns(), source.id_field: pl.String()}
-    if any(rows.schema.get(c) != d for c, d in expected.items()) or INGESTED in rows.columns:
+    schema = rows.schema
+    if any(schema.get(c) != d for c, d in expected.items()) or INGESTED in schema:
         return None
     ids = rows.get_column(source.id_field)
     if ids.null_count():

@@ -95,14 +95,15 @@ def conform_frame(
     a missing column, a column that would lose values, and (unless `allow_extra`) a column
     `schema` does not have are problems, each described with the column's name.
     """
-    problems = [f"missing column '{c}'" for c in schema if c not in frame.columns]
+    have = frame.schema  # built once: each `frame.schema` makes a new Schema object
+    problems = [f"missing column '{c}'" for c in schema if c not in have]
     if not allow_extra:
-        problems += [f"extra column '{c}' (not in the source)" for c in frame.columns if c not in schema]
+        problems += [f"extra column '{c}' (not in the source)" for c in have if c not in schema]
     for column, dtype in schema.items():
-        if column in frame.columns and not casts_losslessly(frame.schema[column], dtype):
-            problems.append(f"column '{column}' has dtype {frame.schema[column]}, the source has {dtype}")
+        if column in have and not casts_losslessly(have[column], dtype):
+            problems.append(f"column '{column}' has dtype {have[column]}, the source has {dtype}")
     if problems:
         return frame, problems
-    if frame.schema == schema:
+    if have == schema:
         return frame, []
     return frame.select(pl.col(c).cast(d) for c, d in schema.items()), []

@@ -299,9 +299,11 @@ class OnlineStore:
             self._windows = WindowState(self)
         return self._windows
 
-    def write_events(self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None) -> int:
+    def write_events(
+        self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None, before: Any = None
+    ) -> int:
         """Add or correct events (offline event layout) in the entities' window state."""
-        return self.windows.write(group, events, now)
+        return self.windows.write(group, events, now, before)
 
     # ------------------------------------------------------------------ reads
     def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
@@ -343,6 +345,35 @@ class OnlineStore:
             return self.client.mget(keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable("reading online features", exc) from exc
+
+    def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands in one round trip on this thread's connection, not a transaction; each
+        reply in order, an error reply as its exception (read, so the connection stays in step)."""
+        connection = self._read_connection()
+        try:
+            connection.send_packed_command(
+                [b"".join(hiredis.pack_command(c) for c in commands)], check_health=False
+            )
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+        # a dropped or restarted server: once more through the client, which reconnects
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    def mark_command(self, group: FeatureGroup, newest_event_us: int) -> tuple[Any, ...]:
+        """`mark_written` as a raw command (by sha) for a caller's round trip."""
+        if self._mark_sha is None:
+            self._mark_sha = self.client.script_load(_MARK_WRITTEN)
+        return ("EVALSHA", self._mark_sha, 1, self.meta_key(group), newest_event_us, time.time_ns() // 1000)
 
     def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands as one MULTI/EXEC on this thread's connection: one round trip, one

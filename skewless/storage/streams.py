@@ -85,6 +85,21 @@ def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
     return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
+def append_commands(store: OnlineStore, source: str, rows: pl.DataFrame) -> list[tuple[Any, ...]]:
+    """`append` as raw commands for a caller to send with its own (a push sends them with its
+    online writes: one round trip); the XADD first."""
+    key = stream_key(store, source)
+    schema = _schema_ipc(rows.schema)
+    recorded = getattr(store, "_recorded_schemas", None)
+    if recorded is None:
+        recorded = store._recorded_schemas = {}  # type: ignore[attr-defined]
+    commands: list[tuple[Any, ...]] = [("XADD", key, "MAXLEN", "~", MAX_ENTRIES, "*", "rows", _ipc(rows))]
+    if recorded.get(source) != schema:
+        commands.append(("SET", f"{key}:schema", schema))
+        recorded[source] = schema
+    return commands
+
+
 def recorded_schema(store: OnlineStore, source: str) -> pl.Schema | None:
     """The schema of the last appended entry, or None for a stream appended to before it was kept."""
     raw = store.client.get(f"{stream_key(store, source)}:schema")

@@ -108,11 +108,15 @@ class WindowState:
         return self._parts[key]
 
     # ------------------------------------------------------------------ writes
-    def write(self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None) -> int:
+    def write(
+        self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None, before: Any = None
+    ) -> int:
         """Add or correct events (offline event layout); returns how many ids were new.
 
         Events older than the longest window are not kept online (they stay offline). The
         same event twice is one event; the same id with new content replaces the old one.
+        `before() -> commands` gives raw commands to send first in the same round trip (a
+        push's stream append).
         """
         from skewless.storage.online import entity_keys, key_expression
 
@@ -129,7 +133,7 @@ class WindowState:
             scores_all = [_micros(v) for v in events.get_column(EVENT_TIMESTAMP).to_list()]
             keep = [i for i, score in enumerate(scores_all) if score > cutoff]
             if not keep:
-                return 0
+                return self._only(before)
             frame = events if len(keep) == events.height else events[keep]
             keys_all = entity_keys(group, store.key_prefix, frame)
             scores = [scores_all[i] for i in keep]
@@ -139,7 +143,7 @@ class WindowState:
                 pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
             ).filter(pl.col("__score") > cutoff)
             if frame.height == 0:
-                return 0
+                return self._only(before)
             keys_all = frame.get_column("__key").to_list()
             scores = frame.get_column("__score").to_list()
         ids = frame.get_column(EVENT_ID).to_list()
@@ -149,28 +153,58 @@ class WindowState:
             batches.setdefault(key, []).extend((score, event_id, member))
         sha = self._write_sha()
         head: list[Any] = [cutoff, 0 if lifetime else window_us // 1000, shift_ms, len(T.SIZES), *T.SIZES]
-        added = 0
+        first = list(before()) if before is not None else []
+        scripts: list[tuple[Any, ...]] = []
+        entities = list(batches.items())
+        for start in range(0, len(entities), 500):
+            keys: list[str] = []
+            args = list(head)
+            for key, flat in entities[start : start + 500]:
+                keys += [key + ":events", key + ":ids", key + ":tiles"]
+                args.append(len(flat) // 3)
+                args += flat
+            scripts.append(("EVALSHA", sha, len(keys), *keys, *args))
         try:
-            pipe = store.client.pipeline(transaction=False)
-            entities = list(batches.items())
-            for start in range(0, len(entities), 500):
-                keys: list[str] = []
-                args = list(head)
-                for key, flat in entities[start : start + 500]:
-                    keys += [key + ":events", key + ":ids", key + ":tiles"]
-                    args.append(len(flat) // 3)
-                    args += flat
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            store.mark_written(group, max(scores), client=pipe)
-            try:
-                added = sum(pipe.execute()[:-1])
-            except redis.exceptions.NoScriptError:
+            replies = self._send([*first, *scripts, store.mark_command(group, max(scores))])
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                # the server lost its scripts (restart, SCRIPT FLUSH): reload, redo the scripts
+                # (idempotent); what was queued before them has run
                 self._write_lua = None
                 store._mark_sha = None
-                return self.write(group, events, now)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+                sha = self._write_sha()
+                scripts = [(c[0], sha, *c[2:]) for c in scripts]
+                replies = [
+                    *replies[: len(first)],
+                    *self._send([*scripts, store.mark_command(group, max(scores))]),
+                ]
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise store._unreachable(f"writing window state of '{group.ref}'", exc) from exc
-        return added
+        return sum(replies[len(first) : -1])
+
+    def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """A few commands raw on the thread's connection (one round trip, no pipeline object);
+        many through a redis-py pipeline, which reconnects and retries by itself."""
+        if len(commands) <= 4:
+            return self.store.send(commands)
+        pipe = self.store.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)
+
+    def _only(self, before: Any) -> int:
+        """Nothing to write online: still send what the caller queued."""
+        if before is not None:
+            try:
+                replies = self._send(list(before()))
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                raise self.store._unreachable("appending to a stream", exc) from exc
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+        return 0
 
     def _write_sha(self) -> str:
         if self._write_lua is None:
