@@ -28,30 +28,50 @@ local added = 0
 
 -- the tile fields an event at `score` falls in, gathered per entity (one HDEL at the end:
 -- events of one entity share most of their coarser tiles)
--- (a field name is built only for a tile not seen yet: string building is most of the cost)
-local seen = {}
-local function touch(fields, score)
-  for l = 1, levels do
-    local k = math.floor((score - 1) / sizes[l])
-    local level_seen = seen[l]
-    if level_seen[k] == nil then
-      level_seen[k] = true
-      fields[(l - 1) .. ':' .. string.format('%d', k)] = true
-    end
-  end
+-- Scores are gathered per entity, then each level's tiles are named once: for a level whose
+-- tiles between the entity's first and last score are few, the whole range (a superset:
+-- an extra tile only costs a recompute); otherwise tile by tile.
+local function touch(scores, score)
+  scores[#scores + 1] = score
 end
 
-local function invalidate(tkey, fields)
-  local list = {}
-  for field in pairs(fields) do
-    list[#list + 1] = field
-    if #list == 4000 then
-      redis.call('HDEL', tkey, unpack(list))
-      list = {}
+local function touched_fields(scores)
+  local fields = {}
+  local n = #scores
+  if n == 0 then
+    return fields
+  end
+  local low, high = scores[1], scores[1]
+  for i = 2, n do
+    local s = scores[i]
+    if s < low then low = s end
+    if s > high then high = s end
+  end
+  for l = 1, levels do
+    local size = sizes[l]
+    local first, last = math.floor((low - 1) / size), math.floor((high - 1) / size)
+    if last - first < 2 * n then
+      for k = first, last do
+        fields[#fields + 1] = (l - 1) .. ':' .. string.format('%d', k)
+      end
+    else
+      local seen = {}
+      for i = 1, n do
+        local k = math.floor((scores[i] - 1) / size)
+        if not seen[k] then
+          seen[k] = true
+          fields[#fields + 1] = (l - 1) .. ':' .. string.format('%d', k)
+        end
+      end
     end
   end
-  if #list > 0 then
-    redis.call('HDEL', tkey, unpack(list))
+  return fields
+end
+
+local function invalidate(tkey, scores)
+  local list = touched_fields(scores)
+  for c = 1, #list, 4000 do
+    redis.call('HDEL', tkey, unpack(list, c, math.min(c + 3999, #list)))
   end
 end
 
@@ -66,27 +86,55 @@ for e = 0, #KEYS / 3 - 1 do
   at = at + 1
   local changed = false
   local touched = {}
-  for l = 1, levels do
-    seen[l] = {}
-  end
+  -- of several versions of one id in this batch only the last counts (later rows win)
+  local last = {}
+  local order = {}
   for j = 0, count - 1 do
-    local score, id, member = ARGV[at + 3 * j], ARGV[at + 3 * j + 1], ARGV[at + 3 * j + 2]
-    local old = redis.call('HGET', hkey, id)
+    local id = ARGV[at + 3 * j + 1]
+    if last[id] == nil then
+      order[#order + 1] = id
+    end
+    last[id] = j
+  end
+  -- one HMGET, ZADD, HSET per entity (chunked), not one call per event
+  local olds = {}
+  for c = 1, #order, 1000 do
+    local part = redis.call('HMGET', hkey, unpack(order, c, math.min(c + 999, #order)))
+    for i, value in ipairs(part) do
+      olds[c + i - 1] = value
+    end
+  end
+  local zadd, hset, zrem = {}, {}, {}
+  for i, id in ipairs(order) do
+    local j = last[id]
+    local score, member = ARGV[at + 3 * j], ARGV[at + 3 * j + 2]
+    local old = olds[i]
     if old ~= member then
       if old then
         local old_score = redis.call('ZSCORE', zkey, old)
-        redis.call('ZREM', zkey, old)
+        zrem[#zrem + 1] = old
         if old_score then
           touch(touched, tonumber(old_score))
         end
       else
         added = added + 1
       end
-      redis.call('ZADD', zkey, score, member)
-      redis.call('HSET', hkey, id, member)
+      zadd[#zadd + 1] = score
+      zadd[#zadd + 1] = member
+      hset[#hset + 1] = id
+      hset[#hset + 1] = member
       touch(touched, tonumber(score))
       changed = true
     end
+  end
+  for c = 1, #zrem, 2000 do
+    redis.call('ZREM', zkey, unpack(zrem, c, math.min(c + 1999, #zrem)))
+  end
+  for c = 1, #zadd, 2000 do
+    redis.call('ZADD', zkey, unpack(zadd, c, math.min(c + 1999, #zadd)))
+  end
+  for c = 1, #hset, 2000 do
+    redis.call('HSET', hkey, unpack(hset, c, math.min(c + 1999, #hset)))
   end
   at = at + 3 * count
   if cutoff >= 0 then
