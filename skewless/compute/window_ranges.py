@@ -71,7 +71,7 @@ def range_window_values(
     for index, agg, window, name in wanted:
         lo = np.where(known, lows[window], 0)
         top = np.where(known, hi, 0)
-        values = _aggregate(group, index, agg, ev, lo, top, cache, n)
+        values = _aggregate(group, index, agg, ev, lo, top, cache, n, window)
         feature = group.feature(name)
         series = pl.Series(names[name], values, dtype=agg.output_dtype, strict=False)
         if feature.default is not None:
@@ -124,29 +124,41 @@ def _aggregate(
     hi: np.ndarray,
     cache: dict[Any, Any],
     n: int,
+    window: timedelta,
 ) -> list[Any] | np.ndarray:
     """One feature for every query: the aggregate of the events at global positions [lo, hi)."""
     flag = f"where__{index}" if agg.where is not None else None
-    mask = np.ones(n, dtype=bool) if flag is None else ev.get_column(flag).fill_null(False).to_numpy()
+    if (flag, "mask") not in cache:
+        cache[(flag, "mask")] = (
+            np.ones(n, dtype=bool) if flag is None else ev.get_column(flag).fill_null(False).to_numpy()
+        )
+    mask = cache[(flag, "mask")]
     if agg.function == "count":
-        prefix = _prefix(mask.astype(np.int64))
+        if (flag, "count") not in cache:
+            cache[(flag, "count")] = _prefix(mask.astype(np.int64))
+        prefix = cache[(flag, "count")]
         return prefix[hi] - prefix[lo]
-    column = ev.get_column(agg.column)
-    present = mask & column.is_not_null().to_numpy()
     key = (agg.column, flag)
     if key not in cache:
+        column = ev.get_column(agg.column)
+        present = mask & column.is_not_null().to_numpy()
         positions = np.flatnonzero(present)
         cache[key] = (_prefix(present.astype(np.int64)), positions, column.gather(positions))
     rank, positions, values = cache[key]
     a, b = rank[lo], rank[hi]  # the range in the present values' own positions
     function = agg.function
     if function == "sum" and not agg.dtype.is_float():
-        prefix = _prefix(values.cast(pl.Int64).to_numpy())
+        if (key, "ints") not in cache:
+            cache[(key, "ints")] = _prefix(values.cast(pl.Int64).to_numpy())
+        prefix = cache[(key, "ints")]
         return prefix[b] - prefix[a]
     if function in ("sum", "mean"):
         if (key, "floats") not in cache:
             cache[(key, "floats")] = values.cast(pl.Float64).to_list()
-        sums = _exact_range_sums(cache[(key, "floats")], a, b, cache, key)
+        # a sum and a mean of one column over one window share their range sums
+        if (key, "sums", window) not in cache:
+            cache[(key, "sums", window)] = _exact_range_sums(cache[(key, "floats")], a, b, cache, key)
+        sums = cache[(key, "sums", window)]
         if function == "sum":
             return sums
         counts = b - a
@@ -227,12 +239,13 @@ def _range_extreme(
     """min/max over ranges with a sparse table of ranks (floats: NaN ignored unless all)."""
     is_float = bool(agg.dtype.is_float())
     if is_float:
-        raw = values.cast(pl.Float64).to_numpy()
-        nan = np.isnan(raw)
         fill = np.inf if function == "min" else -np.inf
-        data = np.where(nan, fill, np.where(raw == 0, 0.0, raw))
-        not_nan = _prefix((~nan).astype(np.int64))
-        table = _sparse_table(data, function)
+        if (key, function) not in cache:
+            raw = values.cast(pl.Float64).to_numpy()
+            nan = np.isnan(raw)
+            data = np.where(nan, fill, np.where(raw == 0, 0.0, raw))
+            cache[(key, function)] = (_sparse_table(data, function), _prefix((~nan).astype(np.int64)))
+        table, not_nan = cache[(key, function)]
         result = _query(table, a, b, function, fill)
         out: list[Any] = []
         for i, j, v in zip(a.tolist(), b.tolist(), result.tolist(), strict=True):
@@ -243,11 +256,13 @@ def _range_extreme(
             else:
                 out.append(v)
         return out
-    listed = values.to_physical().to_list() if values.dtype.is_temporal() else values.to_list()
-    uniques = sorted(set(listed))
-    ranks = np.array([_rank_of(uniques, v) for v in listed], dtype=np.int64)
+    if (key, function) not in cache:
+        listed = values.to_physical().to_list() if values.dtype.is_temporal() else values.to_list()
+        uniques = sorted(set(listed))
+        ranks = np.array([_rank_of(uniques, v) for v in listed], dtype=np.int64)
+        cache[(key, function)] = (_sparse_table(ranks, function), uniques)
+    table, uniques = cache[(key, function)]
     fill_rank = len(uniques) if function == "min" else -1
-    table = _sparse_table(ranks, function)
     result = _query(table, a, b, function, fill_rank)
     picked = [
         uniques[r] if j > i else None for i, j, r in zip(a.tolist(), b.tolist(), result.tolist(), strict=True)
