@@ -96,7 +96,7 @@ def training(args: argparse.Namespace, work: Path, now: datetime, start, url: st
 
     rng = np.random.default_rng(3)
     users = args.train_users
-    per_user = 60
+    per_user = args.events_per_user
     frames = [
         events(10_000 + u, per_user, timedelta(days=30), now, int(rng.integers(0, 2**31)), f"t{u}-")
         for u in range(users)
@@ -144,6 +144,9 @@ def main() -> int:
     parser.add_argument("--reads", type=int, default=400)
     parser.add_argument("--labels", type=int, default=20_000)
     parser.add_argument("--train-users", type=int, default=2_000)
+    parser.add_argument(
+        "--events-per-user", type=int, default=60, help="training data: events per user in 30 days"
+    )
     parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
     parser.add_argument("--only", choices=["training"], default=None)
     args = parser.parse_args()
