@@ -685,16 +685,21 @@ def create_app(
         log.warning("%s: %s did not answer within %.0f ms", what, STORE_NAME, timeout * 1000)
         raise HTTPError(503, f"{STORE_NAME} did not answer within {timeout * 1000:.0f} ms")
 
+    async def body_within(request: Request, deadline: float) -> bytes:
+        """The request body, received before the request's deadline (408 otherwise)."""
+        with anyio.move_on_after(timeout):
+            body = await read_body(request, settings.max_body_bytes)
+        if time.monotonic() >= deadline:
+            raise HTTPError(408, f"request body not received within {timeout * 1000:.0f} ms")
+        return body
+
     async def online_endpoint(request: Request) -> Response:
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
         target = UNKNOWN_LABEL
         try:
             role = authorize(request)
-            with anyio.move_on_after(timeout):
-                body = await read_body(request, settings.max_body_bytes)
-            if time.monotonic() >= deadline:
-                raise HTTPError(408, f"request body not received within {timeout * 1000:.0f} ms")
+            body = await body_within(request, deadline)
             lookup = parse_request(body)
             target = target_label(lookup)
             check_access(role, lookup)
@@ -743,10 +748,7 @@ def create_app(
         deadline = time.monotonic() + timeout
         try:
             role = authorize(request)
-            with anyio.move_on_after(timeout):
-                body = await read_body(request, settings.max_body_bytes)
-            if time.monotonic() >= deadline:
-                raise HTTPError(408, f"request body not received within {timeout * 1000:.0f} ms")
+            body = await body_within(request, deadline)
             push = parse_push(body)
             if role is not None and not role.may_push(push.source):
                 raise HTTPError(403, f"this key may not push to source '{push.source}'")
