@@ -329,3 +329,34 @@ def test_push_shortcut_builds_the_same_events_as_the_batch_code(raw, dup) -> Non
         assert fast.equals(expected, null_equal=True) and fast.schema == expected.schema
     else:
         assert rows.height > 32 or dup
+
+
+def test_push_applies_the_declared_checks(tmp_path: Path, store_config: StoreConfig) -> None:
+    """Issue 12.13: a value the batch path blocks (min_value=0) is refused by push too, with
+    nothing stored online or in the stream; a valid push still goes through."""
+    from skewless import Feature
+
+    source = FileSource("pays", tmp_path / "pays.parquet", "ts", id_field="eid", stream=True)
+    group = FeatureGroup(
+        "last_pay",
+        Entity("user", {"user_id": pl.Int64}),
+        source,
+        [
+            Feature("amount", pl.Float64, min_value=0.0),
+            Feature("status", pl.String, allowed_values=["ok", "no"]),
+        ],
+        transformation=lambda f: f.select("user_id", "ts", "amount", "status"),
+    )
+    rows = frame([{"user_id": 1, "ts": NOW, "eid": "a", "amount": -5.0, "status": "ok", "merchant": 1}])
+    rows.write_parquet(tmp_path / "pays.parquet")
+    store = FeatureStore(FeatureRepository([group]), store_config)
+    with pytest.raises(SkewlessError, match=r"amount.*-5\.0"):
+        store.push("pays", rows)
+    with pytest.raises(SkewlessError, match="status"):
+        store.push("pays", rows.with_columns(pl.lit(1.0).alias("amount"), pl.lit("maybe").alias("status")))
+    assert list(store.online.keys()) == []
+    assert streams.newest_id(store.online, "pays") is None
+    store.push("pays", rows.with_columns(pl.lit(2.5).alias("amount")))
+    got = store.get_online_features({"user_id": [1]}, features=["last_pay:v1:amount"], output="dicts")
+    assert got[0]["amount"] == 2.5
+    store.close()

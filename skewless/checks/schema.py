@@ -54,6 +54,38 @@ def check_rows(group: FeatureGroup, frame: pl.DataFrame) -> None:
             raise TransformationError(f"{where}: {nulls} rows have a null '{column}'")
 
 
+def declared_violations(group: FeatureGroup, frame: pl.DataFrame) -> str | None:
+    """The declared constraints (nullable, range, allowed values) of a row group's features,
+    checked on rows about to be written by a push or a micro-batch; None when they hold.
+
+    One Polars select counts the violations, so a clean push pays microseconds, not a
+    pandera validation; the first failure is then described by the same pandera check the
+    batch path runs, so every write path refuses the same rows with the same words.
+    """
+    if group.is_windowed or frame.height == 0:
+        return None
+    counts = []
+    for feature in group.features:
+        column = pl.col(feature.name)
+        if not feature.nullable:
+            counts.append(column.is_null().sum().alias(f"{feature.name}:not_nullable"))
+        if feature.min_value is not None:
+            counts.append((column < feature.min_value).sum().alias(f"{feature.name}:min"))
+        if feature.max_value is not None:
+            counts.append((column > feature.max_value).sum().alias(f"{feature.name}:max"))
+        if feature.allowed_values is not None:
+            allowed = pl.Series(list(feature.allowed_values))
+            counts.append(
+                (~column.is_in(allowed.implode()) & column.is_not_null()).sum().alias(f"{feature.name}:isin")
+            )
+    if not counts:
+        return None
+    found = frame.select(counts).row(0)
+    if not any(found):
+        return None
+    return validate_schema(group, frame).description
+
+
 # ---------------------------------------------------------------------- pandera schema check
 def declared_schema(group: FeatureGroup):  # -> pandera.polars.DataFrameSchema (imported lazily)
     """The group's declared schema as a pandera (Polars backend) schema.

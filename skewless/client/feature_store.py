@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from skewless.checks.schema import declared_violations
 from skewless.compute.point_in_time import (
     LABEL_TS,
     ROW,
@@ -270,6 +271,11 @@ class FeatureStore:
             computed.append(
                 (group, fast if fast is not None else transform_rows(group, checked.lazy(), start, end))
             )
+        for group, result in computed:
+            # the declared constraints hold on every write path, not only the batch one
+            violation = declared_violations(group, result)
+            if violation is not None:
+                raise RequestError(f"rows pushed to source '{source}' break {violation}")
         if src.stream:
             from skewless.storage import streams
 

@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from skewless.checks.schema import declared_violations
 from skewless.compute.rows import latest_per_entity, transform_rows
+from skewless.errors import SourceDataError
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import FileSource, ingested_values
 from skewless.repository import FeatureRepository
@@ -147,8 +149,13 @@ def _apply(
     if rows is not None:
         groups = [g for g in repo.groups if g.source.name == source]
         checked = groups[0].source.checked(rows.lazy()) if groups else rows.lazy()
-        for group in groups:
-            result = transform_rows(group, checked, *_FAR)
+        results = [(group, transform_rows(group, checked, *_FAR)) for group in groups]
+        for group, result in results:
+            # landed files are not checked at any door: the declared constraints hold here too
+            violation = declared_violations(group, result)
+            if violation is not None:
+                raise SourceDataError(f"rows of source '{source}' break {violation}")
+        for group, result in results:
             if group.is_windowed:
                 stats[f"{group.ref} events"] = online.write_events(group, result, now=at)
             else:
