@@ -81,8 +81,12 @@ def build_landing_job(repo: FeatureRepository, source: str) -> dg.JobDefinition:
     ) -> None:
         import polars as pl
 
+        from skewless.language.source import FileSource
         from skewless.sensors.microbatch import apply_rows
 
+        landed = next((s for s in repo.sources if s.name == source), None)
+        if isinstance(landed, FileSource):  # name a corrupt or naive file before reading any
+            landed.check_files(list(config.files))
         rows = pl.concat([pl.read_parquet(f) for f in config.files], how="vertical_relaxed")
         stats = apply_rows(repo, offline.store(), online.store(), source, rows)
         context.log.info(f"{len(config.files)} landed files of {source}: {stats}")
