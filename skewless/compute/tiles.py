@@ -28,9 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
-
-from skewless.compute.exact import ExactSum
+from skewless.compute.exact import ExactSum, scaled
 from skewless.language.feature_group import FeatureGroup
 
 BASE_US = 10_000_000  # the finest tile: 10 s (raw edges are shorter than this)
@@ -170,8 +168,6 @@ def _add(part: Part, acc: Any, value: Any, ts: int, event_id: str) -> Any:
 
 def _scaled_int(value: int) -> int:
     """An integer column's value in a mean: summed exactly as the Float64 it is cast to."""
-    from skewless.compute.exact import scaled
-
     return scaled(float(value))
 
 
@@ -295,20 +291,4 @@ def from_json(group_parts: Sequence[Part], raw: list[Any]) -> list[Any]:
             out.append(None if acc is None else [acc[0], acc[1], _decode_value(acc[2], part.is_float)])
         else:
             out.append({v if v == "nan" else _decode_value(v, part.is_float) for v in acc})
-    return out
-
-
-def events_as_lists(group: FeatureGroup, frame: pl.DataFrame) -> dict[str, list[Any]]:
-    """Decoded events as Python lists: `ts` (µs), `id`, aggregated columns, `where` flags."""
-    from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP
-
-    out: dict[str, list[Any]] = {
-        "ts": frame[EVENT_TIMESTAMP].dt.epoch("us").to_list(),
-        "id": frame[EVENT_ID].to_list(),
-    }
-    for column, dtype in group.input_columns().items():
-        series = frame[column]
-        out[column] = (series.to_physical() if dtype.is_temporal() else series).to_list()
-    for name in group.where_columns():
-        out[name] = frame[name].fill_null(False).to_list()
     return out

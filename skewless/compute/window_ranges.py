@@ -21,6 +21,7 @@ a brute-force oracle in tests/test_window_tiles.py).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from datetime import timedelta
 from typing import Any
 
@@ -259,7 +260,7 @@ def _range_extreme(
     if (key, function) not in cache:
         listed = values.to_physical().to_list() if values.dtype.is_temporal() else values.to_list()
         uniques = sorted(set(listed))
-        ranks = np.array([_rank_of(uniques, v) for v in listed], dtype=np.int64)
+        ranks = np.array([bisect_left(uniques, v) for v in listed], dtype=np.int64)
         cache[(key, function)] = (_sparse_table(ranks, function), uniques)
     table, uniques = cache[(key, function)]
     fill_rank = len(uniques) if function == "min" else -1
@@ -270,12 +271,6 @@ def _range_extreme(
     if values.dtype.is_temporal():
         return pl.Series(picked, dtype=pl.Int64).cast(values.dtype).to_list()
     return picked
-
-
-def _rank_of(uniques: list[Any], value: Any) -> int:
-    import bisect
-
-    return bisect.bisect_left(uniques, value)
 
 
 def _sparse_table(data: np.ndarray, function: str) -> list[np.ndarray]:

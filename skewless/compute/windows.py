@@ -10,7 +10,7 @@ fold on both paths, whatever else is in the batch.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 
@@ -155,7 +155,3 @@ def window_values(
     from skewless.compute.window_ranges import range_window_values
 
     return range_window_values(group, events, queries, names, ROW, QUERY_TS)
-
-
-def _micros(window: timedelta) -> pl.Expr:
-    return pl.duration(microseconds=window // timedelta(microseconds=1))

@@ -322,17 +322,23 @@ class LookupRequest:
     refs: list[FeatureRef]
 
 
-def parse_request(body: bytes) -> LookupRequest:
-    """Shape checks on the body; every failure is a 4xx naming the field at fault."""
+def json_object(body: bytes, fields: set[str], hint: str = "") -> dict[str, Any]:
+    """The body as a JSON object with only known fields (400 naming what is wrong)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise HTTPError(400, f"request body is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise HTTPError(400, "request body must be a JSON object")
-    unknown = set(payload) - {"entities", "features", "service", "full_feature_names"}
+    unknown = set(payload) - fields
     if unknown:
-        raise HTTPError(400, f"unknown request fields: {', '.join(sorted(unknown))}")
+        raise HTTPError(400, f"unknown request fields: {', '.join(sorted(unknown))}{hint}")
+    return payload
+
+
+def parse_request(body: bytes) -> LookupRequest:
+    """Shape checks on the body; every failure is a 4xx naming the field at fault."""
+    payload = json_object(body, {"entities", "features", "service", "full_feature_names"})
     features, service = payload.get("features"), payload.get("service")
     if features is not None and (
         not isinstance(features, list) or not all(isinstance(f, str) for f in features)
@@ -485,15 +491,7 @@ class PushRequest:
 def parse_push(body: bytes) -> PushRequest:
     """Shape checks on a `/push` body (Feast's push server takes the same two things: a
     source name and its rows); every failure is a 4xx naming the field."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise HTTPError(400, f"request body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise HTTPError(400, "request body must be a JSON object")
-    unknown = set(payload) - {"source", "rows"}
-    if unknown:
-        raise HTTPError(400, f"unknown request fields: {', '.join(sorted(unknown))} (expected source, rows)")
+    payload = json_object(body, {"source", "rows"}, hint=" (expected source, rows)")
     source, rows = payload.get("source"), payload.get("rows")
     if not isinstance(source, str) or not source:
         raise HTTPError(400, "'source' must name a source, e.g. 'transactions'")

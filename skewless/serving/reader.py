@@ -22,7 +22,7 @@ import polars as pl
 from skewless.errors import RequestError
 from skewless.language.feature_group import FeatureGroup
 from skewless.storage.codec import Decoded, GroupCodec, column_series, to_series
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import _ESCAPES, OnlineStore
 
 SMALL = 16  # requests up to this many entities build their frame from rows
 
@@ -49,7 +49,6 @@ def frame_from_dicts(rows: list[dict[str, Any]], schema: dict[str, pl.DataType])
     return pl.from_dicts(rows, schema=schema)
 
 
-_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
 
 
 @dataclass

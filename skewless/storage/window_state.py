@@ -19,7 +19,6 @@ not move in between. A steady read touches a bounded number of tiles whatever th
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -43,7 +42,6 @@ SMALL_WRITE = 32  # up to this many events, a write is prepared from Python valu
 RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
 TILE_CACHE_MAX = 200_000  # decoded tiles kept in process (cleared when full)
 MERGED_MAX = 100_000  # entities whose merged tiles are remembered (cleared when full)
-PRUNE_EVERY = 64  # about one write-back in this many also drops tiles no window can use
 
 
 def members(ids: Sequence[str], packed: Sequence[bytes]) -> list[bytes]:
@@ -432,22 +430,6 @@ class WindowState:
             return []
         return T.partials(parts, self._lists_of(group, codec, found), range(len(found)))
 
-    def _values(
-        self,
-        group: FeatureGroup,
-        parts: list[T.Part],
-        per_window: dict,
-        cached: dict[tuple[int, int], list[Any]],
-        edges: dict[tuple[int, int], list[Any]],
-    ) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        layout = self._layout(group)
-        for window, (tiles, raws) in per_window.items():
-            pieces = [cached[t] for t in tiles if cached.get(t)] + [edges[r] for r in raws if edges.get(r)]
-            for index, part, name in layout[window]:
-                values[name] = T.finish(part, T.merge_all(part, [p[index] for p in pieces]))
-        return values
-
     def _layout(self, group: FeatureGroup) -> dict[int, list[tuple[int, T.Part, str]]]:
         """Per window (µs): the aggregations computed over it and their feature names."""
         key = (group.name, group.version)
@@ -550,7 +532,7 @@ class WindowState:
         try:
             pipe = self.store.client.pipeline(transaction=False)
             for (base, _, gen), tiles in zip(wanted, done, strict=True):
-                args: list[Any] = [gen, 1 if random.randrange(PRUNE_EVERY) == 0 else 0]
+                args: list[Any] = [gen]
                 for (level, k), acc in tiles.items():
                     args += [T.field(level, k), orjson.dumps(T.to_json(parts, acc)) if acc else b""]
                 self._put_lua(keys=[base + ":tiles"], args=args, client=pipe)
@@ -564,21 +546,16 @@ class WindowState:
         low = max(-1, t_us - group.max_window // timedelta(microseconds=1))
         found = self.store.transaction([("ZRANGEBYSCORE", b + ":events", f"({low}", t_us) for b in bases])
         parts = self.parts(group)
-        codec = self.codec(group)
+        per_window = self._whole(group, t_us)
         out = []
         for events in found:
-            if not events:
-                out.append(self._values(group, parts, self._whole(group, t_us), {}, {}))
-                continue
-            frame = codec.decode([unpack_member(m) for m in events])
-            lists = T.events_as_lists(group, frame)
-            per_window = self._whole(group, t_us)
+            lists = self._lists_of(group, self.codec(group), events)
             edges = {}
-            for _window, (_, raws) in per_window.items():
+            for _, raws in per_window.values():
                 (lo, hi) = raws[0]
-                rows = [r for r, ts in enumerate(lists["ts"]) if lo < ts <= hi]
+                rows = [r for r, ts in enumerate(lists.get("ts", [])) if lo < ts <= hi]
                 edges[(lo, hi)] = T.partials(parts, lists, rows) if rows else []
-            out.append(self._values(group, parts, per_window, {}, edges))
+            out.append(self._finish(group, parts, per_window, {}, edges))
         return out
 
     def _whole(self, group: FeatureGroup, t_us: int) -> dict:
@@ -590,7 +567,7 @@ local gen = redis.call('HGET', KEYS[1], '_gen')
 if (not gen) or gen ~= ARGV[1] then
   return 0
 end
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return 1
