@@ -1,11 +1,10 @@
-"""Window aggregations: the one function every path uses to turn events into window values.
+"""Window aggregations: a window group's stored events, and its training-set values.
 
-Training sets call it with label rows as queries and the offline window state as events;
-online reads call it with the requested entities at request time and the events kept in
-Redis. Same events in, same query time, same function: the values agree exactly. Each
-query's value is computed from its own events only (no sliding add/subtract state), in the
-documented order — event time, then event id — so float sums are the same left-to-right
-fold on both paths, whatever else is in the batch.
+`event_rows` turns source rows into stored events (identity, latest version, `where` flags)
+for every path; `pushed_events` is its shortcut for a few pushed rows. Training-set values
+come from `compute/window_ranges.py`, online values from tiles (`compute/tiles.py`,
+`storage/window_state.py`); both follow the same rules (exact sums, NaN and -0.0 handling,
+last by (event time, event id)), so they agree to the bit.
 """
 
 from __future__ import annotations
