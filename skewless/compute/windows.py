@@ -10,6 +10,7 @@ last by (event time, event id)), so they agree to the bit.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import polars as pl
 
@@ -118,7 +119,7 @@ def pushed_events(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame | Non
     if ids.null_count():
         return None  # event_rows names the problem
     flags = group.where_columns()
-    where = rows.select(expr.fill_null(False).alias(n) for n, expr in flags.items()) if flags else None
+    where = _where_flags(group, flags, rows) if flags else None
     columns = [
         *(rows.get_column(k) for k in keys),
         rows.get_column(source.timestamp_field).alias(EVENT_TIMESTAMP),
@@ -134,6 +135,67 @@ def pushed_events(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame | Non
         events = events.sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
     check_rows(group, events)
     return events
+
+
+# Keyed by the group object's id, with the group held in the value (so the id cannot be reused
+# while the entry lives, and two definitions sharing a name and version never share flags).
+_WHERE_INPUTS: dict[int, tuple[FeatureGroup, list[str] | None]] = {}
+_WHERE_MEMO: dict[tuple[Any, ...], tuple[FeatureGroup, pl.DataFrame]] = {}
+_UNSAFE = ("Selector", "Python", "Anonymous", "Udf", "Opaque", "Window", "Over")
+
+
+def _where_inputs(group: FeatureGroup, flags: dict[str, pl.Expr]) -> list[str] | None:
+    """The columns the `where` flags read, when a flag of one row is a pure function of that
+    row's values in them; None when that cannot be told from the expressions (wildcards,
+    selectors, Python functions, windows): then every push evaluates them."""
+    known = _WHERE_INPUTS.get(id(group))
+    if known is None or known[0] is not group:
+        roots: set[str] = set()
+        safe = True
+        for expr in flags.values():
+            try:
+                shape = expr.meta.serialize(format="json")
+            except Exception:  # not serializable (a Python function): opaque
+                safe = False
+                break
+            names = expr.meta.root_names()
+            if not names or any(word in shape for word in _UNSAFE):
+                safe = False
+                break
+            roots.update(names)
+        if len(_WHERE_INPUTS) >= 1024:
+            _WHERE_INPUTS.clear()
+        known = _WHERE_INPUTS[id(group)] = (group, sorted(roots) if safe else None)
+    return known[1]
+
+
+def _where_flags(group: FeatureGroup, flags: dict[str, pl.Expr], rows: pl.DataFrame) -> pl.DataFrame:
+    """The `where` flags of pushed rows. For one row they are remembered by the values of the
+    columns they read (a push of one event is the common streaming case, and an eager select
+    costs ~0.1 ms); the first time, and for anything else, Polars evaluates them — the same
+    expressions the batch path runs, so the flags are the same."""
+    exprs = [expr.fill_null(False).alias(n) for n, expr in flags.items()]
+    inputs = _where_inputs(group, flags) if rows.height == 1 else None
+    if inputs is None:
+        return rows.select(exprs)
+    columns = rows.columns
+    if any(c not in columns for c in inputs):
+        return rows.select(exprs)  # let Polars name the missing column
+    row = rows.row(0)
+    dtypes = rows.dtypes
+    at = [columns.index(c) for c in inputs]
+    # floats by their exact bits: -0.0 == 0.0 in Python, not always in an expression
+    values = tuple(v.hex() if isinstance(v, float) else v for v in (row[i] for i in at))
+    key = (id(group), tuple(dtypes[i] for i in at), values)
+    try:
+        found = _WHERE_MEMO.get(key)
+    except TypeError:  # an unhashable value (a list column): evaluate
+        return rows.select(exprs)
+    if found is None or found[0] is not group:
+        if len(_WHERE_MEMO) >= 4096:
+            _WHERE_MEMO.clear()
+        found = _WHERE_MEMO[key] = (group, rows.select(exprs))
+    return found[1]
 
 
 def _unique_identities(events: pl.DataFrame, keys: list[str]) -> bool:
