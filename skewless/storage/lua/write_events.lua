@@ -150,10 +150,12 @@ for e = 0, #KEYS / 3 - 1 do
     end
   end
   if changed then
-    invalidate(tkey, touched)
-    if redis.call('HEXISTS', tkey, '_gen') == 1 then
-      redis.call('HINCRBY', tkey, '_gen', 1)
-    else
+    -- nothing cached but the generation (an entity nobody read since its last write, the
+    -- usual case while events stream in): no tile to name, so none is computed
+    if redis.call('HLEN', tkey) > 1 then
+      invalidate(tkey, touched)
+    end
+    if redis.call('HINCRBY', tkey, '_gen', 1) == 1 then
       -- a new state starts from the server clock, not 1: a reader remembering an expired
       -- state's generation can never mistake a re-created one for it
       local now = redis.call('TIME')
