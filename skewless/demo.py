@@ -21,12 +21,12 @@ from skewless.config import StoreConfig, home
 
 
 def prepare_dagster_home() -> Path:
-    """Point DAGSTER_HOME at the state folder unless the user chose one."""
+    """Point DAGSTER_HOME at the state folder unless the user chose one, with the instance
+    settings `make ui` uses (run monitoring and retries: `skewless.sensors.instance`)."""
+    from skewless.sensors.instance import write_instance_yaml
+
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home() / "dagster")))
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    write_instance_yaml(dagster_home)
     return dagster_home
 
 
@@ -64,6 +64,12 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     defs = build_definitions(repo, config)
     dagster_home = prepare_dagster_home()
     instance = DagsterInstance.get()
+    # a demo killed earlier (Ctrl-C is clean; the OOM killer or kill -9 is not) left its run
+    # "Started": mark it failed, as the `failed_dead_runs` sensor would under `make ui`
+    from skewless.sensors.dead_runs import fail_dead_runs
+
+    for run_id in fail_dead_runs(instance):
+        print(f"   (run {run_id} of an earlier, killed process marked failed)")
     first, last = end - timedelta(days=days), end - timedelta(days=1)
     print(
         f"2. materializing partitions {first} .. {last} of {len(repo.groups)} group versions "

@@ -30,8 +30,9 @@ import redis
 from skewless import FeatureStore
 from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
+from skewless.sensors.dead_runs import HOST_TAG, PID_TAG
 from skewless.sensors.microbatch import CRASH_POINTS, apply_stream_batch
-from skewless.sensors.streams import HOST_TAG, PID_TAG, RANGE_TAG, Pending, run_is_live
+from skewless.sensors.streams import RANGE_TAG, Pending, run_is_live
 from skewless.storage import streams
 from skewless.storage.offline import PIECE_PREFIX
 from tests.helpers import materialize_days

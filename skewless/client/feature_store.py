@@ -115,6 +115,8 @@ class FeatureStore:
             raise RequestError("pass exactly one of features=[...] or service='name:vN'")
         if isinstance(features, str):
             features = [features]
+        if features is not None and not list(features):
+            raise RequestError("features=[] names no feature: pass at least one reference 'group:vN:feature'")
         try:
             refs = (
                 [FeatureRef.parse(f) for f in features]  # type: ignore[union-attr]

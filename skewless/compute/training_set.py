@@ -7,8 +7,10 @@ Two engines give identical results (the tests run both):
   entity's join keys into buckets on disk with Polars' streaming sink (bounded memory), then
   each bucket is joined in memory and its result spilled; the buckets are finally gathered back
   into label order. Every entity lives in exactly one bucket, so per-bucket joins are exact.
-`auto` picks `partitioned` when the estimated in-memory size of the feature rows exceeds the
-memory budget (`SKEWLESS_PIT_MEMORY_MB`, default a quarter of physical memory).
+`auto` picks `partitioned` when the in-memory engine's estimated peak (`estimated_peak`:
+feature rows from Parquet footers and label rows, with per-row costs calibrated on the demo)
+exceeds the memory budget (`SKEWLESS_PIT_MEMORY_MB`, default a quarter of physical memory,
+capped at half of the memory available when the training set starts).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class TrainingSetStats:
     engine: str = ""
     label_rows: int = 0
     buckets: int = 0
+    estimated_bytes: int = 0  # the in-memory engine's estimated peak
+    budget_bytes: int = 0
     groups: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -94,6 +98,12 @@ def plan_group(
 
 
 def memory_budget_bytes() -> int:
+    """What a training set may use: `SKEWLESS_PIT_MEMORY_MB`, else a quarter of physical
+    memory — and never more than half of what the machine has available right now. The cap
+    matters when the process is already large (a demo that just backfilled in process) or
+    Redis holds much of the memory: the 24 GiB machine's quarter is 6 GiB, which is not there
+    when 16 GiB are in use. Both engines give identical results, so a choice that depends on
+    the moment only changes how long it takes."""
     configured = os.environ.get("SKEWLESS_PIT_MEMORY_MB")
     if configured:
         return int(float(configured) * 1024 * 1024)
@@ -101,22 +111,64 @@ def memory_budget_bytes() -> int:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         total = 8 * 1024**3
-    return total // 4
+    available = _available_bytes()
+    budget = total // 4
+    return budget if available is None else min(budget, available // 2)
 
 
-def estimated_bytes(plan: GroupPlan) -> int:
-    """Rows from Parquet footers times a per-row width from the schema: cheap, no data read."""
-    plan.rows = sum(_footer_rows(f) for f in plan.files)
+def _available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Calibrated on the card-fraud demo's data at 20k and 200k users (0.9M and 9M label rows, as
+# many feature rows; `bench/memory.py` prints estimate and measured growth side by side):
+LABEL_BYTES = 60  # per label row and group: sorted label copy, join indices, output column
+ROW_FACTOR_ONE_KEY = 1.1  # x schema width per feature row: as-of join on one key
+ROW_FACTOR_KEYS = 3.4  # several keys: the join hashes them
+ROW_FACTOR_WINDOWS = 3.2  # window groups: sorted events, prefix sums, per-column lists
+
+
+def row_width(group: FeatureGroup) -> int:
+    """Bytes per offline row from the schema (no data read)."""
     width = 0
-    for dtype in plan.group.offline_schema().values():
+    for dtype in group.offline_schema().values():
         if isinstance(dtype, pl.Array):
             width += 8 * dtype.size
         elif dtype == pl.String:
             width += 24
         else:
             width += 8
-    # the join holds the rows, their sorted copy and the output columns
-    return plan.rows * width * 3
+    return width
+
+
+def estimated_bytes(plan: GroupPlan, label_rows: int = 0) -> int:
+    """One group's working memory: rows from Parquet footers (cheap, no data read) times the
+    schema width times what its join holds per row, plus its share per label row."""
+    plan.rows = sum(_footer_rows(f) for f in plan.files)
+    group = plan.group
+    if group.is_windowed:
+        factor = ROW_FACTOR_WINDOWS
+    elif len(group.entity.key_columns) > 1:
+        factor = ROW_FACTOR_KEYS
+    else:
+        factor = ROW_FACTOR_ONE_KEY
+    return int(plan.rows * row_width(group) * factor) + label_rows * LABEL_BYTES
+
+
+def estimated_peak(plans: list[GroupPlan], label_rows: int) -> int:
+    """The in-memory engine's peak: window groups are computed one after another (eagerly),
+    then the row groups' joins run together (`collect_all`), so the peak is the larger of the
+    biggest window group and the sum of the row groups — not the sum of everything, which
+    overestimated the measured peak by about 2x."""
+    windows = [estimated_bytes(p, label_rows) for p in plans if p.group.is_windowed]
+    rows = [estimated_bytes(p, label_rows) for p in plans if not p.group.is_windowed]
+    return max(max(windows, default=0), sum(rows))
 
 
 def _footer_rows(path: Path) -> int:
@@ -230,10 +282,12 @@ def build(
     """Feature columns for every label row (labels carry ROW, keys and LABEL_TS), per group."""
     if engine not in ("auto", "memory", "partitioned"):
         raise RequestError(f"unknown engine {engine!r}: use 'auto', 'memory' or 'partitioned'")
-    size = sum(estimated_bytes(p) for p in plans)
+    size = estimated_peak(plans, labels.height)
     budget = memory_budget_bytes()
     chosen = engine if engine != "auto" else ("partitioned" if size > budget else "memory")
     stats.engine = chosen
+    stats.estimated_bytes = size
+    stats.budget_bytes = budget
     stats.label_rows = labels.height
     stats.groups = {
         p.group.ref: {

@@ -20,6 +20,7 @@ from skewless.feature_assets.training_sets import build_training_set_asset, trai
 from skewless.language.source import FileSource
 from skewless.repository import FeatureRepository, load_repository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+from skewless.sensors.dead_runs import build_dead_run_sensor
 from skewless.sensors.streams import (
     build_landing_job,
     build_landing_sensor,
@@ -99,7 +100,7 @@ def build_definitions(
         )
         jobs.append(served_job)
         schedules.append(dg.ScheduleDefinition(job=served_job, cron_schedule="15 * * * *"))
-    sensors = []
+    sensors = [build_dead_run_sensor()]
     for source in repo.sources:
         if source.stream and any(g.source.name == source.name for g in repo.groups):
             stream_job = build_stream_job(repo, source.name)

@@ -6,6 +6,8 @@ in `skewless.storage`, which the client uses directly without Dagster.
 
 from __future__ import annotations
 
+import contextlib
+
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
@@ -17,6 +19,17 @@ class OfflineStoreResource(ConfigurableResource):
     """The Parquet offline store rooted at `root` (a local folder)."""
 
     root: str
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # every run that touches the stores names its process, so a run killed with -9 (or by
+        # the OOM killer) can be marked failed instead of showing "Started" for ever
+        run = context.dagster_run
+        if context.instance is not None and run is not None and run.run_id:
+            from skewless.sensors.dead_runs import record_run_process
+
+            # an ephemeral instance without the run stored: nothing to mark
+            with contextlib.suppress(Exception):
+                record_run_process(context.instance, run.run_id, run.tags)
 
     def store(self) -> OfflineStore:
         return OfflineStore(self.root)

@@ -10,7 +10,8 @@
   with `dagster/max_retries: 0` because their sensor re-requests a dead range itself.
 
 `python -m skewless.sensors.instance $DAGSTER_HOME` writes the file, or appends the blocks a
-file written earlier lacks (the Makefile's `ui` target runs it); existing settings are kept.
+file written earlier lacks (the Makefile's `ui` target and `skewless demo` run it); existing
+settings are kept. It then marks runs whose process is gone failed (`sensors.dead_runs`).
 """
 
 from __future__ import annotations
@@ -47,3 +48,13 @@ def write_instance_yaml(dagster_home: str | Path) -> Path:
 
 if __name__ == "__main__":
     print(write_instance_yaml(sys.argv[1]))
+    import os
+
+    os.environ["DAGSTER_HOME"] = str(Path(sys.argv[1]).resolve())
+    from dagster import DagsterInstance
+
+    from skewless.sensors.dead_runs import fail_dead_runs
+
+    with DagsterInstance.get() as instance:
+        for run_id in fail_dead_runs(instance):
+            print(f"run {run_id}: its process is gone, marked failed")

@@ -15,8 +15,6 @@ their retry mechanism, and a second one would only replay ranges already redone.
 """
 
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -25,6 +23,7 @@ import dagster as dg
 from skewless.language.source import Source
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+from skewless.sensors.dead_runs import process_is_gone, record_run_process
 from skewless.storage import streams
 
 
@@ -54,7 +53,7 @@ def build_stream_job(repo: FeatureRepository, source: str) -> dg.JobDefinition:
         from skewless.sensors.microbatch import apply_stream_batch
 
         # who runs this batch: lets the sensor tell a killed run from a slow one
-        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: _HOST})
+        record_run_process(context.instance, context.run_id, context.dagster_run.tags)
         stats = apply_stream_batch(repo, offline.store(), online.store(), source, config.after, config.until)
         context.log.info(f"stream {source} ({config.after}, {config.until}]: {stats}")
 
@@ -130,9 +129,6 @@ def build_landing_sensor(source: Source, job: dg.JobDefinition, interval_s: int 
 SOURCE_TAG = "skewless/stream_source"
 RANGE_TAG = "skewless/stream_range"
 ATTEMPT_TAG = "skewless/stream_attempt"
-PID_TAG = "skewless/pid"
-HOST_TAG = "skewless/host"
-_HOST = socket.gethostname()
 STALE_AFTER_S = 600  # a micro-batch takes seconds; a run this old without finishing is dead
 
 _WAITING = (dg.DagsterRunStatus.QUEUED,)
@@ -167,16 +163,6 @@ class Pending:
         return Pending(data["after"], data["until"], int(data.get("attempt", 0)))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_is_live(record: dg.RunRecord, stale_after_s: float, now: float | None = None) -> bool:
     """Could this run still apply its range? Queued: yes. Finished: no. Started: only if its
     recorded process exists (same host) and it is younger than `stale_after_s`."""
@@ -190,8 +176,7 @@ def run_is_live(record: dg.RunRecord, stale_after_s: float, now: float | None = 
         return young
     if run.status != dg.DagsterRunStatus.STARTED:
         return False  # SUCCESS, FAILURE, CANCELED
-    pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
-    if pid is not None and host == _HOST and not _pid_alive(int(pid)):
+    if process_is_gone(run.tags):
         return False
     return young
 
