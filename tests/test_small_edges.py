@@ -59,6 +59,14 @@ def test_one_string_is_one_feature_reference(store: FeatureStore) -> None:
     assert online == [{"user_id": 1, "amount": 0.0}]  # nothing online under this prefix: the default
 
 
+def test_an_empty_feature_list_is_refused_not_a_shape_error(store: FeatureStore) -> None:
+    frame = labels(user_id=[1], t=[NOW])
+    with pytest.raises(RequestError, match=r"features=\[\] names no feature"):
+        store.get_training_dataset(frame, features=[], timestamp_column="t")
+    with pytest.raises(RequestError, match=r"features=\[\] names no feature"):
+        store.get_online_features([{"user_id": 1}], features=[])
+
+
 def test_pandas_float_keys_name_nulls_and_suggest_int64(store: FeatureStore) -> None:
     frame = pd.DataFrame({"user_id": [1, None], "t": [NOW, NOW]})  # int keys made float by NaN
     with pytest.raises(RequestError, match=r"1 null/NaN values.*astype\('Int64'\)"):
