@@ -75,22 +75,32 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         f"2. materializing partitions {first} .. {last} of {len(repo.groups)} group versions "
         f"(Dagster instance {dagster_home})"
     )
-    job = defs.resolve_job_def("daily_features")
-    result = job.execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    # runs filed under the workspace's code location, so `make ui` shows them on the job
+    # pages and the timeline (`feature_assets.launch`)
+    from skewless.feature_assets.launch import execute_in_location, workspace_location
+
+    module = "examples.card_fraud.definitions"
+    location = workspace_location(module) or "card_fraud"
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run = execute_in_location(
+        instance,
+        module,
+        "defs",
+        location,
+        "daily_features",
         tags={
             "dagster/asset_partition_range_start": first.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),
             "skewless/demo": "true",
         },
+        run_config=quiet,
     )
-    if not result.success:
+    if run.status != dagster.DagsterRunStatus.SUCCESS:
         raise SystemExit("materialization failed; see the run in `make ui`")
-    print(f"   run {result.run_id} succeeded")
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    print(f"   run {run.run_id} succeeded")
     for name in ("training_sets", "sql_views"):
-        if not defs.resolve_job_def(name).execute_in_process(instance=instance, run_config=quiet).success:
+        done = execute_in_location(instance, module, "defs", location, name, run_config=quiet)
+        if done.status != dagster.DagsterRunStatus.SUCCESS:
             raise SystemExit(f"job {name} failed; see the run in `make ui`")
 
     store = FeatureStore(repo, config)
