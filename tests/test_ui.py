@@ -67,6 +67,7 @@ class DagsterUI:
     url: str
     tmp: Path
     log: Path
+    env: dict[str, str]
 
 
 # --------------------------------------------------------------------------- HTTP helpers
@@ -198,7 +199,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUI]:
             if time.monotonic() > deadline:
                 pytest.fail(f"dagster dev not ready after {STARTUP_TIMEOUT_S} s:\n{_log_tail(log)}")
             time.sleep(0.5)
-        yield DagsterUI(url=url, tmp=tmp, log=log)
+        yield DagsterUI(url=url, tmp=tmp, log=log, env=env)
     finally:
         _stop(proc)
         # without SKEWLESS_REDIS_URL the code location started the embedded Redis in `state`:
@@ -433,3 +434,34 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     assert _png_size(screenshot) == (1400, 900)
     # A blank page compresses to a few KB; the rendered graph is ~80 KB.
     assert screenshot.stat().st_size > 20_000, f"screenshot only {screenshot.stat().st_size} bytes"
+
+
+LAUNCH = """
+from dagster import DagsterInstance, DagsterRunStatus
+from skewless.feature_assets.launch import execute_in_location, workspace_location
+with DagsterInstance.get() as instance:
+    module = "examples.card_fraud.definitions"
+    run = execute_in_location(instance, module, "defs", workspace_location(module), "registry")
+    assert run.status == DagsterRunStatus.SUCCESS, run.status
+    print(run.run_id)
+"""
+
+
+def test_browser_shows_a_run_made_like_the_demo_on_its_job_page(dagster_ui: DagsterUI) -> None:
+    """Issue 12 item 6: the demo runs its jobs in process; they must show on the job pages."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (install it with .ci/install-chromium.sh)")
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH],
+        cwd=ROOT,
+        env=dagster_ui.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = done.stdout.strip().splitlines()[-1]
+    _graphql(dagster_ui.url, "mutation { setNuxSeen }")
+    runs = _rendered_text(binary, f"{dagster_ui.url}/locations/{LOCATION}/jobs/registry/runs", run_id[:8])
+    assert run_id[:8] in runs, f"run {run_id[:8]} not on the job's runs page:\n{runs[:3000]}"
