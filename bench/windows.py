@@ -14,7 +14,10 @@ each). Measured in the same run against the same Redis, last line one JSON objec
 - `raw_steady_p50_ms_<n>`, `ratio_steady_<n>`: the raw cost of what a *warm* read sends (the
   entity's merged tiles are remembered by generation: HGET `_gen` + the edges' ZRANGEBYSCORE);
 - `raw_zrange_p50_ms_<n>`: a raw ZRANGEBYSCORE of every event in the 7-day window (what a
-  read cost before tiles: the floor of any read that aggregates raw events);
+  read cost before tiles: the floor of any read that aggregates raw events), measured in its
+  own loop: its multi-megabyte replies evict the CPU caches, which slowed whatever ran next
+  (ours, in the earlier fixed order) by ~0.4 ms;
+- reads and the two raw baselines run in a shuffled order each round;
 - `push_p50_ms_1`: `FeatureStore.push` of one event (validated, transformed, window state
   updated, appended to the stream); `push_events_per_s_10000`: pushes of 10,000 events;
 - `training_s`: a training set of `--labels` label rows over both users' offline history
@@ -202,27 +205,40 @@ def main() -> int:
         steady: dict[int, list[float]] = {n: [] for n in sizes}
         for user in sizes.values():
             store.get_online_features([{"user_id": user}], features=refs, output="dicts")  # warm the cache
+
+        def read_ours(n: int, user: int) -> None:
+            t0 = time.perf_counter()
+            store.get_online_features([{"user_id": user}], features=refs, output="dicts")
+            ours[n].append((time.perf_counter() - t0) * 1000)
+
+        def read_raw(n: int, user: int, warm: bool) -> None:
+            t_us = time.time_ns() // 1000
+            _, raws, _, fields = store.online.windows.plan(group, t_us)
+            t0 = time.perf_counter()
+            pipe = raw_client.pipeline(transaction=True)
+            if warm:
+                pipe.hget(bases[user] + ":tiles", "_gen")
+            else:
+                pipe.hmget(bases[user] + ":tiles", fields)
+            for lo, hi in raws:
+                pipe.zrangebyscore(bases[user] + ":events", f"({lo}", hi)
+            pipe.execute()
+            (steady if warm else raw)[n].append((time.perf_counter() - t0) * 1000)
+
+        # ours and the two raw baselines in a shuffled order each round, so none always runs
+        # right after another's work; the big ZRANGEBYSCORE probes (megabytes per reply at
+        # 100k events, which evict the CPU caches) run in their own loop afterwards
+        rng = np.random.default_rng(7)
         for _ in range(args.reads):
             for n, user in sizes.items():
-                t0 = time.perf_counter()
-                store.get_online_features([{"user_id": user}], features=refs, output="dicts")
-                ours[n].append((time.perf_counter() - t0) * 1000)
+                for k in rng.permutation(3):
+                    if k == 0:
+                        read_ours(n, user)
+                    else:
+                        read_raw(n, user, warm=k == 2)
+        for _ in range(max(20, args.reads // 10)):
+            for n, user in sizes.items():
                 t_us = time.time_ns() // 1000
-                _, raws, _, fields = store.online.windows.plan(group, t_us)
-                t0 = time.perf_counter()
-                pipe = raw_client.pipeline(transaction=True)
-                pipe.hmget(bases[user] + ":tiles", fields)
-                for lo, hi in raws:
-                    pipe.zrangebyscore(bases[user] + ":events", f"({lo}", hi)
-                pipe.execute()
-                raw[n].append((time.perf_counter() - t0) * 1000)
-                t0 = time.perf_counter()
-                pipe = raw_client.pipeline(transaction=True)
-                pipe.hget(bases[user] + ":tiles", "_gen")
-                for lo, hi in raws:
-                    pipe.zrangebyscore(bases[user] + ":events", f"({lo}", hi)
-                pipe.execute()
-                steady[n].append((time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
                 raw_client.zrangebyscore(bases[user] + ":events", t_us - 7 * 86400 * 10**6, t_us)
                 zrange[n].append((time.perf_counter() - t0) * 1000)

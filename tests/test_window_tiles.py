@@ -360,3 +360,52 @@ def test_push_applies_the_declared_checks(tmp_path: Path, store_config: StoreCon
     got = store.get_online_features({"user_id": [1]}, features=["last_pay:v1:amount"], output="dicts")
     assert got[0]["amount"] == 2.5
     store.close()
+
+
+def test_remembered_values_follow_events_leaving_and_entering_the_edges(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A warm read reuses the last values when every window's edge events are unchanged; as
+    time moves inside one 10 s plan, events leave the windows' tails (and future-dated ones
+    enter the head): each read must equal a read by a store that remembers nothing."""
+    t0 = datetime.fromtimestamp((int(NOW.timestamp()) // 10) * 10 + 1, tz=UTC)  # 1 s into a span
+    offsets = [timedelta(hours=1) - timedelta(seconds=s) for s in (2, 4, 6)]  # in 1h's tail edge
+    offsets += [timedelta(days=1) - timedelta(seconds=3), timedelta(days=7) - timedelta(seconds=5)]
+    offsets += [timedelta(minutes=m) for m in (1, 30, 300)]
+    offsets += [-timedelta(seconds=4)]  # 4 s in the future: enters the head edge
+    events = [
+        {
+            "user_id": 1,
+            "ts": t0 - o,
+            "eid": f"x{i}",
+            "amount": 1.5 * (i + 1),
+            "status": "ok",
+            "merchant": i % 3,
+        }
+        for i, o in enumerate(offsets)
+    ]
+    frame(events).write_parquet(tmp_path / "txns.parquet")
+    group = group_for(tmp_path / "txns.parquet")
+    config = StoreConfig(
+        str(tmp_path / "offline"), redis_url, str(tmp_path), f"sktest:memo{t0.timestamp():.0f}"
+    )
+    repo = FeatureRepository([group])
+    store = FeatureStore(repo, config)
+    refs = [f"tiled:v1:{name}" for name in group.feature_names]
+    try:
+        store.push("txns", frame(events), at=t0)
+        for step in range(8):  # 0..7 s after t0: one plan, edges changing
+            t = t0 + timedelta(seconds=step)
+            first = store.get_online_features({"user_id": [1]}, features=refs, at=t, output="dicts")
+            again = store.get_online_features({"user_id": [1]}, features=refs, at=t, output="dicts")
+            fresh = FeatureStore(repo, config)
+            try:
+                expected = fresh.get_online_features({"user_id": [1]}, features=refs, at=t, output="dicts")
+            finally:
+                fresh.close()
+            assert first == again == expected, (step, first, expected)
+            seen = [e for e in events if e["ts"] <= t]
+            assert first[0]["count_1h"] == oracle(seen, 1, t, "1h", "count"), step
+    finally:
+        store.online.delete_all()
+        store.close()
