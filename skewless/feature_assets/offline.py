@@ -13,6 +13,7 @@ from skewless.feature_assets.metadata import (
     asset_tags,
     definition_metadata,
     freshness_policy,
+    partition_stats,
     partitions_table,
 )
 from skewless.feature_assets.sources import source_key
@@ -88,16 +89,21 @@ def build_offline_asset(
         compacted = 0
         for day in days:
             part = by_day.filter(pl.col("__day") == day).drop("__day")
-            store.write_partition(group, day, part)
+            path = store.write_partition(group, day, part)
             # only after the new partition is in place (readers read pieces before partitions)
             compacted += store.delete_pieces(compactable.get(day, []))
             counts.append((day.isoformat(), part.height))
+            # each partition's own figures (the result's metadata below is the run's, shared)
+            context.add_asset_metadata(
+                {**partition_stats(group, part), "partition_path": dg.MetadataValue.path(str(path))},
+                partition_key=day.isoformat(),
+            )
         context.log.info(
             f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions, compacted {compacted} pieces"
         )
         yield dg.MaterializeResult(
             metadata={
-                "dagster/row_count": rows.height,
+                "run_rows": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],
                 "dagster/column_lineage": offline_column_lineage(group, _source_schema(group)),
                 "partitions_written": len(days),
@@ -106,7 +112,7 @@ def build_offline_asset(
                     pl.DataFrame(counts, schema=["day", "rows"], orient="row")
                 ),
                 "path": dg.MetadataValue.path(str(store.group_dir(group))),
-                "entities": rows.select(group.entity.key_columns).n_unique() if rows.height else 0,
+                "run_entities": rows.select(group.entity.key_columns).n_unique() if rows.height else 0,
             }
         )
 

@@ -3,13 +3,19 @@
 from datetime import timedelta
 
 import dagster as dg
+import polars as pl
 from dagster import AssetExecutionContext
 
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
-from skewless.feature_assets.metadata import asset_tags, freshness_policy, online_column_schema
+from skewless.feature_assets.metadata import (
+    asset_tags,
+    freshness_policy,
+    online_column_schema,
+    partition_stats,
+)
 from skewless.feature_assets.offline import offline_key, partition_days
-from skewless.language.feature_group import FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
 
@@ -70,6 +76,7 @@ def build_online_asset(
 
         days = partition_days(context)
         rows = offline.store().scan(group, days[0], days[-1]).collect()
+        day_of = pl.col(EVENT_TIMESTAMP).dt.date()
         if group.is_windowed:
             # window groups: the events still inside the longest window become online state
             # (the latest version of each event: a correction may live on another day)
@@ -77,11 +84,17 @@ def build_online_asset(
 
             store_offline = offline.store()
             rows = superseded_filter(group, store_offline.files(group), rows.lazy()).collect()
+            # one write for the run: the write script resolves an id's versions within a batch
             added = online.store().write_events(group, rows)
             context.log.info(f"{group.ref}: {added} new events in the online window state")
+            for day in days:
+                # each partition's own events (the run's totals are on every partition)
+                context.add_asset_metadata(
+                    partition_stats(group, rows.filter(day_of == day)), partition_key=day.isoformat()
+                )
             return dg.MaterializeResult(
                 metadata={
-                    "dagster/row_count": rows.height,
+                    "run_rows": rows.height,
                     "dagster/column_lineage": online_column_lineage(group, offline_key(group)),
                     "events_added": added,
                     "longest_window": str(group.max_window),
@@ -89,18 +102,36 @@ def build_online_asset(
             )
         latest = latest_per_entity(group, rows)
         store = online.store()
-        stats = store.write_latest(group, latest)
-        context.log.info(f"{group.ref}: {stats}")
+        totals = {"written": 0, "skipped_older": 0, "expired": 0}
+        for day in days:
+            # the entities whose latest value comes from this day, written per day (disjoint
+            # keys: each entity has one latest row) so each partition reports its own writes
+            sent = latest.filter(day_of == day)
+            stats = store.write_latest(group, sent) if sent.height else dict.fromkeys(totals, 0)
+            for name in totals:
+                totals[name] += stats[name]
+            read = rows.filter(day_of == day)
+            context.add_asset_metadata(
+                {
+                    **partition_stats(group, sent),
+                    "rows_read": read.height,
+                    "entities": read.select(group.entity.key_columns).n_unique() if read.height else 0,
+                    "keys_written": stats["written"],
+                    "kept_newer_value": stats["skipped_older"],
+                    "expired_not_written": stats["expired"],
+                },
+                partition_key=day.isoformat(),
+            )
+        context.log.info(f"{group.ref}: {totals}")
         ttl = group.time_to_live
         key_pattern = f"{store.key_prefix}:{{{group.entity.name}:<keys>}}:{group.name}:v{group.version}"
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": latest.height,
                 "dagster/column_lineage": online_column_lineage(group, offline_key(group)),
-                "entities_in_partitions": latest.height,
-                "keys_written": stats["written"],
-                "kept_newer_value": stats["skipped_older"],
-                "expired_not_written": stats["expired"],
+                "run_entities": latest.height,
+                "run_keys_written": totals["written"],
+                "run_kept_newer_value": totals["skipped_older"],
+                "run_expired_not_written": totals["expired"],
                 "ttl_seconds": int(ttl / timedelta(seconds=1)) if ttl else 0,
                 "key_pattern": key_pattern,
             }
