@@ -24,6 +24,15 @@ def online_key(group: FeatureGroup) -> dg.AssetKey:
     return dg.AssetKey(["online", group.name, f"v{group.version}"])
 
 
+class OnlineWriteConfig(dg.Config):
+    """Run config of an online asset (`ops: {<asset>: {config: {allow_missing: true}}}`)."""
+
+    allow_missing: bool = False
+    """Write what is stored when some of the run's offline partitions were never materialized
+    (logged as a warning) instead of failing: the default fails, because Redis would silently
+    keep older values for those days' entities."""
+
+
 def build_online_asset(
     repo: FeatureRepository,
     group: FeatureGroup,
@@ -55,7 +64,13 @@ def build_online_asset(
         freshness_policy=freshness_policy(group),
         check_specs=online_check_specs(group, online_key(group)) if checks else None,
     )
-    def _online(context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource):
+    def _online(
+        context: AssetExecutionContext,
+        config: OnlineWriteConfig,
+        offline: OfflineStoreResource,
+        online: OnlineStoreResource,
+    ):
+        _check_coverage(context, config, offline)
         result = _write(context, offline, online)
         if checks:
             from skewless.checks.agreement import check_agreement, check_online_freshness
@@ -68,6 +83,29 @@ def build_online_asset(
                 yield to_check_result(outcome)
         else:
             yield result
+
+    def _check_coverage(
+        context: AssetExecutionContext, config: OnlineWriteConfig, offline: OfflineStoreResource
+    ) -> None:
+        """The run's days must be in the offline store (those with source events: see
+        `compute.coverage`), else this run would write nothing for them, silently."""
+        from skewless import asset_keys
+        from skewless.compute import coverage
+
+        missing, source_read = coverage.missing_days(offline.store(), group, set(partition_days(context)))
+        if not missing:
+            return
+        message = coverage.missing_message(
+            group,
+            missing,
+            asset=asset_keys.user_string(asset_keys.offline_path(group)),
+            needed_by="this online run reads",
+            remedy="run this asset with config allow_missing: true to write what is stored",
+            source_read=source_read,
+        )
+        if config.allow_missing:
+            context.log.warning(message)
+        coverage.enforce(message, config.allow_missing)
 
     def _write(
         context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource
