@@ -47,7 +47,7 @@ def test_partitions_hold_exactly_the_independent_computation(
     mats = [
         e.materialization
         for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey(["features", "user_stats", "v1"])
+        if e.asset_key == dg.AssetKey(["features", "user_stats_v1_offline"])
     ]
     assert sorted(m.partition for m in mats) == DAYS
     # each partition reports its own rows; the run's total is shared
@@ -113,7 +113,7 @@ def test_old_partition_rerun_keeps_newer_online_values(
     online_mat = next(
         e.materialization
         for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey(["online", "user_stats", "v1"])
+        if e.asset_key == dg.AssetKey(["online", "user_stats_v1_online"])
     )
     first_day = pl.read_parquet(OfflineStore(store_config.offline_root).files(group)[0])
     entities = latest_per_entity(group, first_day).height
@@ -161,7 +161,7 @@ def test_single_run_backfill_reports_each_partitions_own_figures(
     every = pl.concat(stored.values())
     latest = latest_per_entity(group, every)
     for day in days:
-        meta = partition_metadata(instance, dg.AssetKey(["features", "user_stats", "v1"]), day)
+        meta = partition_metadata(instance, dg.AssetKey(["features", "user_stats_v1_offline"]), day)
         part = stored[day]
         offline_rows[day] = meta["dagster/row_count"].value
         assert offline_rows[day] == part.height
@@ -169,7 +169,7 @@ def test_single_run_backfill_reports_each_partitions_own_figures(
         assert meta["null_rate/amount"].value == pytest.approx(part["amount"].null_count() / part.height)
         assert meta["null_rate/channel"].value == 0.0
         assert meta["run_rows"].value == every.height
-        online = partition_metadata(instance, dg.AssetKey(["online", "user_stats", "v1"]), day)
+        online = partition_metadata(instance, dg.AssetKey(["online", "user_stats_v1_online"]), day)
         sent = latest.filter(pl.col("event_timestamp").dt.date().cast(pl.String) == day).height
         latest_from_day[day] = online["dagster/row_count"].value
         assert latest_from_day[day] == sent

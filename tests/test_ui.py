@@ -47,17 +47,17 @@ EXPECTED_ASSETS = {
     "sources/transactions",
     "sources/user_profiles",
     "sources/merchant_scores",
-    "features/user_last_txn/v1",
-    "features/user_last_txn/v2",
-    "online/user_last_txn/v2",
-    "features/user_profile/v1",
-    "online/user_profile/v1",
-    "features/merchant_risk/v1",
-    "features/user_merchant_last_txn/v1",
-    "online/user_merchant_last_txn/v1",
-    "services/fraud_model/v1",
+    "features/user_last_txn_v1_offline",
+    "features/user_last_txn_v2_offline",
+    "online/user_last_txn_v2_online",
+    "features/user_profile_v1_offline",
+    "online/user_profile_v1_online",
+    "features/merchant_risk_v1_offline",
+    "features/user_merchant_last_txn_v1_offline",
+    "online/user_merchant_last_txn_v1_online",
+    "services/fraud_model_v1_service",
     "models/fraud_classifier",
-    "served/fraud_model/v1",
+    "served/fraud_model_v1_served_log",
     "registry/snapshot",
 }
 
@@ -242,7 +242,7 @@ def test_graphql_asset_graph(dagster_ui: DagsterUI) -> None:
     missing = EXPECTED_ASSETS - nodes.keys()
     assert not missing, f"missing asset keys {sorted(missing)}; graph has {sorted(nodes)}"
 
-    offline = nodes["features/user_last_txn/v2"]
+    offline = nodes["features/user_last_txn_v2_offline"]
     assert offline["isPartitioned"] is True
     assert {"polars", "parquet"} <= set(offline["kinds"])
     assert {"__typename": "TeamAssetOwner", "team": "fraud"} in offline["owners"]
@@ -250,31 +250,31 @@ def test_graphql_asset_graph(dagster_ui: DagsterUI) -> None:
     assert "sources/transactions" in {_path(k) for k in offline["dependencyKeys"]}
     assert offline["description"]
 
-    online = nodes["online/user_last_txn/v2"]
+    online = nodes["online/user_last_txn_v2_online"]
     assert "redis" in online["kinds"]
-    assert "features/user_last_txn/v2" in {_path(k) for k in online["dependencyKeys"]}
+    assert "features/user_last_txn_v2_offline" in {_path(k) for k in online["dependencyKeys"]}
     assert online["isPartitioned"] is True
 
     # Checks sit next to the asset they guard; partition checks and agreement are blocking.
-    assert _checks(nodes["features/merchant_risk/v1"]) == {
+    assert _checks(nodes["features/merchant_risk_v1_offline"]) == {
         "schema": True,
         "expectations": True,
         "drift": True,
     }
-    assert _checks(nodes["features/user_profile/v1"]) == {"schema": True}
-    assert _checks(nodes["online/user_profile/v1"]) == {
+    assert _checks(nodes["features/user_profile_v1_offline"]) == {"schema": True}
+    assert _checks(nodes["online/user_profile_v1_online"]) == {
         "online_freshness": False,
         "online_offline_agreement": True,
     }
-    assert _checks(nodes["served/fraud_model/v1"]) == {"training_serving_skew": False}
+    assert _checks(nodes["served/fraud_model_v1_served_log"]) == {"training_serving_skew": False}
 
     # Services and models are assets downstream of the versions they pin.
-    service = nodes["services/fraud_model/v1"]
-    assert {"features/user_last_txn/v2", "online/user_last_txn/v2"} <= {
+    service = nodes["services/fraud_model_v1_service"]
+    assert {"features/user_last_txn_v2_offline", "online/user_last_txn_v2_online"} <= {
         _path(k) for k in service["dependencyKeys"]
     }
     assert {_path(k) for k in nodes["models/fraud_classifier"]["dependencyKeys"]} == {
-        "services/fraud_model/v1"
+        "services/fraud_model_v1_service"
     }
 
     # Sources are external (unpartitioned) assets; every feature asset is partitioned.
@@ -413,7 +413,7 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
         assert words in graph, f"{words!r} not on the group page:\n{graph[:3000]}"
 
     # The checks tab of an offline asset lists its blocking checks.
-    checks_url = f"{dagster_ui.url}/assets/features/merchant_risk/v1?view=checks"
+    checks_url = f"{dagster_ui.url}/assets/features/merchant_risk_v1_offline?view=checks"
     checks = _rendered_text(binary, checks_url, "expectations")
     for words in ("schema", "expectations", "drift"):
         assert words in checks, f"{words!r} not on the checks tab:\n{checks[:3000]}"

@@ -84,9 +84,23 @@ def partition_stats(group: FeatureGroup, rows: pl.DataFrame) -> dict[str, object
     return stats
 
 
-def asset_tags(group: FeatureGroup) -> dict[str, str]:
+def asset_tags(group: FeatureGroup, store: str) -> dict[str, str]:
+    """The group's own tags plus what the asset is: group, version, store (offline/online)."""
     assert isinstance(group.tags, dict)
-    return {**group.tags, "skewless/group": group.name, "skewless/version": f"v{group.version}"}
+    return {
+        **group.tags,
+        "skewless/group": group.name,
+        "skewless/version": f"v{group.version}",
+        "skewless/store": store,
+    }
+
+
+def code_version(group: FeatureGroup) -> str:
+    """Dagster's code version of both assets of a group version: its fingerprint (what decides
+    its values), so the UI flags partitions materialized by other code."""
+    from skewless.registry.fingerprint import fingerprint
+
+    return fingerprint(group)
 
 
 def freshness_policy(group: FeatureGroup) -> dg.FreshnessPolicy:

@@ -6,22 +6,20 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from skewless.asset_keys import offline_key, online_key
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
 from skewless.feature_assets.metadata import (
     asset_tags,
+    code_version,
     freshness_policy,
     online_column_schema,
     partition_stats,
 )
-from skewless.feature_assets.offline import offline_key, partition_days
+from skewless.feature_assets.offline import partition_days
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
-
-
-def online_key(group: FeatureGroup) -> dg.AssetKey:
-    return dg.AssetKey(["online", group.name, f"v{group.version}"])
 
 
 class OnlineWriteConfig(dg.Config):
@@ -56,9 +54,13 @@ def build_online_asset(
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=group.name,
-        description=f"Latest values of {group.ref} in the online store (Redis)",
+        description=(
+            f"Online store of feature group {group.ref}: the latest value per entity in Redis, "
+            "for serving." + (f"\n\n{group.description}" if group.description else "")
+        ),
         owners=[group.owner] if group.owner else None,
-        tags=asset_tags(group),
+        tags=asset_tags(group, "online"),
+        code_version=code_version(group),
         metadata={"dagster/column_schema": online_column_schema(group), "version": group.version},
         kinds={"redis"},
         freshness_policy=freshness_policy(group),

@@ -5,17 +5,12 @@ import warnings
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from skewless.asset_keys import offline_key, source_key, training_set_key
 from skewless.compute.coverage import MissingPartitionsWarning
 from skewless.feature_assets.column_lineage import training_set_column_lineage
-from skewless.feature_assets.offline import offline_key
-from skewless.feature_assets.sources import source_key
 from skewless.language.feature_service import FeatureService
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource
-
-
-def training_set_key(service: FeatureService) -> dg.AssetKey:
-    return dg.AssetKey(["training_sets", service.name, f"v{service.version}"])
 
 
 class TrainingSetConfig(dg.Config):
@@ -39,7 +34,12 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
         key=training_set_key(service),
         deps=[source_key(service.labels), *(offline_key(g) for g in groups.values())],
         group_name="training_sets",
-        description=service.description or f"Training set of feature service {service.ref}",
+        description=(
+            f"Training set of feature service {service.ref}: its labels joined point-in-time "
+            "with the features it pins (one Parquet file)."
+            + (f"\n\n{service.description}" if service.description else "")
+        ),
+        code_version=_code_version(service, list(groups.values())),
         owners=[service.owner] if service.owner else None,
         kinds={"polars", "parquet"},
         tags={"skewless/service": service.name, "skewless/version": f"v{service.version}"},
@@ -85,3 +85,11 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
         )
 
     return _training_set
+
+
+def _code_version(service: FeatureService, groups: list) -> str:
+    """What decides the training set's values: the selected features and the fingerprints of
+    the group versions they come from (the labels are data, not code)."""
+    from skewless.registry.fingerprint import digest, fingerprint
+
+    return digest({"features": list(service.features), "groups": sorted(fingerprint(g) for g in groups)})
