@@ -391,9 +391,9 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     # The asset catalog lists every asset with its key and description.
     catalog = _rendered_text(binary, f"{dagster_ui.url}/assets", "user_last_txn")
     for words in (
-        "features / user_last_txn / v2",
-        "online / user_last_txn / v2",
-        "features / user_merchant_last_txn / v1",
+        "features / user_last_txn_v2_offline",
+        "online / user_last_txn_v2_online",
+        "features / user_merchant_last_txn_v1_offline",
         "models / fraud_classifier",  # the list is virtualised: later keys (sources/...) may not render
         "The user's latest transaction, with log amount and hour (v2)",
         LOCATION,
@@ -405,11 +405,22 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     for group in ("sources", "user_last_txn", "user_profile", "merchant_risk", "user_merchant_last_txn"):
         assert group in lineage, f"group {group!r} not on /asset-groups:\n{lineage[:3000]}"
 
-    # The group page draws the graph: source -> v1/v2 offline (Polars, Parquet) -> online (Redis).
+    # The group page draws the graph: source -> v1/v2 offline (Polars, Parquet) -> online (Redis),
+    # each node labelled with what it is (issue 12 item 7: not just "v1"/"v2").
     group_url = f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/user_last_txn"
     graph = _rendered_text(binary, group_url, "Redis")
     assert "Join the Dagster community" not in graph, "the community pop-up still covers the page"
-    for words in ("user_last_txn", "Asset Group", "transactions", "v1", "v2", "Polars", "Parquet", "Redis"):
+    for words in (
+        "user_last_txn",
+        "Asset Group",
+        "transactions",
+        "user_last_txn_v1_offline",
+        "user_last_txn_v2_offline",
+        "user_last_txn_v2_online",
+        "Polars",
+        "Parquet",
+        "Redis",
+    ):
         assert words in graph, f"{words!r} not on the group page:\n{graph[:3000]}"
 
     # The checks tab of an offline asset lists its blocking checks.
@@ -422,8 +433,8 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     services = _rendered_text(
         binary, f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/services", "fraud_classifier"
     )
-    # nodes show the last key part: the model's name, and the service's version with its kind
-    for words in ("fraud_classifier", "model", "service", "v1"):
+    # nodes show the last key part: the model's name, and the service's name, version and kind
+    for words in ("fraud_classifier", "model", "service", "fraud_model_v1_service"):
         assert words in services, f"{words!r} not on the services group page:\n{services[:3000]}"
 
     screenshot = dagster_ui.tmp / "ui.png"
