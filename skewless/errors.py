@@ -37,3 +37,7 @@ class CheckFailedError(SkewlessError):
 
 class MissingPartitionsError(SkewlessError):
     """Day partitions a read needs were never materialized: its values would be stale."""
+
+
+class MissingPartitionsWarning(UserWarning):
+    """Partitions a read needs are missing and the caller allowed it (`allow_missing=True`)."""

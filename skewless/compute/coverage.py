@@ -30,14 +30,10 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
 
-from skewless.errors import MissingPartitionsError, SkewlessError
+from skewless.errors import MissingPartitionsError, MissingPartitionsWarning, SkewlessError
 from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import FeatureGroup
 from skewless.storage.offline import OfflineStore
-
-
-class MissingPartitionsWarning(UserWarning):
-    """Partitions a read needs are missing and the caller allowed it (`allow_missing=True`)."""
 
 
 def lookback(group: FeatureGroup) -> timedelta | None:

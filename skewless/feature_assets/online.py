@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from skewless.asset_keys import offline_key, online_key
+from skewless.asset_keys import offline_key, offline_path, online_key, user_string
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
 from skewless.feature_assets.metadata import (
@@ -91,7 +91,6 @@ def build_online_asset(
     ) -> None:
         """The run's days must be in the offline store (those with source events: see
         `compute.coverage`), else this run would write nothing for them, silently."""
-        from skewless import asset_keys
         from skewless.compute import coverage
 
         missing, source_read = coverage.missing_days(offline.store(), group, set(partition_days(context)))
@@ -100,7 +99,7 @@ def build_online_asset(
         message = coverage.missing_message(
             group,
             missing,
-            asset=asset_keys.user_string(asset_keys.offline_path(group)),
+            asset=user_string(offline_path(group)),
             needed_by="this online run reads",
             remedy="run this asset with config allow_missing: true to write what is stored",
             source_read=source_read,
