@@ -39,6 +39,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         warnings.filterwarnings("ignore", category=category)
 
     from examples.card_fraud import data, features
+    from skewless import asset_keys
     from skewless.client.feature_store import FeatureStore
     from skewless.feature_assets.definitions import build_definitions
     from skewless.repository import load_repository
@@ -117,7 +118,8 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
 
     asset_path = store.offline.training_set_path("fraud_model", 1)
     asset_rows = pl.scan_parquet(asset_path).select(pl.len()).collect().item()
-    print(f"   training-set asset training_sets/fraud_model/v1: {asset_rows} rows -> {asset_path}")
+    asset = asset_keys.user_string(asset_keys.training_set_path(repo.service("fraud_model:v1")))
+    print(f"   training-set asset {asset}: {asset_rows} rows -> {asset_path}")
     daily = store.sql(
         "SELECT date, count(*) AS txns, round(avg(last_amount), 2) AS avg_amount "
         "FROM user_last_txn GROUP BY date ORDER BY date DESC LIMIT 3"

@@ -38,8 +38,7 @@ def print_check_summary(defs: Any, instance: Any) -> dict[str, int]:
 def block_bad_delivery(
     defs: Any, instance: Any, store: Any, repo: Any, data_dir: Any, day: date
 ) -> dict[str, Any]:
-    from skewless.feature_assets.offline import offline_key
-    from skewless.feature_assets.online import online_key
+    from skewless.asset_keys import offline_key, online_key
 
     group = repo.group("merchant_risk", 1)
     source = data_dir / "merchant_risk.parquet"

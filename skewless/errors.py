@@ -33,3 +33,11 @@ class RequestError(SkewlessError):
 
 class CheckFailedError(SkewlessError):
     """A blocking data-quality check failed: the partitions were not written anywhere."""
+
+
+class MissingPartitionsError(SkewlessError):
+    """Day partitions a read needs were never materialized: its values would be stale."""
+
+
+class MissingPartitionsWarning(UserWarning):
+    """Partitions a read needs are missing and the caller allowed it (`allow_missing=True`)."""

@@ -122,7 +122,7 @@ def rerun_online(
     defs: dg.Definitions, instance: dg.DagsterInstance, partition: str
 ) -> dg.ExecuteInProcessResult:
     """Push one partition to Redis again: its online checks run right after the write."""
-    key = dg.AssetKey(["online", "risk", "v1"])
+    key = dg.AssetKey(["online", "risk_v1_online"])
     return defs.resolve_job_def("daily_features").execute_in_process(
         instance=instance, partition_key=partition, asset_selection=[key], raise_on_error=False
     )

@@ -47,7 +47,7 @@ def oracle(
 
 
 def write_rows(offline: OfflineStore, group: FeatureGroup, rows: list[dict]) -> None:
-    """Store rows the way the offline asset does: one sorted file per day."""
+    """Store rows the way the offline asset does: one sorted file per day of their span."""
     frame = (
         pl.DataFrame(rows, schema=group.offline_schema())
         if rows
@@ -58,8 +58,14 @@ def write_rows(offline: OfflineStore, group: FeatureGroup, rows: list[dict]) -> 
         .sort([*group.entity.key_columns, "event_timestamp", "created_timestamp", "__pos"])
         .drop("__pos")
     )
-    for (day,), part in frame.group_by(pl.col("event_timestamp").dt.date(), maintain_order=True):
-        offline.write_partition(group, day, part)
+    if frame.height == 0:
+        return
+    # every day of the span, empty ones too, as a materialized range leaves them
+    days = frame.get_column("event_timestamp").dt.date()
+    day = days.min()
+    while day <= days.max():
+        offline.write_partition(group, day, frame.filter(days == day))
+        day += timedelta(days=1)
 
 
 minutes = st.integers(0, 60 * 24 * 3)

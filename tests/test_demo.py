@@ -74,5 +74,5 @@ def test_demo_runs_twice_with_the_same_result(tmp_path: Path) -> None:
         assert len(failed) == 2 and all(r.tags.get("skewless/demo") == "bad-delivery" for r in failed)
     assert "BLOCKED merchant_risk:v1: 6 schema violations" in first
     assert "offline partition unchanged: True; Redis unchanged and online asset not run: True" in first
-    assert re.search(r"features/merchant_risk/v1 +drift ok, expectations ok, schema ok", first)
+    assert re.search(r"features/merchant_risk_v1_offline +drift ok, expectations ok, schema ok", first)
     assert "online_offline_agreement ok" in first and "FAIL" not in first.split("a bad merchant")[0]

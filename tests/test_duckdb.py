@@ -106,6 +106,9 @@ def test_empty_group_has_an_empty_typed_view(tmp_path: Path, store_config: Store
     assert empty.schema["amount"] == pl.Float64 and "date" in empty.columns
 
 
+TRAINING_SET = dg.AssetKey(["training_sets", "model_v1_training_set"])
+
+
 def test_training_set_and_views_assets(tmp_path: Path, store_config: StoreConfig) -> None:
     events = make_events()
     repo = small_repo(tmp_path / "data", events)
@@ -119,7 +122,7 @@ def test_training_set_and_views_assets(tmp_path: Path, store_config: StoreConfig
         assert materialize_days(repo, store_config, instance, START, "2026-03-04").success
         for job in ("training_sets", "sql_views"):
             assert defs.resolve_job_def(job).execute_in_process(instance=instance).success
-        mat = instance.get_latest_materialization_event(dg.AssetKey(["training_sets", "model", "v1"]))
+        mat = instance.get_latest_materialization_event(TRAINING_SET)
         assert mat.asset_materialization.metadata["dagster/row_count"].value == events.height
     training = pl.read_parquet(OfflineStore(store_config.offline_root).training_set_path("model", 1))
     assert training.height == events.height
@@ -130,5 +133,5 @@ def test_training_set_and_views_assets(tmp_path: Path, store_config: StoreConfig
     # the views asset wrote a DuckDB file anyone can open
     with duckdb.connect(str(Path(store_config.state_dir) / "offline.duckdb"), read_only=True) as conn:
         assert conn.sql("SELECT count(*) FROM user_stats_v1").fetchall()[0][0] == events.height
-    spec = {s.key: s for s in defs.resolve_all_asset_specs()}[dg.AssetKey(["training_sets", "model", "v1"])]
-    assert dg.AssetKey(["features", "user_stats", "v1"]) in {d.asset_key for d in spec.deps}
+    spec = {s.key: s for s in defs.resolve_all_asset_specs()}[TRAINING_SET]
+    assert dg.AssetKey(["features", "user_stats_v1_offline"]) in {d.asset_key for d in spec.deps}

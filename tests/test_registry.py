@@ -225,21 +225,21 @@ def test_every_asset_carries_metadata_and_services_and_models_are_assets() -> No
     defs = build_definitions(repo, StoreConfig("/tmp/x", None, "/tmp/x"))
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"services/fraud_model/v1", "models/fraud_classifier"} <= keys
+    assert {"services/fraud_model_v1_service", "models/fraud_classifier"} <= keys
     model = graph.get(dg.AssetKey(["models", "fraud_classifier"]))
-    assert model.parent_keys == {dg.AssetKey(["services", "fraud_model", "v1"])}
-    service = graph.get(dg.AssetKey(["services", "fraud_model", "v1"]))
-    assert dg.AssetKey(["features", "user_last_txn", "v2"]) in service.parent_keys
-    assert dg.AssetKey(["online", "user_last_txn", "v2"]) in service.parent_keys
+    assert model.parent_keys == {dg.AssetKey(["services", "fraud_model_v1_service"])}
+    service = graph.get(dg.AssetKey(["services", "fraud_model_v1_service"]))
+    assert dg.AssetKey(["features", "user_last_txn_v2_offline"]) in service.parent_keys
+    assert dg.AssetKey(["online", "user_last_txn_v2_online"]) in service.parent_keys
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.description, key
         assert node.kinds, key
         assert node.tags, key
     for group in repo.groups:
-        node = graph.get(dg.AssetKey(["features", group.name, f"v{group.version}"]))
+        node = graph.get(dg.AssetKey(["features", f"{group.name}_v{group.version}_offline"]))
         assert node.owners == [group.owner] and "dagster/column_schema" in node.metadata
-        online = graph.get(dg.AssetKey(["online", group.name, f"v{group.version}"]))
+        online = graph.get(dg.AssetKey(["online", f"{group.name}_v{group.version}_online"]))
         schema = online.metadata["dagster/column_schema"]
         columns = [c.name for c in getattr(schema, "schema", schema).columns]
         assert columns == [*group.entity.key_columns, *group.feature_names]
@@ -254,16 +254,18 @@ def test_column_lineage_is_recorded_on_materialization(tmp_path: Path, store_con
         e.asset_key.to_user_string(): e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
-    offline = by_key["features/user_stats/v1"]["dagster/column_lineage"].value
+    offline = by_key["features/user_stats_v1_offline"]["dagster/column_lineage"].value
     source = dg.AssetKey(["sources", "events"])
     assert offline.deps_by_column["amount_x"] == [dg.TableColumnDep(asset_key=source, column_name="amount")]
     assert offline.deps_by_column["channel"] == [dg.TableColumnDep(asset_key=source, column_name="channel")]
     assert offline.deps_by_column["event_timestamp"] == [
         dg.TableColumnDep(asset_key=source, column_name="ts")
     ]
-    online = by_key["online/user_stats/v1"]["dagster/column_lineage"].value
+    online = by_key["online/user_stats_v1_online"]["dagster/column_lineage"].value
     assert online.deps_by_column["amount_x"] == [
-        dg.TableColumnDep(asset_key=dg.AssetKey(["features", "user_stats", "v1"]), column_name="amount_x")
+        dg.TableColumnDep(
+            asset_key=dg.AssetKey(["features", "user_stats_v1_offline"]), column_name="amount_x"
+        )
     ]
 
 

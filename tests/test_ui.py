@@ -47,17 +47,17 @@ EXPECTED_ASSETS = {
     "sources/transactions",
     "sources/user_profiles",
     "sources/merchant_scores",
-    "features/user_last_txn/v1",
-    "features/user_last_txn/v2",
-    "online/user_last_txn/v2",
-    "features/user_profile/v1",
-    "online/user_profile/v1",
-    "features/merchant_risk/v1",
-    "features/user_merchant_last_txn/v1",
-    "online/user_merchant_last_txn/v1",
-    "services/fraud_model/v1",
+    "features/user_last_txn_v1_offline",
+    "features/user_last_txn_v2_offline",
+    "online/user_last_txn_v2_online",
+    "features/user_profile_v1_offline",
+    "online/user_profile_v1_online",
+    "features/merchant_risk_v1_offline",
+    "features/user_merchant_last_txn_v1_offline",
+    "online/user_merchant_last_txn_v1_online",
+    "services/fraud_model_v1_service",
     "models/fraud_classifier",
-    "served/fraud_model/v1",
+    "served/fraud_model_v1_served_log",
     "registry/snapshot",
 }
 
@@ -243,7 +243,7 @@ def test_graphql_asset_graph(dagster_ui: DagsterUI) -> None:
     missing = EXPECTED_ASSETS - nodes.keys()
     assert not missing, f"missing asset keys {sorted(missing)}; graph has {sorted(nodes)}"
 
-    offline = nodes["features/user_last_txn/v2"]
+    offline = nodes["features/user_last_txn_v2_offline"]
     assert offline["isPartitioned"] is True
     assert {"polars", "parquet"} <= set(offline["kinds"])
     assert {"__typename": "TeamAssetOwner", "team": "fraud"} in offline["owners"]
@@ -251,31 +251,31 @@ def test_graphql_asset_graph(dagster_ui: DagsterUI) -> None:
     assert "sources/transactions" in {_path(k) for k in offline["dependencyKeys"]}
     assert offline["description"]
 
-    online = nodes["online/user_last_txn/v2"]
+    online = nodes["online/user_last_txn_v2_online"]
     assert "redis" in online["kinds"]
-    assert "features/user_last_txn/v2" in {_path(k) for k in online["dependencyKeys"]}
+    assert "features/user_last_txn_v2_offline" in {_path(k) for k in online["dependencyKeys"]}
     assert online["isPartitioned"] is True
 
     # Checks sit next to the asset they guard; partition checks and agreement are blocking.
-    assert _checks(nodes["features/merchant_risk/v1"]) == {
+    assert _checks(nodes["features/merchant_risk_v1_offline"]) == {
         "schema": True,
         "expectations": True,
         "drift": True,
     }
-    assert _checks(nodes["features/user_profile/v1"]) == {"schema": True}
-    assert _checks(nodes["online/user_profile/v1"]) == {
+    assert _checks(nodes["features/user_profile_v1_offline"]) == {"schema": True}
+    assert _checks(nodes["online/user_profile_v1_online"]) == {
         "online_freshness": False,
         "online_offline_agreement": True,
     }
-    assert _checks(nodes["served/fraud_model/v1"]) == {"training_serving_skew": False}
+    assert _checks(nodes["served/fraud_model_v1_served_log"]) == {"training_serving_skew": False}
 
     # Services and models are assets downstream of the versions they pin.
-    service = nodes["services/fraud_model/v1"]
-    assert {"features/user_last_txn/v2", "online/user_last_txn/v2"} <= {
+    service = nodes["services/fraud_model_v1_service"]
+    assert {"features/user_last_txn_v2_offline", "online/user_last_txn_v2_online"} <= {
         _path(k) for k in service["dependencyKeys"]
     }
     assert {_path(k) for k in nodes["models/fraud_classifier"]["dependencyKeys"]} == {
-        "services/fraud_model/v1"
+        "services/fraud_model_v1_service"
     }
 
     # Sources are external (unpartitioned) assets; every feature asset is partitioned.
@@ -392,9 +392,9 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     # The asset catalog lists every asset with its key and description.
     catalog = _rendered_text(binary, f"{dagster_ui.url}/assets", "user_last_txn")
     for words in (
-        "features / user_last_txn / v2",
-        "online / user_last_txn / v2",
-        "features / user_merchant_last_txn / v1",
+        "features / user_last_txn_v2_offline",
+        "online / user_last_txn_v2_online",
+        "features / user_merchant_last_txn_v1_offline",
         "models / fraud_classifier",  # the list is virtualised: later keys (sources/...) may not render
         "The user's latest transaction, with log amount and hour (v2)",
         LOCATION,
@@ -406,15 +406,26 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     for group in ("sources", "user_last_txn", "user_profile", "merchant_risk", "user_merchant_last_txn"):
         assert group in lineage, f"group {group!r} not on /asset-groups:\n{lineage[:3000]}"
 
-    # The group page draws the graph: source -> v1/v2 offline (Polars, Parquet) -> online (Redis).
+    # The group page draws the graph: source -> v1/v2 offline (Polars, Parquet) -> online (Redis),
+    # each node labelled with what it is (issue 12 item 7: not just "v1"/"v2").
     group_url = f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/user_last_txn"
     graph = _rendered_text(binary, group_url, "Redis")
     assert "Join the Dagster community" not in graph, "the community pop-up still covers the page"
-    for words in ("user_last_txn", "Asset Group", "transactions", "v1", "v2", "Polars", "Parquet", "Redis"):
+    for words in (
+        "user_last_txn",
+        "Asset Group",
+        "transactions",
+        "user_last_txn_v1_offline",
+        "user_last_txn_v2_offline",
+        "user_last_txn_v2_online",
+        "Polars",
+        "Parquet",
+        "Redis",
+    ):
         assert words in graph, f"{words!r} not on the group page:\n{graph[:3000]}"
 
     # The checks tab of an offline asset lists its blocking checks.
-    checks_url = f"{dagster_ui.url}/assets/features/merchant_risk/v1?view=checks"
+    checks_url = f"{dagster_ui.url}/assets/features/merchant_risk_v1_offline?view=checks"
     checks = _rendered_text(binary, checks_url, "expectations")
     for words in ("schema", "expectations", "drift"):
         assert words in checks, f"{words!r} not on the checks tab:\n{checks[:3000]}"
@@ -423,8 +434,8 @@ def test_browser_renders_asset_graph(dagster_ui: DagsterUI) -> None:
     services = _rendered_text(
         binary, f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/services", "fraud_classifier"
     )
-    # nodes show the last key part: the model's name, and the service's version with its kind
-    for words in ("fraud_classifier", "model", "service", "v1"):
+    # nodes show the last key part: the model's name, and the service's name, version and kind
+    for words in ("fraud_classifier", "model", "service", "fraud_model_v1_service"):
         assert words in services, f"{words!r} not on the services group page:\n{services[:3000]}"
 
     screenshot = dagster_ui.tmp / "ui.png"

@@ -159,6 +159,7 @@ class FeatureStore:
         output: Literal["polars", "pandas", "arrow"] = "polars",
         engine: Engine = "auto",
         partitions_from: date | None = None,
+        allow_missing: bool = False,
     ) -> Any:
         """Point-in-time-correct features for each label row (see `compute.point_in_time`).
 
@@ -173,6 +174,16 @@ class FeatureStore:
         gets each feature's declared default (a null key matches no stored row, exactly as
         online), so drop such rows first if they should not be trained on. A null label time
         is an error naming the rows: there is no point in time to join at.
+
+        Missing partitions are an error, not stale values: when a day partition the labels
+        need was never materialized, `MissingPartitionsError` names the group and the days
+        (as ranges). A day is needed when it lies within a label time's lookback (the TTL, a
+        window group's longest window; without a TTL every earlier day), on or after the
+        source's `start_date` (and `partitions_from`), and the source has events that day —
+        so days before the source's first event, after its last one, or gaps in it never
+        count (their partitions would be empty). `allow_missing=True` builds the set from
+        what is stored and emits a `MissingPartitionsWarning` with the same text instead.
+        The rule lives in `skewless.compute.coverage`.
         """
         original = labels = to_polars(entity_df, "entity_df")
         selection = self.select(features, service)
@@ -188,6 +199,7 @@ class FeatureStore:
         keys = sorted({k for group, _ in selection for k in group.entity.key_columns})
         base = labels.select(keys).with_columns(label_ts.alias(LABEL_TS)).with_row_index(ROW)
         label_days = label_ts.dt.date().unique().to_list()
+        self._check_coverage(selection, label_days, partitions_from, allow_missing)
         plans = [
             plan_group(
                 self.offline,
@@ -207,6 +219,34 @@ class FeatureStore:
         self.last_training_stats = TrainingSetStats()
         frames = build(base, plans, engine, self.last_training_stats)
         return convert(pl.concat([original, *frames], how="horizontal"), output)
+
+    def _check_coverage(
+        self, selection: Selection, label_days: list[date], since: date | None, allow_missing: bool
+    ) -> None:
+        """Refuse (or, allowed, warn about) a training set built over unmaterialized days."""
+        from skewless import asset_keys
+        from skewless.compute import coverage
+
+        problems = []
+        for group, _ in selection:
+            # `partitions_from` prunes row groups only (window values need earlier events)
+            first = since if since is not None and not group.is_windowed else None
+            missing, source_read = coverage.missing_days(
+                self.offline, group, coverage.required_days(group, label_days, first)
+            )
+            if missing:
+                problems.append(
+                    coverage.missing_message(
+                        group,
+                        missing,
+                        asset=asset_keys.user_string(asset_keys.offline_path(group)),
+                        needed_by="the label times need (each back through the TTL or longest window)",
+                        remedy="pass allow_missing=True to build the training set from what is stored",
+                        source_read=source_read,
+                    )
+                )
+        if problems:
+            coverage.enforce("\n".join(problems), allow_missing, stacklevel=4)
 
     @staticmethod
     def _empty_features(labels: pl.DataFrame, selection: Selection, names: dict) -> pl.DataFrame:
@@ -506,10 +546,10 @@ def _last_materialization(group: FeatureGroup) -> dict[str, Any] | None:
     try:
         import dagster as dg
 
+        from skewless import asset_keys
+
         with dg.DagsterInstance.get() as instance:
-            event = instance.get_latest_materialization_event(
-                dg.AssetKey(["features", group.name, f"v{group.version}"])
-            )
+            event = instance.get_latest_materialization_event(dg.AssetKey(asset_keys.offline_path(group)))
     except Exception:
         return None
     if event is None:

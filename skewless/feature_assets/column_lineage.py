@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from skewless.feature_assets.sources import source_key
+from skewless.asset_keys import source_key
 from skewless.language.aggregation import windowed_features
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.feature_service import FeatureService

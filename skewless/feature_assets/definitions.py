@@ -9,14 +9,22 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from skewless.asset_keys import (
+    offline_key,
+    online_key,
+    registry_snapshot_key,
+    served_key,
+    sql_views_key,
+    training_set_key,
+)
 from skewless.config import StoreConfig
 from skewless.feature_assets.lineage import build_registry_asset, service_specs
-from skewless.feature_assets.offline import build_offline_asset, offline_key
-from skewless.feature_assets.online import build_online_asset, online_key
-from skewless.feature_assets.served import build_served_asset, served_key
+from skewless.feature_assets.offline import build_offline_asset
+from skewless.feature_assets.online import build_online_asset
+from skewless.feature_assets.served import build_served_asset
 from skewless.feature_assets.sources import source_spec
 from skewless.feature_assets.sql_views import build_sql_views_asset
-from skewless.feature_assets.training_sets import build_training_set_asset, training_set_key
+from skewless.feature_assets.training_sets import build_training_set_asset
 from skewless.language.source import FileSource
 from skewless.repository import FeatureRepository, load_repository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
@@ -83,13 +91,13 @@ def build_definitions(
     jobs.append(
         dg.define_asset_job(
             name="registry",
-            selection=dg.AssetSelection.assets(dg.AssetKey(["registry", "snapshot"])),
+            selection=dg.AssetSelection.assets(registry_snapshot_key()),
             description="Snapshot the registry (definitions, fingerprints, consumers) as JSON and Parquet.",
         )
     )
     jobs.append(
         dg.define_asset_job(
-            name="sql_views", selection=dg.AssetSelection.assets(dg.AssetKey(["sql", "offline_views"]))
+            name="sql_views", selection=dg.AssetSelection.assets(sql_views_key())
         )
     )
     if repo.services:

@@ -13,20 +13,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from skewless.feature_assets.offline import offline_key
-from skewless.feature_assets.online import online_key
-from skewless.feature_assets.training_sets import training_set_key
+from skewless.asset_keys import (
+    model_key,
+    offline_key,
+    online_key,
+    registry_snapshot_key,
+    service_key,
+    training_set_key,
+)
 from skewless.language.feature_service import FeatureService
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource
-
-
-def service_key(service: FeatureService) -> dg.AssetKey:
-    return dg.AssetKey(["services", service.name, f"v{service.version}"])
-
-
-def model_key(model: str) -> dg.AssetKey:
-    return dg.AssetKey(["models", model])
 
 
 def service_specs(repo: FeatureRepository) -> list[dg.AssetSpec]:
@@ -68,7 +65,7 @@ def service_specs(repo: FeatureRepository) -> list[dg.AssetSpec]:
 
 def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["registry", "snapshot"]),
+        key=registry_snapshot_key(),
         group_name="registry",
         description="The feature registry derived from the code: one JSON and one Parquet snapshot per run",
         kinds={"json", "parquet"},

@@ -55,9 +55,52 @@ def partitions_table(rows: pl.DataFrame) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def asset_tags(group: FeatureGroup) -> dict[str, str]:
+def value_columns(group: FeatureGroup) -> list[str]:
+    """The stored columns whose null rate is worth watching: features (row groups) or the
+    aggregated input columns (window groups, whose partitions hold events)."""
+    if group.is_windowed:
+        return list(group.input_columns())
+    return [f.name for f in group.features]
+
+
+def partition_stats(group: FeatureGroup, rows: pl.DataFrame) -> dict[str, object]:
+    """One partition's own figures: rows, distinct entities and each value column's null rate.
+
+    Attached per partition (`context.add_asset_metadata(..., partition_key=day)`), because a
+    single-run backfill otherwise gives every partition the whole run's figures and Dagster's
+    per-partition plots go flat. Floats, so the UI plots them over partitions.
+    """
+    keys = group.entity.key_columns
+    stats: dict[str, object] = {
+        "dagster/row_count": rows.height,
+        "entities": rows.select(keys).n_unique() if rows.height else 0,
+    }
+    columns = [c for c in value_columns(group) if c in rows.columns]
+    if rows.height and columns:
+        nulls = rows.select(pl.col(columns).null_count()).row(0)
+        stats.update({f"null_rate/{c}": n / rows.height for c, n in zip(columns, nulls, strict=True)})
+    else:
+        stats.update({f"null_rate/{c}": 0.0 for c in columns})
+    return stats
+
+
+def asset_tags(group: FeatureGroup, store: str) -> dict[str, str]:
+    """The group's own tags plus what the asset is: group, version, store (offline/online)."""
     assert isinstance(group.tags, dict)
-    return {**group.tags, "skewless/group": group.name, "skewless/version": f"v{group.version}"}
+    return {
+        **group.tags,
+        "skewless/group": group.name,
+        "skewless/version": f"v{group.version}",
+        "skewless/store": store,
+    }
+
+
+def code_version(group: FeatureGroup) -> str:
+    """Dagster's code version of both assets of a group version: its fingerprint (what decides
+    its values), so the UI flags partitions materialized by other code."""
+    from skewless.registry.fingerprint import fingerprint
+
+    return fingerprint(group)
 
 
 def freshness_policy(group: FeatureGroup) -> dg.FreshnessPolicy:

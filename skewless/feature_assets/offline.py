@@ -7,23 +7,21 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from skewless.asset_keys import offline_key, source_key
 from skewless.feature_assets.checks import partition_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import offline_column_lineage
 from skewless.feature_assets.metadata import (
     asset_tags,
+    code_version,
     definition_metadata,
     freshness_policy,
+    partition_stats,
     partitions_table,
 )
-from skewless.feature_assets.sources import source_key
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import FileSource
 from skewless.resources.stores import OfflineStoreResource
 from skewless.storage.offline import OfflineStore, days_between
-
-
-def offline_key(group: FeatureGroup) -> dg.AssetKey:
-    return dg.AssetKey(["features", group.name, f"v{group.version}"])
 
 
 def build_offline_asset(
@@ -42,9 +40,14 @@ def build_offline_asset(
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=group.name,
-        description=group.description or f"Feature rows of {group.ref}",
+        description=(
+            f"Offline store of feature group {group.ref}: its rows as daily Parquet partitions "
+            "(history for point-in-time training sets)."
+            + (f"\n\n{group.description}" if group.description else "")
+        ),
         owners=[group.owner] if group.owner else None,
-        tags=asset_tags(group),
+        tags=asset_tags(group, "offline"),
+        code_version=code_version(group),
         kinds={"polars", "parquet"},
         metadata=definition_metadata(group),
         check_specs=partition_check_specs(group, offline_key(group)) if checks else None,
@@ -88,16 +91,21 @@ def build_offline_asset(
         compacted = 0
         for day in days:
             part = by_day.filter(pl.col("__day") == day).drop("__day")
-            store.write_partition(group, day, part)
+            path = store.write_partition(group, day, part)
             # only after the new partition is in place (readers read pieces before partitions)
             compacted += store.delete_pieces(compactable.get(day, []))
             counts.append((day.isoformat(), part.height))
+            # each partition's own figures (the result's metadata below is the run's, shared)
+            context.add_asset_metadata(
+                {**partition_stats(group, part), "partition_path": dg.MetadataValue.path(str(path))},
+                partition_key=day.isoformat(),
+            )
         context.log.info(
             f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions, compacted {compacted} pieces"
         )
         yield dg.MaterializeResult(
             metadata={
-                "dagster/row_count": rows.height,
+                "run_rows": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],
                 "dagster/column_lineage": offline_column_lineage(group, _source_schema(group)),
                 "partitions_written": len(days),
@@ -106,7 +114,7 @@ def build_offline_asset(
                     pl.DataFrame(counts, schema=["day", "rows"], orient="row")
                 ),
                 "path": dg.MetadataValue.path(str(store.group_dir(group))),
-                "entities": rows.select(group.entity.key_columns).n_unique() if rows.height else 0,
+                "run_entities": rows.select(group.entity.key_columns).n_unique() if rows.height else 0,
             }
         )
 

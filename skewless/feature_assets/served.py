@@ -15,15 +15,11 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from skewless.asset_keys import served_key, training_set_key
 from skewless.feature_assets.checks import markdown_table, to_check_result
-from skewless.feature_assets.training_sets import training_set_key
 from skewless.language.feature_service import FeatureService
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
-
-
-def served_key(service: FeatureService) -> dg.AssetKey:
-    return dg.AssetKey(["served", service.name, f"v{service.version}"])
 
 
 def served_dir(offline_root: str, service: FeatureService) -> Path:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from skewless.asset_keys import source_key
 from skewless.language.source import Source
-
-
-def source_key(source: Source) -> dg.AssetKey:
-    return dg.AssetKey(["sources", source.name])
 
 
 def source_spec(source: Source) -> dg.AssetSpec:

@@ -9,14 +9,14 @@ import dagster as dg
 from dagster import AssetExecutionContext
 from dagster_duckdb import DuckDBResource
 
-from skewless.feature_assets.offline import offline_key
+from skewless.asset_keys import offline_key, sql_views_key
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource
 
 
 def build_sql_views_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["sql", "offline_views"]),
+        key=sql_views_key(),
         deps=[offline_key(g) for g in repo.groups],
         group_name="sql",
         description="DuckDB views over the offline store: <group>_v<N> per version, <group> for the latest",

@@ -9,37 +9,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from skewless import asset_keys
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError
 from skewless.language.feature_service import FeatureRef
 from skewless.repository import FeatureRepository
 
 CATEGORIES = {
-    "features": "group_versions",
-    "online": "online_assets",
-    "training_sets": "training_sets",
-    "services": "feature_services",
-    "models": "models",
-    "served": "served_logs",
-    "sql": "sql_views",
+    asset_keys.OFFLINE: "group_versions",
+    asset_keys.ONLINE: "online_assets",
+    asset_keys.TRAINING_SETS: "training_sets",
+    asset_keys.SERVICES: "feature_services",
+    asset_keys.MODELS: "models",
+    asset_keys.SERVED: "served_logs",
+    asset_keys.SQL: "sql_views",
 }
 
 
 def start_keys(repo: FeatureRepository, target: str) -> tuple[list[Any], FeatureRef | None]:
     """Asset keys a target names: `source`, `group` (every version), `group:vN[:feature]`."""
-    import dagster as dg
-
     if target in {s.name for s in repo.sources}:
-        return [dg.AssetKey(["sources", target])], None
+        return [asset_keys.source_key(target)], None
     if ":" not in target:
         versions = [g for g in repo.groups if g.name == target]
         if not versions:
             names = ", ".join(sorted({s.name for s in repo.sources} | {g.name for g in repo.groups}))
             raise DefinitionError(f"'{target}' is neither a source nor a feature group (known: {names})")
-        return [dg.AssetKey(["features", g.name, f"v{g.version}"]) for g in versions], None
+        return [asset_keys.offline_key(g) for g in versions], None
     ref = FeatureRef.parse(target)
     group, _ = repo.resolve(ref)
-    return [dg.AssetKey(["features", group.name, f"v{group.version}"])], ref
+    return [asset_keys.offline_key(group)], ref
 
 
 def impact(repo: FeatureRepository, target: str, config: StoreConfig | None = None) -> dict[str, Any]:
@@ -65,19 +64,18 @@ def impact(repo: FeatureRepository, target: str, config: StoreConfig | None = No
                 excluded_services.add(service.name)
     keep_models = {m for s in repo.services if s.name not in excluded_services for m in s.models}
     for key in sorted(downstream, key=lambda k: k.to_user_string()):
-        path = key.path
-        if path[0] in ("services", "training_sets", "served") and path[1] in excluded_services:
+        parsed = asset_keys.parse(key.path)
+        if parsed is None:
             continue
-        if path[0] == "models" and path[1] not in keep_models:
+        layer, label, name = parsed
+        if layer in (asset_keys.SERVICES, asset_keys.TRAINING_SETS, asset_keys.SERVED) and (
+            name in excluded_services
+        ):
             continue
-        category = CATEGORIES.get(path[0])
+        if layer == asset_keys.MODELS and name not in keep_models:
+            continue
+        category = CATEGORIES.get(layer)
         if category is None:
             continue
-        result[category].append(_label(path))
+        result[category].append(label)
     return result
-
-
-def _label(path: list[str]) -> str:
-    if path[0] in ("features", "online", "training_sets", "services", "served") and len(path) == 3:
-        return f"{path[1]}:{path[2]}"
-    return "/".join(path[1:])

@@ -8,7 +8,7 @@ exports them as a Prometheus histogram.
 Served-vector log: with `log_rate > 0`, that fraction of lookups by feature service is
 buffered and appended, as Arrow IPC, to a Redis Stream per service version
 (`<prefix>:stream:_served:<service>:v<N>`), at most every `flush_seconds` or `flush_rows`.
-The `served/<service>/v<N>` asset flushes the stream to Parquet and checks the served
+The `served/<service>_v<N>_served_log` asset flushes the stream to Parquet and checks the served
 distribution against the service's training set (training/serving skew).
 """
 
