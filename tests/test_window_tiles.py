@@ -417,3 +417,42 @@ def test_remembered_values_follow_events_leaving_and_entering_the_edges(
     finally:
         store.online.delete_all()
         store.close()
+
+
+def test_a_write_in_slices_stores_what_one_write_stores(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backfills write window events in slices (bounded memory); entities cut between slices
+    must end up exactly as with one write."""
+    rng = random.Random(5)
+    events = [
+        {
+            "user_id": rng.choice([1, 2, 3]),
+            "ts": NOW - timedelta(minutes=rng.randrange(0, 60 * 24 * 40)),
+            "eid": f"s{i}",
+            "amount": rng.choice([0.1, 2.5, -0.0, 1e16, 3.0]),
+            "status": rng.choice(["ok", "declined"]),
+            "merchant": rng.randrange(5),
+        }
+        for i in range(120)
+    ]
+    frame(events).write_parquet(tmp_path / "txns.parquet")
+    group = group_for(tmp_path / "txns.parquet")
+    repo = FeatureRepository([group])
+    refs = [f"tiled:v1:{name}" for name in group.feature_names]
+    computed = compute_rows(group, BASE - timedelta(days=30), NOW + timedelta(days=1))
+    results = []
+    for chunk in (7, window_state.WRITE_CHUNK):
+        monkeypatch.setattr(window_state, "WRITE_CHUNK", chunk)
+        config = StoreConfig(str(tmp_path / "offline"), redis_url, str(tmp_path), f"sktest:slices{chunk}")
+        store = FeatureStore(repo, config)
+        try:
+            added = store.online.write_events(group, computed, now=NOW)
+            assert added == len(events)
+            results.append(
+                store.get_online_features({"user_id": [1, 2, 3]}, features=refs, at=NOW, output="dicts")
+            )
+        finally:
+            store.online.delete_all()
+            store.close()
+    assert results[0] == results[1]

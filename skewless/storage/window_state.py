@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from skewless.storage.online import OnlineStore
 
 SMALL_WRITE = 32  # up to this many events, a write is prepared from Python values
+WRITE_CHUNK = 100_000  # larger writes go in slices of this many events (bounded memory)
 RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
 TILE_CACHE_MAX = 200_000  # decoded tiles kept in process (cleared when full)
 MERGED_MAX = 100_000  # entities whose merged tiles are remembered (cleared when full)
@@ -151,6 +152,15 @@ class WindowState:
         """
         from skewless.storage.online import entity_keys, key_expression
 
+        if events.height > WRITE_CHUNK:
+            # a backfill's millions of events in slices: the per-event Python objects (keys,
+            # members, script arguments) of one slice at a time, not gigabytes of them. An
+            # entity cut between slices is simply updated twice, in order: every step of the
+            # write script is idempotent and the later rows still win.
+            return sum(
+                self.write(group, events.slice(start, WRITE_CHUNK), now, before if start == 0 else None)
+                for start in range(0, events.height, WRITE_CHUNK)
+            )
         store = self.store
         wall_us = time.time_ns() // 1000
         now_us = wall_us if now is None else int(now.timestamp() * 1_000_000)
