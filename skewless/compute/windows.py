@@ -77,7 +77,12 @@ def event_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, end: d
         )
     if events.height == 1:
         pass  # one event: nothing to dedupe or order (the common single-event push)
-    elif events.height <= 32 and _unique_identities(events, keys):
+    elif (
+        _unique_identities(events, keys)
+        if events.height <= 32
+        else not events.select(pl.struct([*keys, EVENT_ID]).is_duplicated().any()).item()
+    ):
+        # every identity once (the usual batch or push): nothing to choose between versions
         events = events.sort([*keys, EVENT_TIMESTAMP, EVENT_ID], maintain_order=True)
     else:
         events = (
