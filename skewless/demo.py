@@ -20,9 +20,9 @@ import polars as pl
 from skewless.config import StoreConfig, home
 
 
-def prepare_dagster_home() -> Path:
+def prepare_dagster_home(state: Path | None = None) -> Path:
     """Point DAGSTER_HOME at the state folder unless the user chose one."""
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home() / "dagster")))
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str((state or home()) / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
@@ -44,11 +44,12 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     from skewless.repository import load_repository
 
     started = time.perf_counter()
-    config = StoreConfig.from_env()
+    state = home(features.__file__)  # the example's own state folder (SKEWLESS_HOME wins)
+    config = StoreConfig.from_env(state)
     end = data.default_end()
     print(f"skewless demo — state folder {config.state_dir}")
     print(f"1. generating {days} days of card transactions for {users} users, {merchants} merchants")
-    counts = data.generate(home() / "data", users=users, merchants=merchants, days=days, end=end, seed=seed)
+    counts = data.generate(state / "data", users=users, merchants=merchants, days=days, end=end, seed=seed)
     print(
         f"   {counts['transactions']} transactions, {counts['user_profile_rows']} profile rows, "
         f"{counts['merchant_risk_rows']} merchant scores"
@@ -62,7 +63,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     reset.online.delete_all()
     reset.close()
     defs = build_definitions(repo, config)
-    dagster_home = prepare_dagster_home()
+    dagster_home = prepare_dagster_home(state)
     instance = DagsterInstance.get()
     first, last = end - timedelta(days=days), end - timedelta(days=1)
     print(
@@ -111,7 +112,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         print(f"     {day}  {txns:>6} transactions  avg amount {avg}")
 
     print("3. training set for service fraud_model:v1 from the client (point-in-time correct)")
-    tx = pl.scan_parquet(str(home() / "data" / "transactions" / "**" / "*.parquet"), hive_partitioning=False)
+    tx = pl.scan_parquet(str(state / "data" / "transactions" / "**" / "*.parquet"), hive_partitioning=False)
     labels = (
         tx.select(
             "transaction_id", "user_id", "merchant_id", pl.col("ts").alias("event_timestamp"), "is_fraud"
@@ -121,7 +122,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         .collect()
     )
     training = store.get_training_dataset(labels, service="fraud_model:v1")
-    out = home() / "training" / "fraud_model_v1.parquet"
+    out = state / "training" / "fraud_model_v1.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     training.write_parquet(out)
     print(
@@ -195,7 +196,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     print(
         f"   a bad merchant-risk delivery for {last}: scores of 1.7 (declared range [0, 1]), a null category"
     )
-    blocked = block_bad_delivery(defs, instance, store, repo, home() / "data", last)
+    blocked = block_bad_delivery(defs, instance, store, repo, state / "data", last)
     for description in blocked["descriptions"]:
         print(f"   BLOCKED {description[:220]}")
     print(
