@@ -105,6 +105,24 @@ def get_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def init_command(args: argparse.Namespace) -> int:
+    """Scaffold a repository and print the commands that take it to served features."""
+    from skewless.scaffold import init_repository
+
+    made = init_repository(args.folder, name=args.name, days=args.days)
+    folder = made["folder"]
+    print(f"created feature repository {made['name']} in {folder}")
+    days = f"{made['first_day']}..{made['last_day']}"
+    print(f"  groups {', '.join(made['groups'])}; {made['orders']} sample orders {days}")
+    print("next:")
+    print(f"  cd {folder}")
+    print('  export DAGSTER_HOME="$PWD/.skewless/dagster"')
+    print(f"  {made['materialize']}")
+    print("  skewless get --repo features.py --service shop_model:v1 -e customer_id=1")
+    print("  dagster dev -w workspace.yaml")
+    return 0
+
+
 def info_command(args: argparse.Namespace) -> int:
     """Where a repository's state is (nothing is started): the answer to "why do I see
     only defaults?" is usually a state folder or Redis other than the one expected."""
@@ -205,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--users", type=int, default=2_000)
     demo.add_argument("--merchants", type=int, default=300)
     demo.add_argument("--days", type=int, default=14)
+    init = sub.add_parser("init", help="scaffold a small working feature repository of your own")
+    init.add_argument("folder", help="a new or empty folder")
+    init.add_argument("--name", help="the Dagster code location name (default: the folder's name)")
+    init.add_argument("--days", type=int, default=7, help="days of sample data (ending yesterday)")
     redis_cmd = sub.add_parser("redis", help="the embedded Redis in the state folder")
     redis_cmd.add_argument("action", choices=["start", "stop", "url"])
     redis_cmd.add_argument("--repo", help="the repository whose state folder (default: the current folder's)")
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from skewless.errors import SkewlessError
 
     try:
-        if args.command != "demo":  # the demo anchors itself to the bundled example
+        if args.command not in ("demo", "init"):  # those anchor to their own repositories
             anchor_environment(getattr(args, "repo", None))
         if args.command == "demo":
             from skewless.demo import run_demo
@@ -281,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"service {service.ref:<20} {', '.join(service.features)}")
         elif args.command == "features":
             return registry_command(args)
+        elif args.command == "init":
+            return init_command(args)
         elif args.command == "get":
             return get_command(args)
         elif args.command == "info":

@@ -135,6 +135,11 @@ def home(near: str | Path | None = None) -> Path:
     return locate(near).state_dir
 
 
+def offline_root(state_dir: str | Path) -> Path:
+    """`SKEWLESS_OFFLINE_ROOT`, else `<state>/offline`: one rule for every reader of it."""
+    return Path(os.environ.get("SKEWLESS_OFFLINE_ROOT") or Path(state_dir) / "offline")
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """Locations of the stores; `redis_url=None` means the embedded Redis in the state folder."""
@@ -157,7 +162,7 @@ class StoreConfig:
         when `SKEWLESS_HOME` is not set, else `home()`."""
         state = home() if state_dir is None or os.environ.get("SKEWLESS_HOME") else Path(state_dir)
         return cls(
-            offline_root=os.environ.get("SKEWLESS_OFFLINE_ROOT", str(state / "offline")),
+            offline_root=str(offline_root(state)),
             redis_url=os.environ.get("SKEWLESS_REDIS_URL") or None,
             state_dir=str(state),
             key_prefix=validate_key_prefix(os.environ.get("SKEWLESS_KEY_PREFIX", "skewless")),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -162,9 +162,21 @@ def _locked(module: ModuleType) -> FeatureRepository:
         anchor(repo, file)
     path = lock_path(module)
     if path is not None:
-        apply_lock(repo.groups, path)
+        apply_lock(repo.groups, path, in_use=_in_use_checker(repo))
         repo.lock_path = path
     return repo
+
+
+def _in_use_checker(repo: FeatureRepository) -> Callable[[FeatureGroup], bool] | None:
+    """Whether a version has values in the offline store this repository uses by default
+    (its version folder exists: materialized, or pushed to). A filesystem check only: loading
+    must never start Redis. None (every version frozen) when the repository has no anchor."""
+    if repo.state_dir is None:
+        return None
+    from skewless.config import offline_root
+    from skewless.storage.offline import OfflineStore
+
+    return OfflineStore(offline_root(repo.state_dir)).in_use
 
 
 def anchor(repo: FeatureRepository, module_file: str | Path) -> None:

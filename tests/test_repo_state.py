@@ -28,7 +28,13 @@ SKEWLESS = str(Path(sys.executable).parent / "skewless")
 
 def _env() -> dict[str, str]:
     """No state configured: what a user has in a fresh shell."""
-    drop = ("SKEWLESS_HOME", "DAGSTER_HOME", "SKEWLESS_REDIS_URL", "SKEWLESS_OFFLINE_ROOT", "SKEWLESS_KEY_PREFIX")
+    drop = (
+        "SKEWLESS_HOME",
+        "DAGSTER_HOME",
+        "SKEWLESS_REDIS_URL",
+        "SKEWLESS_OFFLINE_ROOT",
+        "SKEWLESS_KEY_PREFIX",
+    )
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
@@ -168,4 +174,4 @@ def test_relative_source_paths_are_anchored(tmp_path: Path, monkeypatch: pytest.
     assert repo.groups[0].source.path == str(folder / "data" / "events")
     assert repo.state_dir == folder / ".skewless"
     module = sys.modules[next(n for n in sys.modules if n.endswith("myrepo_defs"))]
-    assert module.STATE == folder / ".skewless"  # home() while the module loads is anchored
+    assert folder / ".skewless" == module.STATE  # home() while the module loads is anchored

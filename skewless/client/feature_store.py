@@ -277,6 +277,8 @@ class FeatureStore:
             violation = declared_violations(group, result)
             if violation is not None:
                 raise RequestError(f"rows pushed to source '{source}' break {violation}")
+        for group, _ in computed:
+            self.offline.mark_in_use(group)  # values of these definitions exist now (lock file)
         if src.stream:
             from skewless.storage import streams
 
