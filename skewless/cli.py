@@ -198,11 +198,11 @@ def registry_command(args: argparse.Namespace) -> int:
 def _retire(store: object, target: str, quiet: bool) -> dict:
     if quiet:
         return store.retire(target)  # type: ignore[attr-defined]
-    from rich.progress import Progress
+    from skewless import progress
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"retiring {target}", total=None)
-        return store.retire(target, progress=lambda n: progress.advance(task, n))  # type: ignore[attr-defined]
+    with progress.bar() as bars:  # a bar on a terminal only
+        task = bars.add_task(f"retiring {target}", total=None)
+        return store.retire(target, progress=lambda n: bars.advance(task, n))  # type: ignore[attr-defined]
 
 
 def _version() -> str:

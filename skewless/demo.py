@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from skewless import progress
 from skewless.config import StoreConfig, home
 
 
@@ -49,7 +50,11 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     end = data.default_end()
     print(f"skewless demo — state folder {config.state_dir}")
     print(f"1. generating {days} days of card transactions for {users} users, {merchants} merchants")
-    counts = data.generate(state / "data", users=users, merchants=merchants, days=days, end=end, seed=seed)
+    with progress.bar() as bars:  # drawn only on a terminal: captured output is unchanged
+        bars.add_task("   generating", total=None)
+        counts = data.generate(
+            state / "data", users=users, merchants=merchants, days=days, end=end, seed=seed
+        )
     print(
         f"   {counts['transactions']} transactions, {counts['user_profile_rows']} profile rows, "
         f"{counts['merchant_risk_rows']} merchant scores"
@@ -71,15 +76,27 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         f"(Dagster instance {dagster_home})"
     )
     job = defs.resolve_job_def("daily_features")
-    result = job.execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": last.isoformat(),
-            "skewless/demo": "true",
-        },
-    )
+    with progress.bar() as bars:
+        # the assets report each partition (progress.report); the run is in this process
+        offline_task = bars.add_task("   offline partitions", total=len(repo.groups) * days)
+        online_task = bars.add_task("   online partitions", total=len(repo.groups) * days)
+
+        def advance(step: progress.Step) -> None:
+            if step.what.endswith(" offline"):
+                bars.advance(offline_task)
+            elif "rows read" in step.detail:
+                bars.advance(online_task)
+
+        with progress.listen(advance):
+            result = job.execute_in_process(
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                tags={
+                    "dagster/asset_partition_range_start": first.isoformat(),
+                    "dagster/asset_partition_range_end": last.isoformat(),
+                    "skewless/demo": "true",
+                },
+            )
     if not result.success:
         raise SystemExit("materialization failed; see the run in `make ui`")
     print(f"   run {result.run_id} succeeded")
@@ -121,7 +138,9 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         .gather_every(10)
         .collect()
     )
-    training = store.get_training_dataset(labels, service="fraud_model:v1")
+    with progress.bar() as bars:
+        bars.add_task(f"   joining {labels.height:,} label rows", total=None)
+        training = store.get_training_dataset(labels, service="fraud_model:v1")
     out = state / "training" / "fraud_model_v1.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     training.write_parquet(out)

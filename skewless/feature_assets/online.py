@@ -1,17 +1,21 @@
 """The online asset of a group version: push the latest value per entity to Redis."""
 
-from datetime import timedelta
+import math
+from datetime import date, timedelta
 
 import dagster as dg
+import polars as pl
 from dagster import AssetExecutionContext
 
+from skewless import progress
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
 from skewless.feature_assets.metadata import asset_tags, freshness_policy, online_column_schema
 from skewless.feature_assets.offline import offline_key, partition_days
-from skewless.language.feature_group import FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+from skewless.storage.online import ENCODE_CHUNK
 
 
 def online_key(group: FeatureGroup) -> dg.AssetKey:
@@ -70,6 +74,7 @@ def build_online_asset(
 
         days = partition_days(context)
         rows = offline.store().scan(group, days[0], days[-1]).collect()
+        _report_days(context, group, days, rows)
         if group.is_windowed:
             # window groups: the events still inside the longest window become online state
             # (the latest version of each event: a correction may live on another day)
@@ -89,7 +94,16 @@ def build_online_asset(
             )
         latest = latest_per_entity(group, rows)
         store = online.store()
-        stats = store.write_latest(group, latest)
+        written = [0, 0]  # rows, chunks
+        chunks = math.ceil(latest.height / ENCODE_CHUNK)
+
+        def wrote(n: int) -> None:
+            written[0] += n
+            written[1] += 1
+            detail = f"wrote {written[0]:,}/{latest.height:,} entities"
+            progress.report(context.log, f"{group.ref} online", written[1], chunks, detail)
+
+        stats = store.write_latest(group, latest, progress=wrote)
         context.log.info(f"{group.ref}: {stats}")
         ttl = group.time_to_live
         key_pattern = f"{store.key_prefix}:{{{group.entity.name}:<keys>}}:{group.name}:v{group.version}"
@@ -107,3 +121,19 @@ def build_online_asset(
         )
 
     return _online
+
+
+def _report_days(
+    context: AssetExecutionContext, group: FeatureGroup, days: list[date], rows: pl.DataFrame
+) -> None:
+    """One step line per partition of a multi-day run: the rows the online write reads."""
+    if not days:
+        return
+    per_day = (
+        dict(rows.group_by(pl.col(EVENT_TIMESTAMP).dt.date().alias("day")).len().iter_rows())
+        if rows.height
+        else {}
+    )
+    for i, day in enumerate(days, 1):
+        line = progress.partition_line(i, len(days), day, per_day.get(day, 0), "rows read")
+        progress.report(context.log, f"{group.ref} online", i, len(days), line)
