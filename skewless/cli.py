@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from skewless.errors import SkewlessError
 
+    exported = {k: os.environ.get(k) for k in ("SKEWLESS_HOME", "DAGSTER_HOME")}
     try:
         if args.command not in ("demo", "init"):  # those anchor to their own repositories
             anchor_environment(getattr(args, "repo", None))
@@ -322,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     except SkewlessError as exc:
         print(f"skewless: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # `main` called in process (tests, scripts): leave the environment as it was
+        for key, value in exported.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 0
 
 
