@@ -1,5 +1,8 @@
 # Two commands from a fresh machine: `make demo` and `make test` (see README.md).
 PYTEST_ARGS ?= -q
+# make ui PORT=3001 HOST=0.0.0.0: the UI on another port or interface
+PORT ?= 3000
+HOST ?= 127.0.0.1
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,7 +29,7 @@ test: $(STAMP)
 ui: $(STAMP)
 	# telemetry off, run monitoring and run retries on (see skewless/sensors/instance.py)
 	$(BIN)/python -m skewless.sensors.instance $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,11 +1,159 @@
-"""The `skewless` command line."""
+"""The `skewless` command line.
+
+Every command that takes a repository anchors itself to it (`anchor_environment`): the
+state folder, the embedded Redis and the Dagster instance (`DAGSTER_HOME`) are the
+repository's, whichever folder the command runs from, and are exported to child processes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 DEFAULT_REPO = "examples/card_fraud/features.py"
+
+
+def _module_file(target: str) -> Path | None:
+    """The file of a repository given as a path or a dotted module name (None if unknown)."""
+    path = Path(target).expanduser()
+    if target.endswith(".py") or path.exists():
+        return path.resolve()
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).resolve() if spec is not None and spec.origin else None
+
+
+def anchor_environment(target: str | None) -> Path:
+    """The repository's state folder, exported as `SKEWLESS_HOME` (unless set) with
+    `DAGSTER_HOME` defaulting to `<state>/dagster`, as `make ui` does.
+
+    Exported rather than passed around so that everything this process starts (Dagster
+    steps, the embedded Redis, a server's workers) agrees on the same state; before, a
+    command run from another folder silently used `./.skewless` there (issue 12 item 3).
+    """
+    from skewless.config import home
+
+    file = _module_file(target) if target else None
+    state = home(file) if file is not None else home()
+    os.environ.setdefault("SKEWLESS_HOME", str(state))
+    os.environ.setdefault("DAGSTER_HOME", str(state / "dagster"))
+    return state
+
+
+def _embedded_note(config: Any, was_running: bool) -> None:
+    """Say so when this command started the embedded Redis: it is a daemon that keeps running
+    for the next command, and a new one on an empty state folder is a sign of a wrong one."""
+    from skewless.storage.embedded_redis import embedded_redis_running
+
+    if config.redis_url is None and not was_running and embedded_redis_running(config.state_dir):
+        print(
+            f"note: started the embedded Redis of state folder {config.state_dir}; it keeps running "
+            "(`skewless redis stop --repo …` stops it)",
+            file=sys.stderr,
+        )
+
+
+def _was_running(config: Any) -> bool:
+    from skewless.storage.embedded_redis import embedded_redis_running
+
+    return config.redis_url is not None or embedded_redis_running(config.state_dir)
+
+
+def _entity(text: str) -> dict[str, Any]:
+    """`user_id=7,merchant_id=3` -> {"user_id": 7, "merchant_id": 3} (JSON values, else strings)."""
+    entity: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"skewless: --entity {text!r}: expected key=value[,key=value]")
+        try:
+            entity[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            entity[key.strip()] = raw
+    return entity
+
+
+def get_command(args: argparse.Namespace) -> int:
+    """Online values through the same read path as the server; warns (stderr) for every
+    selected group version never written to this online store."""
+    from skewless.client.feature_store import FeatureStore
+
+    if (args.service is None) == (args.features is None):
+        raise SystemExit("skewless get: pass exactly one of --service or --features")
+    features = [f.strip() for f in args.features.split(",")] if args.features else None
+    store = FeatureStore.from_repo(args.repo)
+    was_running = _was_running(store.config)
+    try:
+        groups = [group for group, _ in store.select(features, args.service)]
+        for line in store.never_written_warnings(groups):
+            print(line, file=sys.stderr)
+        rows = store.get_online_features(
+            [_entity(e) for e in args.entity], features=features, service=args.service, output="dicts"
+        )
+        print(json.dumps(rows, default=str, indent=None if args.compact else 2))
+    finally:
+        store.close()
+        _embedded_note(store.config, was_running)
+    return 0
+
+
+def init_command(args: argparse.Namespace) -> int:
+    """Scaffold a repository and print the commands that take it to served features."""
+    from skewless.scaffold import init_repository
+
+    made = init_repository(args.folder, name=args.name, days=args.days)
+    folder = made["folder"]
+    print(f"created feature repository {made['name']} in {folder}")
+    days = f"{made['first_day']}..{made['last_day']}"
+    print(f"  groups {', '.join(made['groups'])}; {made['orders']} sample orders {days}")
+    print("next:")
+    print(f"  cd {folder}")
+    print('  export DAGSTER_HOME="$PWD/.skewless/dagster"')
+    print(f"  {made['materialize']}")
+    print("  skewless get --repo features.py --service shop_model:v1 -e customer_id=1")
+    print("  dagster dev -w workspace.yaml")
+    return 0
+
+
+def info_command(args: argparse.Namespace) -> int:
+    """Where a repository's state is (nothing is started): the answer to "why do I see
+    only defaults?" is usually a state folder or Redis other than the one expected."""
+    from skewless.config import StoreConfig, locate
+    from skewless.storage.embedded_redis import embedded_redis_running, socket_path
+    from skewless.storage.online import redact
+
+    file = _module_file(args.repo)
+    location = locate(file) if file is not None else None
+    config = StoreConfig.from_env()
+    if config.redis_url:
+        online = redact(config.redis_url)
+    else:
+        running = "running" if embedded_redis_running(config.state_dir) else "not running"
+        online = f"embedded unix://{socket_path(config.state_dir)} ({running})"
+    info = {
+        "repository": str(file) if file else args.repo,
+        "root": str(location.root) if location else None,
+        "config_file": str(location.config_file) if location and location.config_file else None,
+        "state_dir": config.state_dir,
+        "offline_root": config.offline_root,
+        "online_store": online,
+        "key_prefix": config.key_prefix,
+        "dagster_home": os.environ.get("DAGSTER_HOME"),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:<13} {value}")
+    return 0
 
 
 def registry_command(args: argparse.Namespace) -> int:
@@ -50,11 +198,11 @@ def registry_command(args: argparse.Namespace) -> int:
 def _retire(store: object, target: str, quiet: bool) -> dict:
     if quiet:
         return store.retire(target)  # type: ignore[attr-defined]
-    from rich.progress import Progress
+    from skewless import progress
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"retiring {target}", total=None)
-        return store.retire(target, progress=lambda n: progress.advance(task, n))  # type: ignore[attr-defined]
+    with progress.bar() as bars:  # a bar on a terminal only
+        task = bars.add_task(f"retiring {target}", total=None)
+        return store.retire(target, progress=lambda n: bars.advance(task, n))  # type: ignore[attr-defined]
 
 
 def _version() -> str:
@@ -75,8 +223,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--users", type=int, default=2_000)
     demo.add_argument("--merchants", type=int, default=300)
     demo.add_argument("--days", type=int, default=14)
+    init = sub.add_parser("init", help="scaffold a small working feature repository of your own")
+    init.add_argument("folder", help="a new or empty folder")
+    init.add_argument("--name", help="the Dagster code location name (default: the folder's name)")
+    init.add_argument("--days", type=int, default=7, help="days of sample data (ending yesterday)")
     redis_cmd = sub.add_parser("redis", help="the embedded Redis in the state folder")
     redis_cmd.add_argument("action", choices=["start", "stop", "url"])
+    redis_cmd.add_argument("--repo", help="the repository whose state folder (default: the current folder's)")
+    info = sub.add_parser("info", help="where a repository's state lives (state folder, Redis, DAGSTER_HOME)")
+    info.add_argument("--repo", default=DEFAULT_REPO)
+    info.add_argument("--json", action="store_true")
+    get = sub.add_parser("get", help="online feature values for entities (warns on never-written groups)")
+    get.add_argument("--repo", default=DEFAULT_REPO)
+    get.add_argument("--service", help="a feature service, name:vN")
+    get.add_argument("--features", help="comma-separated references group:vN[:feature]")
+    get.add_argument(
+        "--entity", "-e", action="append", required=True, help="join keys key=value[,key=value]; repeatable"
+    )
+    get.add_argument("--compact", action="store_true", help="one line of JSON")
     serve = sub.add_parser("serve", help="run the HTTP feature server")
     serve.add_argument("repo", nargs="?", default="examples/card_fraud/features.py")
     serve.add_argument("--host", default="127.0.0.1")
@@ -109,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from skewless.errors import SkewlessError
 
+    exported = {k: os.environ.get(k) for k in ("SKEWLESS_HOME", "DAGSTER_HOME")}
     try:
+        if args.command not in ("demo", "init"):  # those anchor to their own repositories
+            anchor_environment(getattr(args, "repo", None))
         if args.command == "demo":
             from skewless.demo import run_demo
 
@@ -118,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             from skewless.config import home
             from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 
+            # anchored above: the --repo's state folder, else the current folder's
             if args.action == "stop":
                 print("stopped" if stop_embedded_redis(home()) else "not running")
             else:
@@ -136,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"service {service.ref:<20} {', '.join(service.features)}")
         elif args.command == "features":
             return registry_command(args)
+        elif args.command == "init":
+            return init_command(args)
+        elif args.command == "get":
+            return get_command(args)
+        elif args.command == "info":
+            return info_command(args)
         elif args.command == "impact":
             import warnings
 
@@ -149,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     except SkewlessError as exc:
         print(f"skewless: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # `main` called in process (tests, scripts): leave the environment as it was
+        for key, value in exported.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 0
 
 

@@ -1,16 +1,32 @@
-"""Where skewless keeps its state, read from the environment.
+"""Where skewless keeps its state: anchored to the feature repository, not the current folder.
 
-One state folder (`SKEWLESS_HOME`, default `./.skewless`) holds the offline store, the
-embedded Redis and the Dagster instance, so `make demo` and `make ui` see the same data.
+One state folder holds the offline store, the embedded Redis and the Dagster instance, so
+`make demo`, `make ui`, the CLI and Dagster's own runs see the same data. It is, in order:
+
+1. `SKEWLESS_HOME`, when set (what `make` exports);
+2. the `state_dir` of the `skewless.toml` found in the repository module's folder or the
+   nearest folder above it (relative to that file; default `.skewless` beside it);
+3. `.skewless` in the repository module's folder.
+
+Before, the default was `./.skewless` of the *current* folder: the same command run from
+another folder silently started a second embedded Redis on an empty state and served only
+defaults (issue 12 item 3). Relative `FileSource` paths are anchored the same way (to the
+folder of `skewless.toml`, else the module's), see `skewless.repository`.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from skewless.errors import DefinitionError
+
+CONFIG_NAME = "skewless.toml"
+STATE_NAME = ".skewless"
+_CONFIG_KEYS = {"state_dir"}
+_loading: list[Path] = []  # repository files `load_repository` is executing (innermost last)
 
 MAX_KEY_PREFIX = 64
 _PREFIX_FORBIDDEN = set("*?[]\\{}")
@@ -53,9 +69,75 @@ def private_dirs(path: Path) -> None:
         os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask; be explicit
 
 
-def home() -> Path:
-    """The state folder, absolute, so every process (Dagster steps, sensors) agrees on it."""
-    return Path(os.environ.get("SKEWLESS_HOME", ".skewless")).expanduser().resolve()
+def find_config(start: str | Path) -> Path | None:
+    """The `skewless.toml` in `start`'s folder or the nearest folder above it, if any."""
+    path = Path(start).expanduser().resolve()
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder, *folder.parents):
+        config = candidate / CONFIG_NAME
+        if config.is_file():
+            return config
+    return None
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """The settings of a `skewless.toml`; unknown keys and wrong types are errors naming the
+    file, so a misspelled `state_dir` cannot silently fall back to another state folder."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DefinitionError(f"config file {path} cannot be read: {exc}") from None
+    unknown = sorted(set(data) - _CONFIG_KEYS)
+    if unknown:
+        raise DefinitionError(
+            f"config file {path}: unknown setting {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_CONFIG_KEYS))})"
+        )
+    for key, value in data.items():
+        if not isinstance(value, str) or not value:
+            raise DefinitionError(f"config file {path}: {key} must be a non-empty string, not {value!r}")
+    return data
+
+
+@dataclass(frozen=True)
+class RepositoryLocation:
+    """Where a feature repository lives: the folder its relative paths are resolved against,
+    its state folder (before `SKEWLESS_HOME` is considered) and its config file, if any."""
+
+    root: Path
+    state_dir: Path
+    config_file: Path | None
+
+
+def locate(near: str | Path) -> RepositoryLocation:
+    """The location of the repository whose module file (or folder) is `near`."""
+    path = Path(near).expanduser().resolve()
+    folder = path if path.is_dir() else path.parent
+    config = find_config(folder)
+    if config is None:
+        return RepositoryLocation(folder, folder / STATE_NAME, None)
+    state = Path(read_config(config).get("state_dir", STATE_NAME)).expanduser()
+    return RepositoryLocation(config.parent, (config.parent / state).resolve(), config)
+
+
+def home(near: str | Path | None = None) -> Path:
+    """The state folder, absolute, so every process (Dagster steps, sensors) agrees on it.
+
+    `SKEWLESS_HOME` wins; else the state folder of the repository at `near` (a module file
+    such as `__file__`, or a folder), else of the repository module being loaded, else of
+    the current folder (its `skewless.toml` above it, else `./.skewless`).
+    """
+    configured = os.environ.get("SKEWLESS_HOME")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    if near is None:
+        near = _loading[-1] if _loading else Path.cwd()
+    return locate(near).state_dir
+
+
+def offline_root(state_dir: str | Path) -> Path:
+    """`SKEWLESS_OFFLINE_ROOT`, else `<state>/offline`: one rule for every reader of it."""
+    return Path(os.environ.get("SKEWLESS_OFFLINE_ROOT") or Path(state_dir) / "offline")
 
 
 @dataclass(frozen=True)
@@ -75,10 +157,12 @@ class StoreConfig:
             validate_key_prefix(self.key_prefix)
 
     @classmethod
-    def from_env(cls) -> StoreConfig:
-        state = home()
+    def from_env(cls, state_dir: str | Path | None = None) -> StoreConfig:
+        """From the environment; `state_dir` (a repository's anchored state folder) is used
+        when `SKEWLESS_HOME` is not set, else `home()`."""
+        state = home() if state_dir is None or os.environ.get("SKEWLESS_HOME") else Path(state_dir)
         return cls(
-            offline_root=os.environ.get("SKEWLESS_OFFLINE_ROOT", str(state / "offline")),
+            offline_root=str(offline_root(state)),
             redis_url=os.environ.get("SKEWLESS_REDIS_URL") or None,
             state_dir=str(state),
             key_prefix=validate_key_prefix(os.environ.get("SKEWLESS_KEY_PREFIX", "skewless")),

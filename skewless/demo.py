@@ -17,15 +17,16 @@ from pathlib import Path
 
 import polars as pl
 
+from skewless import progress
 from skewless.config import StoreConfig, home
 
 
-def prepare_dagster_home() -> Path:
+def prepare_dagster_home(state: Path | None = None) -> Path:
     """Point DAGSTER_HOME at the state folder unless the user chose one, with the instance
     settings `make ui` uses (run monitoring and retries: `skewless.sensors.instance`)."""
     from skewless.sensors.instance import write_instance_yaml
 
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home() / "dagster")))
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str((state or home()) / "dagster")))
     write_instance_yaml(dagster_home)
     return dagster_home
 
@@ -45,11 +46,16 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     from skewless.repository import load_repository
 
     started = time.perf_counter()
-    config = StoreConfig.from_env()
+    state = home(features.__file__)  # the example's own state folder (SKEWLESS_HOME wins)
+    config = StoreConfig.from_env(state)
     end = data.default_end()
     print(f"skewless demo — state folder {config.state_dir}")
     print(f"1. generating {days} days of card transactions for {users} users, {merchants} merchants")
-    counts = data.generate(home() / "data", users=users, merchants=merchants, days=days, end=end, seed=seed)
+    with progress.bar() as bars:  # drawn only on a terminal: captured output is unchanged
+        bars.add_task("   generating", total=None)
+        counts = data.generate(
+            state / "data", users=users, merchants=merchants, days=days, end=end, seed=seed
+        )
     print(
         f"   {counts['transactions']} transactions, {counts['user_profile_rows']} profile rows, "
         f"{counts['merchant_risk_rows']} merchant scores"
@@ -63,7 +69,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     reset.online.delete_all()
     reset.close()
     defs = build_definitions(repo, config)
-    dagster_home = prepare_dagster_home()
+    dagster_home = prepare_dagster_home(state)
     instance = DagsterInstance.get()
     # a demo killed earlier (Ctrl-C is clean; the OOM killer or kill -9 is not) left its run
     # "Started": mark it failed, as the `failed_dead_runs` sensor would under `make ui`
@@ -83,19 +89,31 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     module = "examples.card_fraud.definitions"
     location = workspace_location(module) or "card_fraud"
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    run = execute_in_location(
-        instance,
-        module,
-        "defs",
-        location,
-        "daily_features",
-        tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": last.isoformat(),
-            "skewless/demo": "true",
-        },
-        run_config=quiet,
-    )
+    with progress.bar() as bars:
+        # the assets report each partition (progress.report); the run is in this process
+        offline_task = bars.add_task("   offline partitions", total=len(repo.groups) * days)
+        online_task = bars.add_task("   online partitions", total=len(repo.groups) * days)
+
+        def advance(step: progress.Step) -> None:
+            if step.what.endswith(" offline"):
+                bars.advance(offline_task)
+            elif "rows read" in step.detail:
+                bars.advance(online_task)
+
+        with progress.listen(advance):
+            run = execute_in_location(
+                instance,
+                module,
+                "defs",
+                location,
+                "daily_features",
+                tags={
+                    "dagster/asset_partition_range_start": first.isoformat(),
+                    "dagster/asset_partition_range_end": last.isoformat(),
+                    "skewless/demo": "true",
+                },
+                run_config=quiet,
+            )
     if run.status != dagster.DagsterRunStatus.SUCCESS:
         raise SystemExit("materialization failed; see the run in `make ui`")
     print(f"   run {run.run_id} succeeded")
@@ -129,7 +147,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         print(f"     {day}  {txns:>6} transactions  avg amount {avg}")
 
     print("3. training set for service fraud_model:v1 from the client (point-in-time correct)")
-    tx = pl.scan_parquet(str(home() / "data" / "transactions" / "**" / "*.parquet"), hive_partitioning=False)
+    tx = pl.scan_parquet(str(state / "data" / "transactions" / "**" / "*.parquet"), hive_partitioning=False)
     labels = (
         tx.select(
             "transaction_id", "user_id", "merchant_id", pl.col("ts").alias("event_timestamp"), "is_fraud"
@@ -138,8 +156,10 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         .gather_every(10)
         .collect()
     )
-    training = store.get_training_dataset(labels, service="fraud_model:v1")
-    out = home() / "training" / "fraud_model_v1.parquet"
+    with progress.bar() as bars:
+        bars.add_task(f"   joining {labels.height:,} label rows", total=None)
+        training = store.get_training_dataset(labels, service="fraud_model:v1")
+    out = state / "training" / "fraud_model_v1.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     training.write_parquet(out)
     print(
@@ -213,7 +233,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     print(
         f"   a bad merchant-risk delivery for {last}: scores of 1.7 (declared range [0, 1]), a null category"
     )
-    blocked = block_bad_delivery(defs, instance, store, repo, home() / "data", last)
+    blocked = block_bad_delivery(defs, instance, store, repo, state / "data", last)
     for description in blocked["descriptions"]:
         print(f"   BLOCKED {description[:220]}")
     print(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +26,10 @@ class FeatureRepository:
     services: list[FeatureService] = field(default_factory=list)
     name: str = "features"
     lock_path: Path | None = None  # the lock file checked at load, when loaded from a module
+    # anchored at load from a module file (skewless.config.locate): the folder relative
+    # source paths are resolved against, and the state folder (SKEWLESS_HOME wins)
+    root: Path | None = None
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self._groups: dict[tuple[str, int], FeatureGroup] = {}
@@ -153,11 +157,43 @@ def _locked(module: ModuleType) -> FeatureRepository:
     from skewless.registry.lock import apply_lock
 
     repo = collect(module)
+    file = getattr(module, "__file__", None)
+    if file:
+        anchor(repo, file)
     path = lock_path(module)
     if path is not None:
-        apply_lock(repo.groups, path)
+        apply_lock(repo.groups, path, in_use=_in_use_checker(repo))
         repo.lock_path = path
     return repo
+
+
+def _in_use_checker(repo: FeatureRepository) -> Callable[[FeatureGroup], bool] | None:
+    """Whether a version has values in the offline store this repository uses by default
+    (its version folder exists: materialized, or pushed to). A filesystem check only: loading
+    must never start Redis. None (every version frozen) when the repository has no anchor."""
+    if repo.state_dir is None:
+        return None
+    from skewless.config import offline_root
+    from skewless.storage.offline import OfflineStore
+
+    return OfflineStore(offline_root(repo.state_dir)).in_use
+
+
+def anchor(repo: FeatureRepository, module_file: str | Path) -> None:
+    """Tie the repository to its own folder rather than the current one: its state folder
+    (`skewless.config.home`) and its relative `FileSource` paths, resolved against the
+    folder of its `skewless.toml` (else the module's folder). Run from any folder, a command
+    then reads the same data and the same embedded Redis (issue 12 item 3)."""
+    from skewless.config import home, locate
+    from skewless.language.source import FileSource
+
+    location = locate(module_file)
+    repo.root = location.root
+    repo.state_dir = home(module_file)
+    for source in repo.sources:
+        if isinstance(source, FileSource) and not Path(source.path).is_absolute():
+            # sources are frozen definitions; the path is not part of the fingerprint
+            object.__setattr__(source, "path", str(location.root / source.path))
 
 
 def _load_module(target: str | Path | ModuleType) -> ModuleType:
@@ -181,7 +217,13 @@ def _load_module(target: str | Path | ModuleType) -> ModuleType:
             raise DefinitionError(f"cannot load a feature repository from {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        from skewless.config import _loading
+
+        _loading.append(path)  # `home()` called while the module runs is anchored to it
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            _loading.pop()
         return module
     try:
         return importlib.import_module(text)

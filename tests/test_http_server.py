@@ -198,3 +198,7 @@ def test_skewless_serve_over_a_real_socket(tmp_path: Path, redis_url: str) -> No
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    # ... and the server said so at startup, naming each group version (issue 12 item 3)
+    output = proc.stdout.read().decode()
+    assert "warning: feature group 'user_profile:v1' was never written to the online store" in output
+    assert "lookups return only its defaults" in output

@@ -3,6 +3,7 @@ written to disk, so the lock file beside them is exercised the way a user's woul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from skewless.client.feature_store import FeatureStore
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError
 from skewless.feature_assets.definitions import build_definitions
-from skewless.registry.lock import read_lock
+from skewless.registry.lock import LockRewrittenWarning, entry_for, read_lock
 from skewless.repository import load_repository
 from tests.helpers import START, make_events, materialize_days
 
@@ -69,13 +70,29 @@ def write_repo(folder: Path, *groups: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------ versions
-def test_a_changed_definition_without_a_version_bump_is_refused(tmp_path: Path) -> None:
-    path = write_repo(tmp_path, {"version": 1})
+def test_a_changed_definition_without_a_version_bump_is_refused(
+    tmp_path: Path, store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("SKEWLESS_OFFLINE_ROOT", raising=False)
+    path = write_repo(tmp_path, {"version": 1, "factor": 5})
     repo = load_repository(path)
     lock = read_lock(tmp_path / "skewless.lock.json")
     assert list(lock["groups"]) == ["user_stats:v1"] and repo.lock_path == tmp_path / "skewless.lock.json"
 
-    # the transformation changes, the version does not: refused, showing the change
+    # never materialized: editing it while developing rewrites its entry, no bump needed
+    write_repo(tmp_path, {"version": 1, "factor": 2})
+    with pytest.warns(LockRewrittenWarning, match="'user_stats:v1' changed; it was never materialized"):
+        repo = load_repository(path)
+    assert read_lock(tmp_path / "skewless.lock.json")["groups"]["user_stats:v1"]["fingerprint"] == (
+        entry_for(repo.groups[0])["fingerprint"]
+    )
+    # once materialized (into the offline store the repository uses), the definition is frozen
+    config = dataclasses.replace(store_config, offline_root=str(tmp_path / "state" / "offline"))
+    with dg.instance_for_test() as instance:
+        assert materialize_days(repo, config, instance, START, START).success
+    assert (tmp_path / "state" / "offline" / "user_stats" / "v1").is_dir()
+    # now the transformation changes, the version does not: refused, showing the change
     write_repo(tmp_path, {"version": 1, "factor": 3})
     with pytest.raises(DefinitionError) as info:
         load_repository(path)

@@ -16,7 +16,7 @@ from skewless import (
 )
 from skewless.config import home
 
-DATA = home() / "data"
+DATA = home(__file__) / "data"  # the repository's state folder, wherever the command runs
 
 user = Entity("user", {"user_id": pl.Int64}, description="A card holder")
 merchant = Entity("merchant", {"merchant_id": pl.Int64}, description="A card acceptor")

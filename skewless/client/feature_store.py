@@ -77,7 +77,8 @@ class FeatureStore:
 
     def __init__(self, repository: FeatureRepository, config: StoreConfig | None = None) -> None:
         self.repository = repository
-        self.config = config or StoreConfig.from_env()
+        # the repository's own state folder (anchored at load), not the current folder's
+        self.config = config or StoreConfig.from_env(repository.state_dir)
         self.offline = OfflineStore(self.config.offline_root)
         self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
         self.last_training_stats = TrainingSetStats()
@@ -318,6 +319,8 @@ class FeatureStore:
             violation = declared_violations(group, result)
             if violation is not None:
                 raise RequestError(f"rows pushed to source '{source}' break {violation}")
+        for group, _ in computed:
+            self.offline.mark_in_use(group)  # values of these definitions exist now (lock file)
         if src.stream:
             from skewless.storage import streams
 
@@ -434,6 +437,29 @@ class FeatureStore:
             plan.service_ref = self.repository.service(service).ref if service is not None else None
             self._read_plans[cache_key] = plan
         return plan
+
+    def never_written(self, groups: Sequence[FeatureGroup] | None = None) -> list[FeatureGroup]:
+        """The group versions (default: all) the online store has no write record of.
+
+        Neither materialized online nor pushed, such a group can only serve its defaults; the
+        usual cause is a wrong state folder or Redis (another repository's, an empty one).
+        Read from each version's freshness marker (one HGETALL each), so it is meant for
+        startup and commands, not the lookup path.
+        """
+        chosen = self.repository.groups if groups is None else groups
+        return [g for g in chosen if self.online.freshness(g) is None]
+
+    def never_written_warnings(self, groups: Sequence[FeatureGroup] | None = None) -> list[str]:
+        """One line per never-written group version: what is wrong, where we looked, what to do."""
+        from skewless.storage.online import redact
+
+        return [
+            f"warning: feature group '{g.ref}' was never written to the online store "
+            f"({redact(self.online.url)}, state folder {self.config.state_dir}): lookups return only "
+            f"its defaults; materialize the asset online/{g.name}/v{g.version} "
+            f"or push to source '{g.source.name}' first"
+            for g in self.never_written(groups)
+        ]
 
     # ----------------------------------------------------------------- registry
     @property

@@ -51,7 +51,7 @@ def build_definitions(
     `checks=False` leaves out every data-quality check (for measuring what they cost; a
     deployment should keep them: they are what stops bad partitions)."""
     repo = load_repository(repository) if isinstance(repository, str) else repository
-    config = config or StoreConfig.from_env()
+    config = config or StoreConfig.from_env(repo.state_dir)
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
     asset_checks: list[dg.AssetChecksDefinition] = []
     by_start: dict[date, list[dg.AssetKey]] = defaultdict(list)

@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from skewless import progress
 from skewless.asset_keys import offline_key, source_key
 from skewless.feature_assets.checks import partition_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import offline_column_lineage
@@ -65,6 +66,8 @@ def build_offline_asset(
         # compaction: the pieces micro-batches stored so far, listed *before* the source is
         # read; each one's rows are in the source by then (pushed file or landed file first)
         compactable = _compactable_pieces(group, store, days)
+        if len(days) > 1:
+            context.log.info(f"{group.ref} offline: computing {len(days)} days {days[0]}..{days[-1]}")
         try:
             rows = compute_rows(group, window.start, window.end)
         except TransformationError as exc:
@@ -89,7 +92,7 @@ def build_offline_asset(
         by_day = rows.with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("__day"))
         counts = []
         compacted = 0
-        for day in days:
+        for i, day in enumerate(days, 1):
             part = by_day.filter(pl.col("__day") == day).drop("__day")
             path = store.write_partition(group, day, part)
             # only after the new partition is in place (readers read pieces before partitions)
@@ -99,6 +102,13 @@ def build_offline_asset(
             context.add_asset_metadata(
                 {**partition_stats(group, part), "partition_path": dg.MetadataValue.path(str(path))},
                 partition_key=day.isoformat(),
+            )
+            progress.report(
+                context.log,
+                f"{group.ref} offline",
+                i,
+                len(days),
+                progress.partition_line(i, len(days), day, part.height),
             )
         context.log.info(
             f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions, compacted {compacted} pieces"

@@ -1,11 +1,12 @@
 """The online asset of a group version: push the latest value per entity to Redis."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from skewless import progress
 from skewless.asset_keys import offline_key, offline_path, online_key, user_string
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
@@ -116,6 +117,7 @@ def build_online_asset(
         days = partition_days(context)
         rows = offline.store().scan(group, days[0], days[-1]).collect()
         day_of = pl.col(EVENT_TIMESTAMP).dt.date()
+        _report_days(context, group, days, rows)
         if group.is_windowed:
             # window groups: the events still inside the longest window become online state
             # (the latest version of each event: a correction may live on another day)
@@ -177,3 +179,19 @@ def build_online_asset(
         )
 
     return _online
+
+
+def _report_days(
+    context: AssetExecutionContext, group: FeatureGroup, days: list[date], rows: pl.DataFrame
+) -> None:
+    """One step line per partition of a multi-day run: the rows the online write reads."""
+    if not days:
+        return
+    per_day = (
+        dict(rows.group_by(pl.col(EVENT_TIMESTAMP).dt.date().alias("day")).len().iter_rows())
+        if rows.height
+        else {}
+    )
+    for i, day in enumerate(days, 1):
+        line = progress.partition_line(i, len(days), day, per_day.get(day, 0), "rows read")
+        progress.report(context.log, f"{group.ref} online", i, len(days), line)

@@ -16,6 +16,8 @@ import difflib
 import json
 import os
 import tempfile
+import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,8 +98,24 @@ def describe_change(ref: str, old: dict[str, Any], new: dict[str, Any]) -> str:
     return f"feature group '{ref}' changed without a version bump:\n  " + "\n  ".join(lines)
 
 
-def apply_lock(groups: list[FeatureGroup], path: Path, *, update: bool = True) -> list[str]:
-    """Refuse changed versions; record new ones (returns their refs)."""
+class LockRewrittenWarning(UserWarning):
+    """A changed definition of a never-materialized version replaced its lock entry."""
+
+
+def apply_lock(
+    groups: list[FeatureGroup],
+    path: Path,
+    *,
+    update: bool = True,
+    in_use: Callable[[FeatureGroup], bool] | None = None,
+) -> list[str]:
+    """Refuse changed versions; record new ones (returns the refs added or rewritten).
+
+    `in_use(group)` says whether values of the version exist (it was materialized or pushed
+    to). A version that is not in use has nothing that could disagree with a new definition,
+    so while developing one, editing it rewrites its entry instead of demanding a bump; once
+    it is in use, the entry is frozen. Without `in_use` every locked version is frozen.
+    """
     data = read_lock(path)
     problems = []
     added = []
@@ -113,10 +131,21 @@ def apply_lock(groups: list[FeatureGroup], path: Path, *, update: bool = True) -
             data["groups"][group.ref] = entry
             added.append(group.ref)
         elif locked["fingerprint"] != entry["fingerprint"]:
+            if in_use is not None and not in_use(group):
+                data["groups"][group.ref] = entry
+                added.append(group.ref)
+                warnings.warn(
+                    f"feature group '{group.ref}' changed; it was never materialized nor pushed to, so its "
+                    f"lock entry was rewritten (lock file: {path})",
+                    LockRewrittenWarning,
+                    stacklevel=3,
+                )
+                continue
             problems.append(
                 describe_change(group.ref, locked.get("components", {}), entry["components"])
                 + f"\n  Bump its version (version={group.version + 1}) to keep serving v{group.version} "
                 "beside the new one, or undo the change."
+                + (" Its values exist already (it was materialized or pushed to)." if in_use else "")
             )
     if problems:
         raise DefinitionError("\n".join(problems) + f"\n(lock file: {path})")

@@ -35,6 +35,7 @@ import fnmatch
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -865,6 +866,10 @@ def serve(repo: str, host: str = "127.0.0.1", port: int = 6566, workers: int = 1
     policy_path = os.environ.get("SKEWLESS_SERVER_POLICY")
     policy = load_policy(policy_path, store.repository) if policy_path is not None else AccessPolicy()
     store.online.ping()
+    # a group never written here serves only defaults: say so, naming it (a wrong state
+    # folder or Redis is the usual cause), rather than let clients find out from the values
+    for line in store.never_written_warnings():
+        print(line, file=sys.stderr, flush=True)
     app = create_app(store, policy, settings)
     print(startup_line(host, port, store, policy_path), flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -168,6 +168,15 @@ def _tighten(directory: Path) -> None:
             os.chmod(child, 0o600)
 
 
+def embedded_redis_running(state_dir: str | Path) -> bool:
+    """True when our embedded server for `state_dir` answers (never starts one, never makes
+    the state folder): lets a command say that it started one rather than do so silently."""
+    directory = _redis_dir(state_dir)
+    if not directory.is_dir():
+        return False
+    return _answers(socket_path(state_dir), directory)
+
+
 def ensure_embedded_redis(state_dir: str | Path, timeout_s: float = 15.0) -> str:
     """Start the embedded server if none answers; return its `unix://` URL."""
     directory = _redis_dir(state_dir)

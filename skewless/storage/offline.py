@@ -158,6 +158,15 @@ class OfflineStore:
     def group_dir(self, group: FeatureGroup) -> Path:
         return self.root / group.name / f"v{group.version}"
 
+    def mark_in_use(self, group: FeatureGroup) -> None:
+        """Create the version's folder: values of this definition now exist (a push before any
+        materialization leaves it empty). From then on the lock file freezes the definition."""
+        private_dirs(self.group_dir(group))
+
+    def in_use(self, group: FeatureGroup) -> bool:
+        """True once anything of this version was written here (partition, piece or push)."""
+        return self.group_dir(group).is_dir()
+
     def partition_path(self, group: FeatureGroup, day: date) -> Path:
         return self.group_dir(group) / f"date={day.isoformat()}" / DATA_FILE
 

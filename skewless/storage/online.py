@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -158,8 +158,12 @@ class OnlineStore:
             raise self._unreachable("checking the connection", exc) from exc
 
     # ------------------------------------------------------------------ writes
-    def write_latest(self, group: FeatureGroup, latest: pl.DataFrame) -> dict[str, int]:
+    def write_latest(
+        self, group: FeatureGroup, latest: pl.DataFrame, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
         """Write one row per entity (its latest value), keeping newer stored values.
+
+        `progress(n)` is called as each chunk of `n` rows has been sent (for progress bars).
 
         Rows whose value has already outlived the group's TTL are not written: they could
         never be served. Safe to retry: writing the same rows again changes nothing.
@@ -184,12 +188,12 @@ class OnlineStore:
             expired = 0
         try:
             try:
-                written, skipped = self._write_batches(group, frame)
+                written, skipped = self._write_batches(group, frame, progress)
             except redis.exceptions.NoScriptError:
                 # the server lost its script cache (restart, SCRIPT FLUSH): load and redo;
                 # writes are idempotent, so batches that did run are harmless to repeat
                 self._write_script = None
-                written, skipped = self._write_batches(group, frame)
+                written, skipped = self._write_batches(group, frame, progress)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise self._unreachable(where, exc) from exc
         if frame.height:
@@ -230,7 +234,9 @@ class OnlineStore:
             return None
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    def _write_batches(self, group: FeatureGroup, frame: pl.DataFrame) -> tuple[int, int]:
+    def _write_batches(
+        self, group: FeatureGroup, frame: pl.DataFrame, progress: Callable[[int], None] | None = None
+    ) -> tuple[int, int]:
         """Encode in chunks and stream EVALSHA batches down one connection; then read replies.
 
         A sender thread writes to the socket (releasing the GIL while Redis catches up) as the
@@ -273,6 +279,8 @@ class OnlineStore:
                         )
                     outbox.put(commands)
                     sent += len(commands)
+                    if progress is not None:
+                        progress(chunk.height)
             finally:
                 outbox.put(None)
                 sender.join()
