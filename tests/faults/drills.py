@@ -15,6 +15,8 @@ import polars as pl
 import pytest
 import redis
 
+from skewless.config import StoreConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120  # the bound of every child process of a drill
 
@@ -109,3 +111,77 @@ def latest_rows(events: pl.DataFrame, keys: list[str], ts: str, created: str | N
 
 def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+# The drills' feature repository as a module file, as a user would write it: the same group
+# as tests/helpers.small_repo over a folder of event files. Child processes (a run, `skewless
+# serve`, the CLI) load it by path; stores come from SKEWLESS_* variables (`store_env`).
+REPO_MODULE = '''
+"""A fault drill's feature repository."""
+from pathlib import Path
+
+import polars as pl
+
+from skewless import Entity, Feature, FeatureGroup, FeatureService, FileSource
+
+HERE = Path(__file__).parent
+user = Entity("user", {{"user_id": pl.Int64}})
+events = FileSource(
+    "events", HERE / "events", "ts", created_timestamp_field="created", start_date="{start}"
+)
+
+
+def _derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.with_columns(
+        (pl.col("amount") * 2).alias("amount_x2"), (pl.col("channel") == "online").alias("online")
+    )
+
+
+user_stats = FeatureGroup(
+    name="user_stats",
+    entity=user,
+    source=events,
+    transformation=_derive,
+    features=[
+        Feature("amount", pl.Float64, default=0.0{amount_constraint}),
+        Feature("amount_x2", pl.Float64),
+        Feature("online", pl.Boolean, default=False),
+        Feature("channel", pl.String, default="none"{channel_constraint}),
+    ],
+    owner="team:test",
+)
+svc = FeatureService("svc", ["user_stats:v1:amount", "user_stats:v1:channel"])
+'''
+
+
+def write_repo(
+    folder: Path, events: pl.DataFrame, start: str = "2026-03-01", constrained: bool = False
+) -> Path:
+    """The repository module in `folder`, its events in `folder/events/part-0.parquet`."""
+    (folder / "events").mkdir(parents=True, exist_ok=True)
+    events.write_parquet(folder / "events" / "part-0.parquet")
+    path = folder / "fault_repo.py"
+    path.write_text(
+        REPO_MODULE.format(
+            start=start,
+            amount_constraint=", min_value=0.0" if constrained else "",
+            channel_constraint=', allowed_values=["pos", "online", "atm"]' if constrained else "",
+        )
+    )
+    return path
+
+
+def store_env(config: StoreConfig, home: Path, **extra: str) -> dict[str, str]:
+    """Environment of a child process using `config`'s stores."""
+    env = child_env(
+        SKEWLESS_HOME=str(home),
+        SKEWLESS_OFFLINE_ROOT=config.offline_root,
+        SKEWLESS_KEY_PREFIX=config.key_prefix,
+        DAGSTER_HOME=str(home / "dagster"),
+        **extra,
+    )
+    if config.redis_url:
+        env["SKEWLESS_REDIS_URL"] = config.redis_url
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return env
