@@ -118,7 +118,7 @@ DEFINITIONS = {
     ),
     "bad-window": (
         lambda w: raised(lambda: Aggregation("count", windows=["7x"])),
-        r"7x",
+        r"aggregation .count. of rows window: .*7x",
     ),
     "unknown-aggregation": (
         lambda w: raised(lambda: Aggregation("median", "amount", ["7d"])),
