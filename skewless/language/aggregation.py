@@ -61,7 +61,9 @@ class Aggregation:
     _labels: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
-        what = f"aggregation {self.function!r} of {self.column!r}"
+        # a count without a column counts rows: say so rather than "of None"
+        subject = repr(self.column) if self.column is not None else "rows"
+        what = f"aggregation {self.function!r} of {subject}"
         if self.function not in FUNCTIONS:
             raise DefinitionError(f"{what}: function must be one of {', '.join(FUNCTIONS)}")
         if self.column is None and self.function != "count":
