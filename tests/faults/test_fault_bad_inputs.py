@@ -24,11 +24,12 @@ from starlette.testclient import TestClient
 
 from skewless import Aggregation, Entity, Feature, FeatureGroup, FeatureRepository, FeatureService, FileSource
 from skewless.compute.rows import compute_rows, latest_per_entity
-from skewless.config import StoreConfig
+from skewless.config import StoreConfig, offline_root
 from skewless.errors import SkewlessError
 from skewless.feature_assets.definitions import build_definitions
 from skewless.repository import load_repository
 from skewless.serving.http import create_app
+from skewless.storage.offline import OfflineStore
 from skewless.storage.online import OnlineStore
 from tests.faults.drills import TIMEOUT_S, free_port, store_env, write_repo
 from tests.helpers import make_events
@@ -100,8 +101,15 @@ def raised(action: Callable[[], object]) -> str:
 
 # ------------------------------------------------------------------ definitions
 def lock_change(w: World) -> str:
-    """Editing a locked definition without a version bump."""
-    load_repository(w.repo_path)  # records the fingerprint
+    """Editing a locked definition without a version bump, once the version is in use.
+
+    The lock freezes a version once values of it exist in the repository's own state folder
+    (an edit before that is a rewrite, issue 12 item 8); the world's data was written through
+    another config, so the version is marked in use where the lock looks."""
+    repo = load_repository(w.repo_path)  # records the fingerprint
+    assert repo.state_dir is not None and Path(repo.state_dir).is_relative_to(w.tmp), repo.state_dir
+    for group in repo.groups:
+        OfflineStore(offline_root(repo.state_dir)).group_dir(group).mkdir(parents=True, exist_ok=True)
     edited = w.repo_path.parent / "fault_repo.py"
     edited.write_text(edited.read_text().replace('pl.col("amount") * 2', 'pl.col("amount") * 3'))
     return raised(lambda: load_repository(edited))
