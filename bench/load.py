@@ -1,6 +1,6 @@
 """Serving under load: a real `skewless serve` process driven by N keep-alive connections.
 
-    python bench/load.py [--users 2000] [--days 7] [--connections 8] [--seconds 10]
+    python bench/load.py [--users 2000] [--days 7] [--connections 8] [--seconds 10] [--workers 1]
 
 In a private state folder it generates the card-fraud example's data, adds a wide group of 50
 Float64 row features over the same users, materializes everything through Dagster (the
@@ -179,8 +179,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=30)
 
 
-def serve_command(repo: Path, port: int) -> list[str]:
-    return [str(Path(sys.executable).parent / "skewless"), "serve", str(repo), "--port", str(port)]
+def serve_command(repo: Path, port: int, workers: int = 1) -> list[str]:
+    command = [str(Path(sys.executable).parent / "skewless"), "serve", str(repo), "--port", str(port)]
+    return command + (["--workers", str(workers)] if workers > 1 else [])
 
 
 def materialize_command(repo: Path, first: str, last: str, job: str = "daily_features") -> list[str]:
@@ -244,6 +245,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="`skewless serve --workers`")
     parser.add_argument("--redis-url", default=os.environ.get("SKEWLESS_REDIS_URL"))
     args = parser.parse_args()
 
@@ -282,7 +284,12 @@ def main() -> int:
     repo.write_text(WIDE_MODULE.format(start=first))
     servers: list[subprocess.Popen[bytes]] = []
     client = redis.Redis.from_url(url)
-    result: dict[str, Any] = {"users": args.users, "days": args.days, "connections": args.connections}
+    result: dict[str, Any] = {
+        "users": args.users,
+        "days": args.days,
+        "connections": args.connections,
+        "workers": args.workers,
+    }
     try:
         print(f"[load] materializing {first}..{last} ({args.users} users) in {home}", flush=True)
         started = time.perf_counter()
@@ -290,7 +297,7 @@ def main() -> int:
         result["materialize_s"] = round(time.perf_counter() - started, 1)
 
         port = free_port()
-        servers.append(start_server(serve_command(repo, port), port, env))
+        servers.append(start_server(serve_command(repo, port, args.workers), port, env))
         ids = rng.integers(1, args.users + 1, size=(64, 100))
         merchants = rng.integers(1, args.merchants + 1, size=64)
         fraud = [

@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("repo", nargs="?", default="examples/card_fraud/features.py")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=6566)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes on the port (one core each; default 1)"
+    )
     listing = sub.add_parser("list", help="list the feature group versions of a repository")
     listing.add_argument("repo", nargs="?", default=DEFAULT_REPO)
     features = sub.add_parser("features", help="the registry: list, search, describe, retire")
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             from skewless.serving.http import serve as run_server
 
-            run_server(args.repo, host=args.host, port=args.port)
+            run_server(args.repo, host=args.host, port=args.port, workers=args.workers)
         elif args.command == "list":
             from skewless.repository import load_repository
 

@@ -857,7 +857,10 @@ def serve(repo: str, host: str = "127.0.0.1", port: int = 6566, workers: int = 1
     """Run the server (blocking). Roles come from `SKEWLESS_SERVER_POLICY` (a JSON file path).
 
     Everything that could make the server less safe than configured fails here, before the
-    port opens: an invalid policy or setting, or a Redis that does not answer.
+    port opens: an invalid policy or setting, or a Redis that does not answer. With
+    `workers > 1`, uvicorn runs that many processes on the port (each builds its own store
+    through `app_from_env` after the checks passed here): a request's work is Python, so one
+    process uses one core however many connections it has.
     """
     import uvicorn
 
@@ -870,6 +873,33 @@ def serve(repo: str, host: str = "127.0.0.1", port: int = 6566, workers: int = 1
     # folder or Redis is the usual cause), rather than let clients find out from the values
     for line in store.never_written_warnings():
         print(line, file=sys.stderr, flush=True)
-    app = create_app(store, policy, settings)
-    print(startup_line(host, port, store, policy_path), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    line = startup_line(host, port, store, policy_path)
+    print(line + (f" ({workers} worker processes)" if workers > 1 else ""), flush=True)
+    if workers <= 1:
+        app = create_app(store, policy, settings)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
+    store.close()
+    os.environ[_REPO_ENV] = repo
+    uvicorn.run(
+        "skewless.serving.http:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+_REPO_ENV = "SKEWLESS_SERVE_REPO"
+
+
+def app_from_env() -> Starlette:
+    """The app of one worker process of `serve(workers=N)`: the repository from
+    `SKEWLESS_SERVE_REPO`, the policy and settings from the environment as in `serve`."""
+    settings = ServerSettings.from_env()
+    store = FeatureStore.from_repo(os.environ[_REPO_ENV])
+    policy_path = os.environ.get("SKEWLESS_SERVER_POLICY")
+    policy = load_policy(policy_path, store.repository) if policy_path is not None else AccessPolicy()
+    return create_app(store, policy, settings)

@@ -594,17 +594,22 @@ class WindowState:
     def _write_back(
         self, group: FeatureGroup, wanted: list, done: list[dict[tuple[int, int], list[Any]]]
     ) -> None:
-        if self._put_lua is None:
-            self._put_lua = self.store.client.register_script(_PUT_TILES)
         parts = self.parts(group)
+        commands: list[tuple[Any, ...]] = []
+        for (base, _, gen), tiles in zip(wanted, done, strict=True):
+            args: list[Any] = [gen]
+            for (level, k), acc in tiles.items():
+                args += [T.field(level, k), orjson.dumps(T.to_json(parts, acc)) if acc else b""]
+            commands.append((base + ":tiles", args))
         try:
-            pipe = self.store.client.pipeline(transaction=False)
-            for (base, _, gen), tiles in zip(wanted, done, strict=True):
-                args: list[Any] = [gen]
-                for (level, k), acc in tiles.items():
-                    args += [T.field(level, k), orjson.dumps(T.to_json(parts, acc)) if acc else b""]
-                self._put_lua(keys=[base + ":tiles"], args=args, client=pipe)
-            pipe.execute()
+            # EVALSHA on the read connection, one round trip (a redis-py Script in a pipeline
+            # asks SCRIPT EXISTS first: a second round trip on every cold read)
+            if self._put_lua is None:
+                self._put_lua = self.store.client.script_load(_PUT_TILES)
+            replies = self.store.send([("EVALSHA", self._put_lua, 1, key, *args) for key, args in commands])
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._put_lua = self.store.client.script_load(_PUT_TILES)  # a restarted server
+                self.store.send([("EVALSHA", self._put_lua, 1, key, *args) for key, args in commands])
         except redis.RedisError:
             pass  # a cache write is an optimisation: the next read computes the tile again
 
