@@ -154,8 +154,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_skewless_serve_over_a_real_socket(tmp_path: Path, redis_url: str) -> None:
-    """The CLI server on loopback, against the example repository and a real Redis."""
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skewless_serve_over_a_real_socket(tmp_path: Path, redis_url: str, workers: int) -> None:
+    """The CLI server on loopback, against the example repository and a real Redis; with
+    `--workers 2`, two server processes answer on the one port and stop with the parent."""
     port = free_port()
     env = {
         **os.environ,
@@ -164,13 +173,21 @@ def test_skewless_serve_over_a_real_socket(tmp_path: Path, redis_url: str) -> No
         "SKEWLESS_KEY_PREFIX": f"sktest:serve{port}",
     }
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "skewless"), "serve", "--port", str(port)],
+        [
+            str(Path(sys.executable).parent / "skewless"),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    children: list[int] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -195,9 +212,18 @@ def test_skewless_serve_over_a_real_socket(tmp_path: Path, redis_url: str) -> No
             body = json.loads(response.read())
         # nothing materialized under this prefix: every feature is its declared default
         assert body["results"][0]["segment"] == "unknown" and body["results"][0]["last_amount"] == 0.0
+        children = _children(proc.pid)
+        if workers > 1:
+            # uvicorn's supervisor: worker processes (and its own helper) under the parent
+            assert len(children) >= workers, children
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    for child in children:  # no worker outlives the server
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists(), f"worker {child} still running"
     # ... and the server said so at startup, naming each group version (issue 12 item 3)
     output = proc.stdout.read().decode()
     assert "warning: feature group 'user_profile:v1' was never written to the online store" in output
