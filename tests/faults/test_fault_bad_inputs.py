@@ -8,6 +8,7 @@ from tests/test_bad_input.py and tests/test_small_edges.py (which they build on)
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -103,16 +104,25 @@ def raised(action: Callable[[], object]) -> str:
 def lock_change(w: World) -> str:
     """Editing a locked definition without a version bump, once the version is in use.
 
-    The lock freezes a version once values of it exist in the repository's own state folder
-    (an edit before that is a rewrite, issue 12 item 8); the world's data was written through
-    another config, so the version is marked in use where the lock looks."""
-    repo = load_repository(w.repo_path)  # records the fingerprint
-    assert repo.state_dir is not None and Path(repo.state_dir).is_relative_to(w.tmp), repo.state_dir
-    for group in repo.groups:
-        OfflineStore(offline_root(repo.state_dir)).group_dir(group).mkdir(parents=True, exist_ok=True)
-    edited = w.repo_path.parent / "fault_repo.py"
-    edited.write_text(edited.read_text().replace('pl.col("amount") * 2', 'pl.col("amount") * 3'))
-    return raised(lambda: load_repository(edited))
+    The lock freezes a version once values of it exist in the repository's state folder (an
+    edit before that is a rewrite, issue 12 item 8). The world's data was written through
+    another config, so the state folder is pointed into this test's folder (`make test` sets
+    SKEWLESS_HOME to the checkout's own) and the version marked in use there."""
+    saved = os.environ.get("SKEWLESS_HOME")
+    os.environ["SKEWLESS_HOME"] = str(w.tmp / "lock_home")
+    try:
+        repo = load_repository(w.repo_path)  # records the fingerprint
+        assert repo.state_dir is not None and Path(repo.state_dir).is_relative_to(w.tmp), repo.state_dir
+        for group in repo.groups:
+            OfflineStore(offline_root(repo.state_dir)).group_dir(group).mkdir(parents=True, exist_ok=True)
+        edited = w.repo_path.parent / "fault_repo.py"
+        edited.write_text(edited.read_text().replace('pl.col("amount") * 2', 'pl.col("amount") * 3'))
+        return raised(lambda: load_repository(edited))
+    finally:
+        if saved is None:
+            os.environ.pop("SKEWLESS_HOME", None)
+        else:
+            os.environ["SKEWLESS_HOME"] = saved
 
 
 DEFINITIONS = {
