@@ -64,7 +64,12 @@ def test_serving_under_load_while_materializing(tmp_path: Path, store_config: St
         load.drive(port, bodies, 4, 1.0)  # warm-up
         idle = load.drive(port, bodies, 4, SECONDS)
         busy = load.while_running(
-            port, bodies, 4, SECONDS, load.materialize_command(repo_path, "2026-03-01", "2026-03-02"), env
+            port,
+            bodies,
+            4,
+            SECONDS,
+            load.materialize_command(repo_path, "2026-03-01", "2026-03-02", min_seconds=SECONDS + 1),
+            env,
         )
     finally:
         load.stop(server)
