@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -110,3 +111,17 @@ def materialize_days(
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
         raise_on_error=raise_on_error,
     )
+
+
+_STATE_VARIABLES = (
+    "SKEWLESS_HOME",
+    "DAGSTER_HOME",
+    "SKEWLESS_REDIS_URL",
+    "SKEWLESS_OFFLINE_ROOT",
+    "SKEWLESS_KEY_PREFIX",
+)
+
+
+def fresh_env(**extra: str) -> dict[str, str]:
+    """This environment without any state configured (what a user has in a fresh shell), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k not in _STATE_VARIABLES}, **extra}

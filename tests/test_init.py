@@ -5,7 +5,6 @@ embedded Redis the run starts is stopped at the end."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,11 @@ import pytest
 from skewless.errors import DefinitionError
 from skewless.scaffold import init_repository
 from skewless.storage.embedded_redis import stop_embedded_redis
+from tests.helpers import fresh_env
 
 BIN = Path(sys.executable).parent
 
 
-def _env(**extra: str) -> dict[str, str]:
-    drop = (
-        "SKEWLESS_HOME",
-        "DAGSTER_HOME",
-        "SKEWLESS_REDIS_URL",
-        "SKEWLESS_OFFLINE_ROOT",
-        "SKEWLESS_KEY_PREFIX",
-    )
-    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 
 def _run(
@@ -42,7 +33,7 @@ def _run(
 
 def test_init_materialize_with_dagster_and_read_back(tmp_path: Path) -> None:
     repo = tmp_path / "shop"
-    made = _run([str(BIN / "skewless"), "init", str(repo), "--days", "3"], tmp_path, _env())
+    made = _run([str(BIN / "skewless"), "init", str(repo), "--days", "3"], tmp_path, fresh_env())
     assert "created feature repository shop" in made.stdout
     for name in (
         "features.py",
@@ -71,12 +62,12 @@ def test_init_materialize_with_dagster_and_read_back(tmp_path: Path) -> None:
             'pl.col("amount").alias("last_amount")', 'pl.col("amount").round(1).alias("last_amount")'
         )
     )
-    listed = _run([str(BIN / "skewless"), "list", "features.py"], repo, _env())
+    listed = _run([str(BIN / "skewless"), "list", "features.py"], repo, fresh_env())
     assert "customer_last_order:v1" in listed.stdout
 
     last_day = command.rsplit("...", 1)[1]
     state = repo / ".skewless"
-    env = _env(DAGSTER_HOME=str(state / "dagster"))
+    env = fresh_env(DAGSTER_HOME=str(state / "dagster"))
     try:
         # the README's command, narrowed to one day: the real Dagster CLI, its own processes
         one_day = command.replace(command.split("--partition-range ")[1], f"{last_day}...{last_day}")
@@ -107,7 +98,7 @@ def test_init_materialize_with_dagster_and_read_back(tmp_path: Path) -> None:
                 "--compact",
             ],
             tmp_path,  # another folder: the repository's state is found anyway
-            _env(),
+            fresh_env(),
         )
         assert "never written" not in got.stderr
         (row,) = json.loads(got.stdout)
@@ -117,7 +108,7 @@ def test_init_materialize_with_dagster_and_read_back(tmp_path: Path) -> None:
 
         # once materialized, the definition is frozen: another edit needs a version bump
         features.write_text(features.read_text().replace(".round(1)", ".round(2)"))
-        refused = _run([str(BIN / "skewless"), "list", "features.py"], repo, _env(), ok=False)
+        refused = _run([str(BIN / "skewless"), "list", "features.py"], repo, fresh_env(), ok=False)
         assert refused.returncode == 1
         assert "feature group 'customer_last_order:v1' changed without a version bump" in refused.stderr
     finally:

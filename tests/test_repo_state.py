@@ -9,7 +9,6 @@ instance, and read back a value written from the other folder. Everything starte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,26 +20,17 @@ import pytest
 from skewless.config import find_config, home, locate, read_config
 from skewless.errors import DefinitionError
 from skewless.storage.embedded_redis import stop_embedded_redis
+from tests.helpers import fresh_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SKEWLESS = str(Path(sys.executable).parent / "skewless")
 
 
-def _env() -> dict[str, str]:
-    """No state configured: what a user has in a fresh shell."""
-    drop = (
-        "SKEWLESS_HOME",
-        "DAGSTER_HOME",
-        "SKEWLESS_REDIS_URL",
-        "SKEWLESS_OFFLINE_ROOT",
-        "SKEWLESS_KEY_PREFIX",
-    )
-    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [SKEWLESS, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=180, check=False
+        [SKEWLESS, *args], cwd=cwd, env=fresh_env(), capture_output=True, text=True, timeout=180, check=False
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
@@ -104,7 +94,12 @@ def test_cli_uses_the_repositorys_state_from_any_folder(tmp_path: Path) -> None:
             "store.close()\n"
         )
         pushed = subprocess.run(
-            [sys.executable, "-c", push], cwd=repo, env=_env(), capture_output=True, text=True, timeout=180
+            [sys.executable, "-c", push],
+            cwd=repo,
+            env=fresh_env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert pushed.returncode == 0, pushed.stderr[-3000:]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -28,6 +27,7 @@ import redis
 
 from skewless.errors import SourceDataError
 from skewless.language.dtypes import conform_frame
+from skewless.storage.codec import _EPOCH_DATE, _micros
 from skewless.storage.online import OnlineStore
 
 MAX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): old entries are already applied
@@ -62,13 +62,6 @@ _PLAIN: dict[str, pl.DataType] = {
         pl.Datetime("us", "UTC"),
     )
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_DAY = date(1970, 1, 1)
-
-
-def _micros(value: datetime) -> int:
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _columns_json(frame: pl.DataFrame) -> bytes | None:
@@ -84,7 +77,7 @@ def _columns_json(frame: pl.DataFrame) -> bytes | None:
         if dtype.startswith("Datetime"):
             values = [None if v is None else _micros(v) for v in values]
         elif dtype == "Date":
-            values = [None if v is None else (v - _EPOCH_DAY).days for v in values]
+            values = [None if v is None else (v - _EPOCH_DATE).days for v in values]
         elif dtype.startswith("Float") and not all(v is None or math.isfinite(v) for v in values):
             return None
         out.append((name, dtype, values))

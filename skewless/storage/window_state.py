@@ -19,6 +19,7 @@ not move in between. A steady read touches a bounded number of tiles whatever th
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -73,18 +74,7 @@ def member_array(ids: pl.Series, packed: pa.Array) -> list[bytes]:
 
 def _runs(keys: list[str]) -> list[tuple[str, int]]:
     """Consecutive equal keys as (key, run length)."""
-    out: list[tuple[str, int]] = []
-    previous, length = None, 0
-    for key in keys:
-        if key == previous:
-            length += 1
-        else:
-            if length:
-                out.append((previous, length))  # type: ignore[arg-type]
-            previous, length = key, 1
-    if length:
-        out.append((previous, length))  # type: ignore[arg-type]
-    return out
+    return [(key, sum(1 for _ in run)) for key, run in itertools.groupby(keys)]
 
 
 def unpack_member(member: bytes) -> bytes:
