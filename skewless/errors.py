@@ -27,6 +27,10 @@ class OnlineStoreError(SkewlessError):
     """The online store (Redis) could not be reached or refused a write."""
 
 
+class OnlineStoreTimeout(OnlineStoreError):
+    """The online store did not answer within a bounded read's timeout (it may be hung)."""
+
+
 class RequestError(SkewlessError):
     """A client request (features, entities, label frame) is malformed."""
 

@@ -57,7 +57,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from skewless.client.feature_store import FeatureStore
-from skewless.errors import DefinitionError, OnlineStoreError, RequestError, SkewlessError
+from skewless.errors import DefinitionError, OnlineStoreError, OnlineStoreTimeout, RequestError, SkewlessError
 from skewless.language.feature_service import FeatureRef
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ DEFAULT_REQUEST_TIMEOUT_MS = 500
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_OUTSTANDING = 64
 UNKNOWN_LABEL = "unknown"  # the one metrics label for services/groups the repository lacks
+INLINE_MAX_ENTITIES = 256  # lookups of up to this many entities run on the event loop
+INLINE_PAUSE_S = 5.0  # after an inline lookup timed out, threads only for this long
 STORE_NAME = "the online store (Redis)"  # what clients are told; the address only goes to the log
 
 log = logging.getLogger("skewless.serving")
@@ -684,6 +686,25 @@ def create_app(
         log.warning("%s: %s did not answer within %.0f ms", what, STORE_NAME, timeout * 1000)
         raise HTTPError(503, f"{STORE_NAME} did not answer within {timeout * 1000:.0f} ms")
 
+    inline_paused_until = [0.0]  # the breaker: before this time, lookups go to threads
+
+    async def lookup_within(deadline: float, entities: int, func: Callable[[], T]) -> T:
+        """A small lookup runs on the event loop: handing it to a thread and back costs more
+        than the lookup (measured: 590 against 1,050 requests/s on `fraud_model:v1`). Its
+        Redis round trips are bounded by the request timeout and never retried, so a hung
+        Redis blocks the loop for at most one timeout; that trips the breaker and lookups go
+        through threads (abandoned at the deadline) until `INLINE_PAUSE_S` has passed."""
+        now = time.monotonic()
+        if entities > INLINE_MAX_ENTITIES or now < inline_paused_until[0]:
+            return await with_deadline(deadline, func, "online lookup")
+        try:
+            with store.online.bounded(timeout):
+                return func()
+        except OnlineStoreTimeout as exc:
+            inline_paused_until[0] = time.monotonic() + INLINE_PAUSE_S
+            log.warning("online lookup: %s (lookups go through threads for %.0f s)", exc, INLINE_PAUSE_S)
+            raise HTTPError(503, f"{STORE_NAME} did not answer within {timeout * 1000:.0f} ms") from None
+
     async def body_within(request: Request, deadline: float) -> bytes:
         """The request body, received before the request's deadline (408 otherwise)."""
         with anyio.move_on_after(timeout):
@@ -713,13 +734,15 @@ def create_app(
                         output="dicts",
                     )
                     plan = store.read_plan(lookup.features, lookup.service, lookup.full_feature_names)
+                except OnlineStoreTimeout:
+                    raise  # a bounded (inline) lookup: `lookup_within` answers it
                 except OnlineStoreError as exc:
                     raise unavailable(exc, "online lookup") from None
                 except DefinitionError as exc:  # unresolvable names that slipped past select()
                     raise HTTPError(404 if "unknown" in str(exc) else 400, str(exc)) from None
                 return rows, plan.group_refs
 
-            rows, group_refs = await with_deadline(deadline, work, "online lookup")
+            rows, group_refs = await lookup_within(deadline, entity_count(lookup.entities), work)
             elapsed = time.perf_counter() - started
             for ref in group_refs:
                 group_latency.labels(ref).observe(elapsed)

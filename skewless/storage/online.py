@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -22,10 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 import hiredis
 import polars as pl
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from skewless.errors import OnlineStoreError, RequestError
+from skewless.errors import OnlineStoreError, OnlineStoreTimeout, RequestError
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
@@ -323,15 +324,48 @@ class OnlineStore:
             raise self._unreachable(f"reading feature group '{group.ref}'", exc) from exc
         return self.codec(group).decode(raw)
 
-    def _read_connection(self) -> Any:
-        """This thread's own connection for reads (made on first use, remade after a fork)."""
+    @contextmanager
+    def bounded(self, timeout_s: float) -> Iterator[None]:
+        """Reads on this thread fail fast while inside: a connection whose socket gives up
+        after `timeout_s` and no reconnecting retry, so an HTTP server that runs a small
+        lookup on its event loop (a thread hand-off costs more than the lookup) can never
+        block the loop for longer than its request deadline. A stall raises
+        `OnlineStoreTimeout`, anything else `OnlineStoreError`."""
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.connection = self.client.connection_pool.make_connection()
-            local.pid = os.getpid()
+        previous = getattr(local, "bound", None)
+        local.bound = timeout_s
+        try:
+            yield
+        finally:
+            local.bound = previous
+
+    def _read_connection(self) -> Any:
+        """This thread's own connection for reads (made on first use, remade after a fork);
+        inside `bounded`, a second one with the bound's timeouts."""
+        local = self._local
+        bound = getattr(local, "bound", None)
+        slot = "connection" if bound is None else f"bounded_{bound}"
+        if getattr(local, f"{slot}_pid", None) != os.getpid():
+            pool = self.client.connection_pool
+            if bound is None:
+                connection = pool.make_connection()
+            else:
+                kwargs = {**pool.connection_kwargs, "socket_timeout": bound, "socket_connect_timeout": bound}
+                kwargs["retry"] = Retry(NoBackoff(), 0)
+                connection = pool.connection_class(**kwargs)
+            setattr(local, slot, connection)
+            setattr(local, f"{slot}_pid", os.getpid())
             with self._lock:
-                self._read_connections.append(local.connection)
-        return local.connection
+                self._read_connections.append(connection)
+        return getattr(local, slot)
+
+    def _failed_fast(self, exc: Exception, action: str) -> None:
+        """Inside `bounded`, a failed round trip is the caller's answer: no retry."""
+        if getattr(self._local, "bound", None) is None:
+            return
+        if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+            raise OnlineStoreTimeout(f"Redis at {redact(self.url)} did not answer while {action}") from exc
+        raise self._unreachable(action, exc) from exc
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         """One MGET on this thread's dedicated connection.
@@ -347,8 +381,9 @@ class OnlineStore:
         try:
             connection.send_packed_command([hiredis.pack_command(("MGET", *keys))], check_health=False)
             return connection.read_response()  # type: ignore[no-any-return]
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             connection.disconnect()
+            self._failed_fast(exc, "reading online features")
         try:
             return self.client.mget(keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -369,8 +404,9 @@ class OnlineStore:
                 except redis.ResponseError as exc:
                     replies.append(exc)
             return replies
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             connection.disconnect()
+            self._failed_fast(exc, "reading online features")
         # a dropped or restarted server: once more through the client, which reconnects
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
@@ -397,8 +433,9 @@ class OnlineStore:
             for _ in range(len(commands) + 1):
                 connection.read_response()
             replies = connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             connection.disconnect()
+            self._failed_fast(exc, "reading online features")
             try:
                 pipe = self.client.pipeline(transaction=True)
                 for command in commands:

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import redis
 
 from skewless.compute import tiles as T
+from skewless.errors import OnlineStoreError
 from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, Feature, FeatureGroup
 from skewless.storage.codec import GroupCodec, _micros
@@ -595,13 +596,20 @@ class WindowState:
             # EVALSHA on the read connection, one round trip (a redis-py Script in a pipeline
             # asks SCRIPT EXISTS first: a second round trip on every cold read)
             if self._put_lua is None:
-                self._put_lua = self.store.client.script_load(_PUT_TILES)
+                self._put_lua = self._load_put_tiles()
             replies = self.store.send([("EVALSHA", self._put_lua, 1, key, *args) for key, args in commands])
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self._put_lua = self.store.client.script_load(_PUT_TILES)  # a restarted server
+                self._put_lua = self._load_put_tiles()  # a restarted server
                 self.store.send([("EVALSHA", self._put_lua, 1, key, *args) for key, args in commands])
-        except redis.RedisError:
+        except (redis.RedisError, OnlineStoreError):
             pass  # a cache write is an optimisation: the next read computes the tile again
+
+    def _load_put_tiles(self) -> str:
+        """SCRIPT LOAD on the read connection, so a bounded read stays bounded here too."""
+        (reply,) = self.store.send([("SCRIPT", "LOAD", _PUT_TILES)])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def _read_from_events(self, group: FeatureGroup, bases: list[str], t_us: int) -> list[dict[str, Any]]:
         """Every window from the raw events of the longest one: one atomic read per entity.
