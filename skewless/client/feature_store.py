@@ -33,8 +33,8 @@ from skewless.language.source import Source
 from skewless.repository import FeatureRepository, load_repository
 from skewless.serving.monitor import ServingMonitor
 from skewless.serving.reader import ReadPlan
-from skewless.storage.offline import OfflineStore
-from skewless.storage.online import OnlineStore
+from skewless.storage.offline import OfflineStore, open_offline_store
+from skewless.storage.online import OnlineStore, open_online_store
 
 Selection = list[tuple[FeatureGroup, list[str]]]
 
@@ -75,22 +75,44 @@ def convert(frame: pl.DataFrame, output: str) -> Any:
 class FeatureStore:
     """Training sets and online features for one feature repository."""
 
-    def __init__(self, repository: FeatureRepository, config: StoreConfig | None = None) -> None:
+    def __init__(
+        self,
+        repository: FeatureRepository,
+        config: StoreConfig | None = None,
+        *,
+        offline: OfflineStore | None = None,
+        online: OnlineStore | None = None,
+    ) -> None:
+        """Stores handed in are used as they are (Dagster assets and checks pass their
+        resources' stores, so a run opens one connection pool); the others are opened from
+        `config` (default: the environment, anchored at the repository's state folder)."""
         self.repository = repository
         # the repository's own state folder (anchored at load), not the current folder's
         self.config = config or StoreConfig.from_env(repository.state_dir)
-        self.offline = OfflineStore(self.config.offline_root)
-        self.online = OnlineStore(self.config.redis_url, self.config.state_dir, self.config.key_prefix)
+        self.offline = offline if offline is not None else open_offline_store(self.config)
+        self.online = online if online is not None else open_online_store(self.config)
         self.last_training_stats = TrainingSetStats()
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
         self._source_schemas: dict[str, pl.Schema] = {}  # push's reference, read once per source
         self.monitor = ServingMonitor(self.online, log_rate=self.config.serving_log_rate)
 
     @classmethod
-    def from_repo(cls, target: Any, config: StoreConfig | None = None) -> FeatureStore:
+    def from_repo(
+        cls,
+        target: Any,
+        config: StoreConfig | None = None,
+        *,
+        offline: OfflineStore | None = None,
+        online: OnlineStore | None = None,
+    ) -> FeatureStore:
         """From a module, a dotted module name, or a path to a repository's Python file."""
         repo = target if isinstance(target, FeatureRepository) else load_repository(target)
-        return cls(repo, config)
+        return cls(repo, config, offline=offline, online=online)
+
+    @classmethod
+    def from_config(cls, target: Any, config: StoreConfig) -> FeatureStore:
+        """A repository with stores chosen by `config` (backends by URL: see `skewless.storage`)."""
+        return cls.from_repo(target, config)
 
     def close(self) -> None:
         try:

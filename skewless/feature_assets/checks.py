@@ -79,12 +79,8 @@ def feature_store(repo: FeatureRepository, offline: OfflineStoreResource, online
     from skewless.client.feature_store import FeatureStore
     from skewless.config import StoreConfig
 
-    store = FeatureStore(
-        repo, StoreConfig(offline.root, online.redis_url, online.state_dir, online.key_prefix)
-    )
-    store.online = online.store()
-    store.monitor.online = store.online
-    return store
+    config = StoreConfig(offline.root, online.redis_url, online.state_dir, online.key_prefix)
+    return FeatureStore(repo, config, offline=offline.store(), online=online.store())
 
 
 def online_check_specs(group: FeatureGroup, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:

@@ -53,8 +53,9 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
 
         assert service.labels is not None
         labels = service.labels.scan().collect()
+        # training sets read the offline store only: no online store is opened (or started)
         store_config = StoreConfig(offline_root=offline.root, redis_url=None, state_dir="", key_prefix="")
-        store = FeatureStore(repo, store_config)
+        store = FeatureStore(repo, store_config, offline=offline.store())
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always", MissingPartitionsWarning)
             frame = store.get_training_dataset(

@@ -11,8 +11,9 @@ import contextlib
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
-from skewless.storage.offline import OfflineStore
-from skewless.storage.online import OnlineStore
+from skewless.config import StoreConfig
+from skewless.storage.offline import OfflineStore, open_offline_store
+from skewless.storage.online import OnlineStore, open_online_store
 
 
 class OfflineStoreResource(ConfigurableResource):
@@ -32,7 +33,7 @@ class OfflineStoreResource(ConfigurableResource):
                 record_run_process(context.instance, run.run_id, run.tags)
 
     def store(self) -> OfflineStore:
-        return OfflineStore(self.root)
+        return open_offline_store(StoreConfig(self.root, None, "", key_prefix=""))
 
 
 class OnlineStoreResource(ConfigurableResource):
@@ -46,7 +47,7 @@ class OnlineStoreResource(ConfigurableResource):
 
     def store(self) -> OnlineStore:
         if self._store is None:
-            self._store = OnlineStore(self.redis_url, self.state_dir, self.key_prefix)
+            self._store = open_online_store(StoreConfig("", self.redis_url, self.state_dir, self.key_prefix))
         return self._store
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from skewless.compute.identity import latest_versions
-from skewless.config import private_dirs
+from skewless.config import StoreConfig, private_dirs
 from skewless.language.feature_group import (
     CREATED_TIMESTAMP,
     EVENT_ID,
@@ -319,3 +319,8 @@ def _read_day(day_files: list[Path], schema: pl.Schema) -> pl.DataFrame:
 
 def days_between(start: date, end_exclusive: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end_exclusive - start).days)]
+
+
+def open_offline_store(config: StoreConfig) -> OfflineStore:
+    """The offline store `config.offline_root` names: the one place a backend is chosen."""
+    return OfflineStore(config.offline_root)

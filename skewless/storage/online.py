@@ -26,6 +26,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from skewless.config import StoreConfig
 from skewless.errors import OnlineStoreError, OnlineStoreTimeout, RequestError
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.codec import MAX_MICROS, GroupCodec
@@ -517,3 +518,9 @@ return 1
 def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, size):
         yield start, min(start + size, total)
+
+
+def open_online_store(config: StoreConfig) -> OnlineStore:
+    """The online store `config.redis_url` names (None: the embedded Redis in the state
+    folder): the one place a backend is chosen."""
+    return OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
