@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             import warnings
 
             warnings.filterwarnings("ignore")  # Dagster's beta notices are not for this output
+            from skewless.feature_assets.impact import impact as impact_of
             from skewless.registry import cli_output
-            from skewless.registry.impact import impact as impact_of
             from skewless.repository import load_repository
 
             result = impact_of(load_repository(args.repo), args.target)

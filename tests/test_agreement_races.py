@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from skewless import FeatureRepository, FeatureStore
-from skewless.checks.agreement import check_agreement
 from skewless.config import StoreConfig
+from skewless.serving.agreement import check_agreement
 from tests.test_windows import NOW, batch_materialize, events_frame, window_group
 
 

@@ -27,13 +27,13 @@ from skewless import (
     FeatureService,
     FileSource,
 )
-from skewless.checks.agreement import check_agreement
 from skewless.checks.drift import EPSILON, ks_statistic, psi_categorical, psi_numeric
 from skewless.client.feature_store import FeatureStore
 from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
 from skewless.feature_assets.offline import offline_key
 from skewless.feature_assets.online import online_key
+from skewless.serving.agreement import check_agreement
 from skewless.storage.online import entity_keys
 from tests.helpers import START, materialize_days
 

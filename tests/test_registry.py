@@ -20,6 +20,7 @@ from skewless.client.feature_store import FeatureStore
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError
 from skewless.feature_assets.definitions import build_definitions
+from skewless.feature_assets.impact import impact
 from skewless.registry.lock import LockRewrittenWarning, entry_for, read_lock
 from skewless.repository import load_repository
 from tests.helpers import START, make_events, materialize_days
@@ -205,7 +206,7 @@ def test_describe_group_version_and_feature(example: FeatureStore) -> None:
 
 # ------------------------------------------------------------------------------ impact, lineage
 def test_impact_on_the_example_graph(example: FeatureStore) -> None:
-    assert example.impact("transactions") == {
+    assert impact(example.repository, "transactions") == {
         "target": "transactions",
         "group_versions": [
             "user_last_txn:v1",
@@ -227,14 +228,14 @@ def test_impact_on_the_example_graph(example: FeatureStore) -> None:
         "served_logs": ["fraud_model:v1"],
         "sql_views": ["offline_views"],
     }
-    v1 = example.impact("user_last_txn:v1")  # no service pins v1: only its own online asset
+    v1 = impact(example.repository, "user_last_txn:v1")  # no service pins v1: only its own online asset
     assert v1["online_assets"] == ["user_last_txn:v1"] and v1["feature_services"] == [] and v1["models"] == []
-    unused = example.impact("merchant_risk:v1:category")  # the service reads risk_score only
+    unused = impact(example.repository, "merchant_risk:v1:category")  # the service reads risk_score only
     assert unused["online_assets"] == ["merchant_risk:v1"] and unused["feature_services"] == []
-    used = example.impact("merchant_risk:v1:risk_score")
+    used = impact(example.repository, "merchant_risk:v1:risk_score")
     assert used["feature_services"] == ["fraud_model:v1"] and used["models"] == ["fraud_classifier"]
     with pytest.raises(DefinitionError, match="neither a source nor a feature group"):
-        example.impact("nope")
+        impact(example.repository, "nope")
 
 
 def test_every_asset_carries_metadata_and_services_and_models_are_assets() -> None:

@@ -8,6 +8,7 @@ partition file is replaced and the online asset downstream never runs.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Protocol
 
 import polars as pl
 
@@ -16,9 +17,21 @@ from skewless.checks.expectations import run_expectations
 from skewless.checks.outcome import CheckOutcome
 from skewless.checks.schema import validate_schema
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
-from skewless.storage.offline import OfflineStore
 
 DAY = "__day"
+
+
+class DriftReferences(Protocol):
+    """What the drift check reads besides the new rows; the offline store provides it.
+    Checks sit below the stores, so they name what they need instead of importing one."""
+
+    def scan(self, group: FeatureGroup, start: date | None = None, end: date | None = None) -> pl.LazyFrame:
+        """The stored partitions of `group` in a day range (an empty frame if none)."""
+        ...
+
+    def scan_training_set(self, service: str, version: int) -> pl.LazyFrame | None:
+        """A service version's materialized training set; None if it was never built."""
+        ...
 
 
 def partition_check_names(group: FeatureGroup) -> list[str]:
@@ -32,7 +45,7 @@ def partition_check_names(group: FeatureGroup) -> list[str]:
 
 
 def check_partitions(
-    group: FeatureGroup, rows: pl.DataFrame, days: list[date], store: OfflineStore
+    group: FeatureGroup, rows: pl.DataFrame, days: list[date], store: DriftReferences
 ) -> list[CheckOutcome]:
     outcomes = [validate_schema(group, rows)]
     expectations = run_expectations(group, rows)
@@ -50,7 +63,7 @@ def drift_columns(group: FeatureGroup) -> dict[str, pl.DataType]:
 
 
 def check_drift(
-    group: FeatureGroup, rows: pl.DataFrame, days: list[date], store: OfflineStore
+    group: FeatureGroup, rows: pl.DataFrame, days: list[date], store: DriftReferences
 ) -> CheckOutcome:
     """Each day of the run against its reference; the run's outcome is its worst day's."""
     policy = group.drift
@@ -119,14 +132,14 @@ def check_drift(
 
 
 def _service_reference(
-    group: FeatureGroup, store: OfflineStore, service_ref: str, columns: dict[str, pl.DataType]
+    group: FeatureGroup, store: DriftReferences, service_ref: str, columns: dict[str, pl.DataType]
 ) -> tuple[pl.DataFrame, str]:
     name, _, version = service_ref.partition(":v")
-    path = store.training_set_path(name, int(version or 1))
+    training = store.scan_training_set(name, int(version or 1))
     label = f"the training set of {service_ref}"
-    if not path.exists():
+    if training is None:
         return pl.DataFrame(schema=columns), f"{label} (not materialized yet)"
-    available = pl.read_parquet_schema(path)
+    available = training.collect_schema()
     picks = []
     for column in columns:
         for candidate in (column, f"{group.name}__v{group.version}__{column}"):
@@ -134,4 +147,4 @@ def _service_reference(
                 picks.append(pl.col(candidate).alias(column))
                 break
     # only the features the service pins can be compared; the others are left out
-    return pl.read_parquet(path).select(picks), label
+    return training.select(picks).collect(), label

@@ -402,7 +402,7 @@ class FeatureStore:
         from skewless.storage.sql import create_views
 
         with duckdb.connect() as conn:
-            create_views(conn, self.repository, self.offline)
+            create_views(conn, self.repository.groups, self.offline)
             try:
                 return conn.sql(query).pl()
             except duckdb.Error as exc:
@@ -533,12 +533,6 @@ class FeatureStore:
             "last_write": written.isoformat(),
             "fresh": datetime.now(UTC) - newest <= group.freshness_limit,
         }
-
-    def impact(self, target: str) -> dict[str, Any]:
-        """Everything downstream of a source or group version in the Dagster asset graph."""
-        from skewless.registry.impact import impact
-
-        return impact(self.repository, target, self.config)
 
     def retire(self, ref: str, progress: Any = None) -> dict[str, Any]:
         """Delete a group version's online keys (found from its offline partitions, no SCAN)

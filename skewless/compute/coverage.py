@@ -27,13 +27,13 @@ import math
 import warnings
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 
 import polars as pl
 
 from skewless.errors import MissingPartitionsError, MissingPartitionsWarning, SkewlessError
 from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import FeatureGroup
-from skewless.storage.offline import OfflineStore
 
 
 def lookback(group: FeatureGroup) -> timedelta | None:
@@ -69,7 +69,15 @@ def source_days(group: FeatureGroup, start: date, end: date) -> set[date] | None
     return set(found.to_series().to_list())
 
 
-def missing_days(offline: OfflineStore, group: FeatureGroup, required: set[date]) -> tuple[list[date], bool]:
+class StoredDays(Protocol):
+    """The offline store as coverage sees it (compute sits below the stores)."""
+
+    def partitions(self, group: FeatureGroup) -> list[date]:
+        """The days with a stored partition or piece, oldest first."""
+        ...
+
+
+def missing_days(offline: StoredDays, group: FeatureGroup, required: set[date]) -> tuple[list[date], bool]:
     """Required days (rule 3 applied) that have no stored partition or piece, oldest first,
     and whether the source could be read to apply rule 3.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -41,19 +42,10 @@ def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
 
 
-def build_definitions(
-    repository: FeatureRepository | str, config: StoreConfig | None = None, checks: bool = True
-) -> dg.Definitions:
-    """Sources as external assets; per group version an offline and an online asset; per
-    feature service with labels a training-set asset; DuckDB views over the offline store;
-    one daily job and schedule per partition start date; the store resources.
-
-    `checks=False` leaves out every data-quality check (for measuring what they cost; a
-    deployment should keep them: they are what stops bad partitions)."""
-    repo = load_repository(repository) if isinstance(repository, str) else repository
-    config = config or StoreConfig.from_env(repo.state_dir)
+def feature_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Definitions:
+    """Sources as external assets; per group version an offline and an online asset (with
+    their checks); one daily job and schedule per partition start date."""
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
-    asset_checks: list[dg.AssetChecksDefinition] = []
     by_start: dict[date, list[dg.AssetKey]] = defaultdict(list)
     partitions_by_start: dict[date, dg.DailyPartitionsDefinition] = {}
     for group in repo.groups:
@@ -62,13 +54,6 @@ def build_definitions(
         assets.append(build_offline_asset(group, partitions, checks))
         assets.append(build_online_asset(repo, group, partitions, checks))
         by_start[start] += [offline_key(group), online_key(group)]
-    training = [build_training_set_asset(repo, s) for s in repo.services if s.labels is not None]
-    assets += [*training, build_sql_views_asset(repo), *service_specs(repo), build_registry_asset(repo)]
-    for service in repo.services:
-        served, skew = build_served_asset(repo, service)
-        assets.append(served)
-        if checks:
-            asset_checks.append(skew)
     jobs, schedules = [], []
     for i, (start, keys) in enumerate(sorted(by_start.items())):
         name = "daily_features" if i == 0 else f"daily_features_from_{start.isoformat().replace('-', '_')}"
@@ -80,34 +65,62 @@ def build_definitions(
         )
         jobs.append(job)
         schedules.append(dg.build_schedule_from_partitioned_job(job, hour_of_day=0, minute_of_hour=30))
-    if training:
-        jobs.append(
+    return dg.Definitions(assets=assets, jobs=jobs, schedules=schedules)
+
+
+def training_definitions(repo: FeatureRepository) -> dg.Definitions:
+    """Per feature service with labels a training-set asset, and one job rebuilding them all."""
+    training = [build_training_set_asset(repo, s) for s in repo.services if s.labels is not None]
+    if not training:
+        return dg.Definitions()
+    job = dg.define_asset_job(
+        name="training_sets",
+        selection=dg.AssetSelection.assets(*(training_set_key(s) for s in repo.services if s.labels)),
+        description="Rebuild every feature service's training set from its labels.",
+    )
+    return dg.Definitions(assets=training, jobs=[job])
+
+
+def serving_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Definitions:
+    """Feature services and models as assets; per service its served-vector log and the
+    training/serving skew check, flushed hourly."""
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [*service_specs(repo)]
+    asset_checks: list[dg.AssetChecksDefinition] = []
+    for service in repo.services:
+        served, skew = build_served_asset(repo, service)
+        assets.append(served)
+        if checks:
+            asset_checks.append(skew)
+    if not repo.services:
+        return dg.Definitions(assets=assets)
+    job = dg.define_asset_job(
+        name="serving_logs",
+        selection=dg.AssetSelection.assets(*(served_key(s) for s in repo.services)),
+        description="Flush the served-vector logs to Parquet and check training/serving skew.",
+    )
+    schedule = dg.ScheduleDefinition(job=job, cron_schedule="15 * * * *")
+    return dg.Definitions(assets=assets, asset_checks=asset_checks, jobs=[job], schedules=[schedule])
+
+
+def catalog_definitions(repo: FeatureRepository) -> dg.Definitions:
+    """The registry snapshot and the DuckDB views over the offline store, each with a job."""
+    return dg.Definitions(
+        assets=[build_sql_views_asset(repo), build_registry_asset(repo)],
+        jobs=[
             dg.define_asset_job(
-                name="training_sets",
-                selection=dg.AssetSelection.assets(*(training_set_key(s) for s in repo.services if s.labels)),
-                description="Rebuild every feature service's training set from its labels.",
-            )
-        )
-    jobs.append(
-        dg.define_asset_job(
-            name="registry",
-            selection=dg.AssetSelection.assets(registry_snapshot_key()),
-            description="Snapshot the registry (definitions, fingerprints, consumers) as JSON and Parquet.",
-        )
+                name="registry",
+                selection=dg.AssetSelection.assets(registry_snapshot_key()),
+                description="Snapshot the registry (definitions, fingerprints, consumers) as JSON, Parquet.",
+            ),
+            dg.define_asset_job(name="sql_views", selection=dg.AssetSelection.assets(sql_views_key())),
+        ],
     )
-    jobs.append(
-        dg.define_asset_job(
-            name="sql_views", selection=dg.AssetSelection.assets(sql_views_key())
-        )
-    )
-    if repo.services:
-        served_job = dg.define_asset_job(
-            name="serving_logs",
-            selection=dg.AssetSelection.assets(*(served_key(s) for s in repo.services)),
-            description="Flush the served-vector logs to Parquet and check training/serving skew.",
-        )
-        jobs.append(served_job)
-        schedules.append(dg.ScheduleDefinition(job=served_job, cron_schedule="15 * * * *"))
+
+
+def stream_definitions(repo: FeatureRepository) -> dg.Definitions:
+    """Per streamed source its micro-batch job and sensor (and, for files, the landing sensor);
+    the sensor that marks runs whose process died as failed."""
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = []
     sensors = [build_dead_run_sensor()]
     for source in repo.sources:
         if source.stream and any(g.source.name == source.name for g in repo.groups):
@@ -118,17 +131,41 @@ def build_definitions(
                 landing_job = build_landing_job(repo, source.name)
                 jobs.append(landing_job)
                 sensors.append(build_landing_sensor(source, landing_job))
-    return dg.Definitions(
-        assets=assets,
-        asset_checks=asset_checks,
-        sensors=sensors,
-        jobs=jobs,
-        schedules=schedules,
-        resources={
-            "offline": OfflineStoreResource(root=config.offline_root),
-            "online": OnlineStoreResource(
-                state_dir=config.state_dir, redis_url=config.redis_url, key_prefix=config.key_prefix
-            ),
-            "duckdb": DuckDBResource(database=str(Path(config.state_dir) / "offline.duckdb")),
-        },
+    return dg.Definitions(jobs=jobs, sensors=sensors)
+
+
+def store_resources(config: StoreConfig) -> dict[str, Any]:
+    """The resources every asset, check and sensor above reads its stores through."""
+    return {
+        "offline": OfflineStoreResource(root=config.offline_root),
+        "online": OnlineStoreResource(
+            state_dir=config.state_dir, redis_url=config.redis_url, key_prefix=config.key_prefix
+        ),
+        "duckdb": DuckDBResource(database=str(Path(config.state_dir) / "offline.duckdb")),
+    }
+
+
+def asset_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Definitions:
+    """Every concern's definitions merged, without resources: the asset graph itself (what
+    impact analysis walks), independent of where the stores are."""
+    return dg.Definitions.merge(
+        feature_definitions(repo, checks),
+        training_definitions(repo),
+        serving_definitions(repo, checks),
+        catalog_definitions(repo),
+        stream_definitions(repo),
     )
+
+
+def build_definitions(
+    repository: FeatureRepository | str, config: StoreConfig | None = None, checks: bool = True
+) -> dg.Definitions:
+    """The one `Definitions` of a feature repository: each concern's definitions (features,
+    training sets, serving, catalog, streams) merged once, with the store resources.
+
+    `checks=False` leaves out every data-quality check (for measuring what they cost; a
+    deployment should keep them: they are what stops bad partitions)."""
+    repo = load_repository(repository) if isinstance(repository, str) else repository
+    config = config or StoreConfig.from_env(repo.state_dir)
+    resources = dg.Definitions(resources=store_resources(config))
+    return dg.Definitions.merge(asset_definitions(repo, checks), resources)

@@ -76,7 +76,7 @@ def build_online_asset(
         _check_coverage(context, config, offline)
         result = _write(context, offline, online)
         if checks:
-            from skewless.checks.agreement import check_agreement, check_online_freshness
+            from skewless.serving.agreement import check_agreement, check_online_freshness
 
             store = feature_store(repo, offline, online)
             days = partition_days(context)

@@ -212,6 +212,11 @@ class OfflineStore:
         # '_' cannot start a group name, so training sets never collide with group folders
         return self.root / "_training_sets" / service / f"v{version}" / DATA_FILE
 
+    def scan_training_set(self, service: str, version: int) -> pl.LazyFrame | None:
+        """The materialized training set of a service version, lazily; None if never built."""
+        path = self.training_set_path(service, version)
+        return pl.scan_parquet(path) if path.exists() else None
+
     def write_training_set(self, service: str, version: int, frame: pl.DataFrame) -> Path:
         return self._replace(self.training_set_path(service, version), frame)
 

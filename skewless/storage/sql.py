@@ -13,12 +13,12 @@ identical rows once. Views are created per query, so they see the pieces of that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
 
 from skewless.language.feature_group import EVENT_ID, FeatureGroup
-from skewless.repository import FeatureRepository
 from skewless.storage.offline import DATA_FILE, OfflineStore
 
 _DUCKDB_TYPES = {
@@ -74,12 +74,13 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
     return f"SELECT {columns}, CAST(NULL AS DATE) AS date WHERE false"
 
 
-def create_views(conn: Any, repo: FeatureRepository, offline: OfflineStore) -> list[str]:
-    """(Re)create the views on a DuckDB connection; returns their names."""
+def create_views(conn: Any, groups: Sequence[FeatureGroup], offline: OfflineStore) -> list[str]:
+    """(Re)create the views of `groups` (a repository's) on a DuckDB connection; returns
+    their names."""
     conn.execute("SET TimeZone = 'UTC'")
     names = []
     latest: dict[str, FeatureGroup] = {}
-    for group in repo.groups:
+    for group in groups:
         conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS {view_sql(offline, group)}')
         names.append(view_name(group))
         if group.name not in latest or group.version > latest[group.name].version:

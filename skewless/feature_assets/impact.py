@@ -1,17 +1,21 @@
 """Impact analysis: what is downstream of a source or a group version, from the asset graph.
 
-The graph is the one Dagster runs (`build_definitions`), so the answer cannot disagree with
+The graph is the one Dagster runs (`asset_definitions`, what `build_definitions` merges with
+the store resources), so the answer cannot disagree with
 what the orchestrator will actually rebuild or starve: group versions, their online assets,
 training sets, feature services, models, served-vector logs and SQL views.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
+import dagster as dg
+
 from skewless import asset_keys
-from skewless.config import StoreConfig
 from skewless.errors import DefinitionError
+from skewless.feature_assets.definitions import asset_definitions
 from skewless.language.feature_service import FeatureRef
 from skewless.repository import FeatureRepository
 
@@ -41,17 +45,33 @@ def start_keys(repo: FeatureRepository, target: str) -> tuple[list[Any], Feature
     return [asset_keys.offline_key(group)], ref
 
 
-def impact(repo: FeatureRepository, target: str, config: StoreConfig | None = None) -> dict[str, Any]:
+def downstream_keys(repo: FeatureRepository, keys: list[dg.AssetKey]) -> set[dg.AssetKey]:
+    """Every asset key reachable from `keys` along the asset specs' declared dependencies.
+
+    Walked over the specs rather than `Definitions.resolve_asset_graph()`, which first binds
+    every asset's resources: impact analysis needs the graph, not the stores, so nothing
+    has to be configured (before, it built the definitions with a placeholder offline root)."""
+    children: dict[dg.AssetKey, set[dg.AssetKey]] = defaultdict(set)
+    for asset in asset_definitions(repo).assets or []:
+        specs = asset.specs if isinstance(asset, dg.AssetsDefinition) else [asset]
+        for spec in specs:
+            for dep in spec.deps:
+                children[dep.asset_key].add(spec.key)
+    found: set[dg.AssetKey] = set()
+    frontier = list(keys)
+    while frontier:
+        for child in children[frontier.pop()]:
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def impact(repo: FeatureRepository, target: str) -> dict[str, Any]:
     """Every asset downstream of `target`, by kind. For `group:vN:feature`, services (and
     their models) that do not select that feature are left out: they do not read it."""
-    import dagster as dg
-
-    from skewless.feature_assets.definitions import build_definitions
-
     keys, ref = start_keys(repo, target)
-    defs = build_definitions(repo, config or StoreConfig("/nonexistent", None, "/nonexistent"))
-    graph = defs.resolve_asset_graph()
-    downstream = dg.AssetSelection.assets(*keys).downstream(include_self=False).resolve(graph)
+    downstream = downstream_keys(repo, keys)
     result: dict[str, Any] = {"target": target, **{name: [] for name in CATEGORIES.values()}}
     excluded_services: set[str] = set()
     if ref is not None and ref.feature is not None:

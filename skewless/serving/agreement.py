@@ -1,5 +1,8 @@
 """Online/offline agreement and online freshness of one group version.
 
+A check, but one over the whole read path (client, both stores), so it lives in the serving
+layer, above the stores it reads; `skewless.checks` holds the rules over frames only.
+
 Agreement asks both read paths the same question: a sample of entities, as of the same
 instant, through `get_training_dataset` (offline Parquet, point-in-time rules) and
 `get_online_features` (Redis). Same TTL, same defaults, same encoding; any difference is a
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from skewless.checks.outcome import CheckOutcome
-from skewless.compute.coverage import MissingPartitionsWarning
+from skewless.errors import MissingPartitionsWarning
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.online import entity_keys
 
