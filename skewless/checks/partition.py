@@ -122,11 +122,11 @@ def _service_reference(
     group: FeatureGroup, store: OfflineStore, service_ref: str, columns: dict[str, pl.DataType]
 ) -> tuple[pl.DataFrame, str]:
     name, _, version = service_ref.partition(":v")
-    path = store.training_set_path(name, int(version or 1))
+    training = store.read_training_set(name, int(version or 1))
     label = f"the training set of {service_ref}"
-    if not path.exists():
+    if training is None:
         return pl.DataFrame(schema=columns), f"{label} (not materialized yet)"
-    available = pl.read_parquet_schema(path)
+    available = training.schema
     picks = []
     for column in columns:
         for candidate in (column, f"{group.name}__v{group.version}__{column}"):
@@ -134,4 +134,4 @@ def _service_reference(
                 picks.append(pl.col(candidate).alias(column))
                 break
     # only the features the service pins can be compared; the others are left out
-    return pl.read_parquet(path).select(picks), label
+    return training.select(picks), label

@@ -9,6 +9,15 @@ When stream micro-batches have added pieces next to the partitions (see storage/
 the view reads them too and deduplicates like the Polars readers: window groups one row per
 (day, keys, event id), the partition's before any piece's, pieces in name order; row groups
 identical rows once. Views are created per query, so they see the pieces of that moment.
+
+On object storage DuckDB would need its httpfs extension, which it downloads from
+extensions.duckdb.org at first use (not from a package registry, so not installable offline
+or pinned by our lock). There the data reaches DuckDB through Arrow instead: a group
+version without pieces as a lazy `pyarrow.dataset` over its S3 files (DuckDB scans it with
+projection and filter pushdown, the Hive `date` column from the folder names), one with
+pieces as the merged Polars scan the other readers use. Those are registered on the
+connection; `persistent=True` (the `sql/offline_views` asset, whose database file outlives
+the connection) stores each as a table instead, a snapshot as of the run.
 """
 
 from __future__ import annotations
@@ -17,9 +26,9 @@ from typing import Any
 
 import polars as pl
 
-from skewless.language.feature_group import EVENT_ID, FeatureGroup
+from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
-from skewless.storage.offline import DATA_FILE, OfflineStore
+from skewless.storage.offline import DATA_FILE, OfflineStore, S3OfflineStore
 
 _DUCKDB_TYPES = {
     pl.Int8: "TINYINT",
@@ -74,13 +83,48 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
     return f"SELECT {columns}, CAST(NULL AS DATE) AS date WHERE false"
 
 
-def create_views(conn: Any, repo: FeatureRepository, offline: OfflineStore) -> list[str]:
+def _arrow_relation(offline: S3OfflineStore, group: FeatureGroup) -> Any:
+    """A group version's rows as an Arrow object DuckDB can scan (object storage)."""
+    if offline.has_pieces(group):
+        # merged and deduplicated like every Polars reader; the day from the event time
+        # (a partition holds exactly its UTC day)
+        merged = offline.scan(group).with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("date"))
+        return merged.collect().to_arrow()
+    return offline.arrow_dataset(offline.files(group), group)
+
+
+def _drop_other(conn: Any, name: str, kind: str) -> None:
+    """Drop `name` if it exists as `kind` (a database file that switched backends holds a
+    table where a view now goes, or the reverse: CREATE OR REPLACE cannot change the kind)."""
+    found = conn.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchall()
+    if found and found[0][0] == kind:
+        conn.execute(f'DROP {"VIEW" if kind == "VIEW" else "TABLE"} "{name}"')
+
+
+def create_views(
+    conn: Any, repo: FeatureRepository, offline: OfflineStore, persistent: bool = False
+) -> list[str]:
     """(Re)create the views on a DuckDB connection; returns their names."""
     conn.execute("SET TimeZone = 'UTC'")
     names = []
     latest: dict[str, FeatureGroup] = {}
     for group in repo.groups:
-        conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS {view_sql(offline, group)}')
+        if isinstance(offline, S3OfflineStore) and offline.partitions(group):
+            relation = _arrow_relation(offline, group)
+            source = f"__skewless_arrow_{view_name(group)}"
+            conn.register(source, relation)
+            if persistent:
+                _drop_other(conn, view_name(group), "VIEW")
+                conn.execute(f'CREATE OR REPLACE TABLE "{view_name(group)}" AS SELECT * FROM "{source}"')
+                conn.unregister(source)
+            else:
+                conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS SELECT * FROM "{source}"')
+        else:
+            if persistent:
+                _drop_other(conn, view_name(group), "BASE TABLE")
+            conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS {view_sql(offline, group)}')
         names.append(view_name(group))
         if group.name not in latest or group.version > latest[group.name].version:
             latest[group.name] = group
