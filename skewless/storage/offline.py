@@ -497,16 +497,24 @@ class LocalOfflineStore(OfflineStore):
             return None
 
     def scan_parquet(self, locations: Sequence[Location], **options: Any) -> pl.LazyFrame:
-        return pl.scan_parquet([str(p) for p in locations], **options)
+        """A scan of the files *as they are now*: each is opened here and the plan holds the
+        open file (closed when the plan is dropped). Why not paths: Polars opens a path more
+        than once (footer when planning, pages when collecting), so a partition replaced in
+        between was read as the old footer over the new bytes ("Invalid thrift", or worse);
+        an open file keeps its inode after `os.replace`, so every file is read whole, old or
+        new. The contract suite's racing-reader test caught this."""
+        return pl.scan_parquet([open(p, "rb") for p in locations], **options)
 
     def read_parquet(self, location: Location) -> pl.DataFrame | None:
         try:
-            return pl.read_parquet(location)
+            with open(location, "rb") as handle:  # one open: one version of the file
+                return pl.read_parquet(handle)
         except FileNotFoundError:
             return None
 
     def footer_rows(self, location: Location) -> int:
-        return pq.ParquetFile(location).metadata.num_rows
+        with open(location, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
 
     # a local store keeps its folders, as before the interface: `in_use` is the folder
     def mark_in_use(self, group: FeatureGroup) -> None:
@@ -571,7 +579,9 @@ class S3Settings:
         if self.endpoint_url:
             scheme, _, host = self.endpoint_url.partition("://")
             kwargs.update(endpoint_override=host.rstrip("/") or scheme, scheme=scheme if host else "https")
-        return pafs.S3FileSystem(**kwargs)
+        # delayed open: a small object is sent as one PutObject at close, not as a multipart
+        # upload of one part (both are atomic; one request is cheaper)
+        return pafs.S3FileSystem(allow_delayed_open=True, **kwargs)
 
 
 class S3OfflineStore(OfflineStore):
@@ -641,22 +651,56 @@ class S3OfflineStore(OfflineStore):
         return self.location(key)
 
     def read_bytes(self, key: str) -> bytes | None:
-        try:
-            with self.fs.open_input_stream(self._path(key)) as stream:
-                return stream.read()
-        except FileNotFoundError:
-            return None
+        """The object's bytes, one version of it.
+
+        pyarrow asks for the size (HEAD), then GETs that byte range: an object replaced in
+        between comes back as the new object whole (it was smaller: S3 clips the range) or as
+        a prefix of it (it was larger). A prefix is not a Parquet file (no footer at its end),
+        so Parquet objects are checked and read again until whole.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                with self.fs.open_input_stream(self._path(key)) as stream:
+                    data = stream.read()
+            except FileNotFoundError:
+                return None
+            if not key.endswith(layout.PARQUET) or _whole_parquet(data):
+                return data
+        raise OSError(f"{self.location(key)} kept changing while it was read")
 
     def scan_parquet(self, locations: Sequence[Location], **options: Any) -> pl.LazyFrame:
-        return pl.scan_parquet([str(p) for p in locations], storage_options=self.storage_options, **options)
+        """A scan of the objects as they are now: each is fetched whole with one GET (in
+        parallel), and Polars scans the bytes lazily. Why not Polars' own ranged reads
+        (`storage_options`): they fetch the footer, then the pages, in separate requests, and
+        an object replaced in between was read as the old footer over the new object ("must
+        end with PAR1"); a single GET returns one version, so every file is read whole, old
+        or new. The cost is the files' compressed bytes in memory while the plan lives."""
+        keys = [self.key_of(p) for p in locations]
+        blobs = list(_pool().map(self._get, keys)) if len(keys) > 1 else [self._get(k) for k in keys]
+        return pl.scan_parquet([io.BytesIO(b) for b in blobs], **options)
+
+    def _get(self, key: str) -> bytes:
+        data = self.read_bytes(key)
+        if data is None:
+            raise FileNotFoundError(self.location(key))
+        return data
 
     def read_parquet(self, location: Location) -> pl.DataFrame | None:
         data = self.read_bytes(self.key_of(location))
         return None if data is None else pl.read_parquet(io.BytesIO(data))
 
     def footer_rows(self, location: Location) -> int:
-        with self.fs.open_input_file(self._path(self.key_of(location))) as handle:
-            return pq.ParquetFile(handle).metadata.num_rows
+        # ranged reads of the footer: an estimate, so a replacement racing it is retried once
+        for attempt in (0, 1):
+            try:
+                with self.fs.open_input_file(self._path(self.key_of(location))) as handle:
+                    return pq.ParquetFile(handle).metadata.num_rows
+            except FileNotFoundError:
+                raise
+            except Exception:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def arrow_dataset(self, files: Sequence[Location], group: FeatureGroup) -> Any:
         """A pyarrow dataset of a group's files with the Hive `date` column (DuckDB reads it
@@ -672,6 +716,34 @@ class S3OfflineStore(OfflineStore):
             partitioning=partitioning,
             partition_base_dir=self._path(layout.group_key(group.name, group.version)),
         )
+
+
+_READ_ATTEMPTS = 20
+
+
+def _whole_parquet(data: bytes) -> bool:
+    """A complete Parquet file: magic at both ends and a footer that parses."""
+    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        return False
+    if int.from_bytes(data[-8:-4], "little") + 12 > len(data):
+        return False
+    try:
+        pq.read_metadata(io.BytesIO(data))
+    except Exception:
+        return False
+    return True
+
+
+_POOL: list[Any] = []
+
+
+def _pool() -> Any:
+    """Threads for parallel GETs (pyarrow releases the GIL while it waits on the network)."""
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=16, thread_name_prefix="skewless-s3"))
+    return _POOL[0]
 
 
 def scan_merged(
