@@ -13,6 +13,7 @@ If the server cannot start, the S3 tests are skipped with the reason printed.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -49,6 +50,7 @@ def s3_endpoint() -> Iterator[str]:
         reason = f"moto[server] is not installed ({exc}); pip install -c constraints.txt -e '.[dev]'"
         print(f"\nSKIP S3 contract tests: {reason}")
         pytest.skip(reason)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     try:

@@ -18,6 +18,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from skewless import Aggregation, Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource
 from skewless.config import StoreConfig
@@ -252,7 +253,7 @@ def test_pushed_events_round_trip_as_pieces_merged_with_the_day(
         "piece-s000001_000002.parquet",
         "piece-s000002_000003.parquet",
     ]
-    assert [layout.base_name(p) for p in offline.day_files(group, DAY)][0] == "data.parquet"
+    assert layout.base_name(offline.day_files(group, DAY)[0]) == "data.parquet"
     merged = offline.scan(group).collect()
     assert sorted(merged[EVENT_ID].to_list()) == ["a", "b", "c"]
     assert merged["amount"].sum() == 6.0
@@ -376,7 +377,8 @@ def test_full_pipeline_on_s3_matches_local(
     assert s3["partitions"] == local["partitions"] and len(local["partitions"]) == 4
     assert s3["pieces"] == local["pieces"] > 0
     assert s3["rows"].equals(local["rows"])
-    assert s3["sql"].equals(local["sql"])
+    # DuckDB sums in parallel: the same rows, summed in another order, may differ in the last bit
+    assert_frame_equal(s3["sql"], local["sql"], check_exact=False, rel_tol=1e-12)
     for engine in ("memory", "partitioned"):
         assert s3[engine].equals(local[engine], null_equal=True), engine
         assert s3[engine].equals(local["memory"], null_equal=True)
