@@ -56,6 +56,15 @@ def piece_key(name: str, version: int, day: date, piece: str) -> str:
     return f"{day_key(name, version, day)}/{PIECE_PREFIX}{piece}{PARQUET}"
 
 
+def files_glob(name: str, version: int) -> str:
+    """Every partition and piece of a version, as a glob (DuckDB's `read_parquet`)."""
+    return f"{group_key(name, version)}/{DATE_PREFIX}*/*{PARQUET}"
+
+
+def partitions_glob(name: str, version: int) -> str:
+    return f"{group_key(name, version)}/{DATE_PREFIX}*/{DATA_FILE}"
+
+
 def in_use_key(name: str, version: int) -> str:
     return f"{group_key(name, version)}/{IN_USE_MARKER}"
 

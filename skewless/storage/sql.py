@@ -28,7 +28,8 @@ import polars as pl
 
 from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
-from skewless.storage.offline import DATA_FILE, OfflineStore, S3OfflineStore
+from skewless.storage import offline_layout as layout
+from skewless.storage.offline import OfflineStore, S3OfflineStore
 
 _DUCKDB_TYPES = {
     pl.Int8: "TINYINT",
@@ -64,8 +65,9 @@ def _quote(text: str) -> str:
 
 
 def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
+    """A view's SELECT over a local store's files (DuckDB reads the folders itself)."""
     if offline.has_pieces(group):
-        pattern = _quote(str(offline.group_dir(group) / "date=*" / "*.parquet"))
+        pattern = _quote(str(offline.location(layout.files_glob(group.name, group.version))))
         if not group.is_windowed:
             return f"SELECT DISTINCT * FROM read_parquet({pattern}, hive_partitioning = true)"
         by = ", ".join(f'"{c}"' for c in ["date", *group.entity.key_columns, EVENT_ID])
@@ -75,7 +77,7 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
             f"filename = true) QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename) = 1"
         )
     if offline.partitions(group):
-        pattern = str(offline.group_dir(group) / "date=*" / DATA_FILE)
+        pattern = str(offline.location(layout.partitions_glob(group.name, group.version)))
         return f"SELECT * FROM read_parquet({_quote(pattern)}, hive_partitioning = true)"
     columns = ", ".join(
         f'CAST(NULL AS {duckdb_type(dtype)}) AS "{name}"' for name, dtype in group.offline_schema().items()

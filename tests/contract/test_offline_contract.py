@@ -382,3 +382,17 @@ def test_full_pipeline_on_s3_matches_local(
     for engine in ("memory", "partitioned"):
         assert s3[engine].equals(local[engine], null_equal=True), engine
         assert s3[engine].equals(local["memory"], null_equal=True)
+
+
+def test_sql_views_in_a_database_file_outlive_the_connection(offline: OfflineStore, tmp_path: Path) -> None:
+    """The `sql/offline_views` asset's database: views (local) or tables (object storage, a
+    snapshot: no httpfs) that a later connection can query."""
+    group = window_group(tmp_path)
+    offline.write_partition(group, DAY, window_events(group, ["a", "b"], [1.0, 2.0], 1))
+    repo = FeatureRepository(groups=[group])
+    database = str(tmp_path / "offline.duckdb")
+    for _ in range(2):  # re-materializing replaces what the last run created
+        with duckdb.connect(database) as conn:
+            create_views(conn, repo, offline, persistent=True)
+    with duckdb.connect(database) as conn:
+        assert conn.sql("SELECT count(*), sum(amount) FROM clicks_w_v1").fetchall() == [(2, 3.0)]
