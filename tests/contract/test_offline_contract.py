@@ -396,3 +396,57 @@ def test_sql_views_in_a_database_file_outlive_the_connection(offline: OfflineSto
             create_views(conn, repo, offline, persistent=True)
     with duckdb.connect(database) as conn:
         assert conn.sql("SELECT count(*), sum(amount) FROM clicks_w_v1").fetchall() == [(2, 3.0)]
+
+
+def test_registry_sql_and_served_log_assets_on_s3(
+    tmp_path: Path, s3_endpoint: str, redis_url: str, instance: dg.DagsterInstance
+) -> None:
+    """The assets that write beside the partitions, run by Dagster against the bucket."""
+    import uuid
+
+    from skewless import asset_keys
+    from skewless.feature_assets.definitions import build_definitions
+    from skewless.storage.online import OnlineStore
+
+    root = f"s3://skewless-contract/assets-{uuid.uuid4().hex[:8]}"
+    repo = small_repo(tmp_path / "data")
+    config = StoreConfig(
+        root,
+        redis_url,
+        str(tmp_path / "state"),
+        key_prefix=f"skc:{uuid.uuid4().hex[:10]}",
+        serving_log_rate=1.0,
+    )
+    try:
+        assert materialize_days(repo, config, instance, "2026-03-01", "2026-03-02").success
+        store = FeatureStore(repo, config)
+        store.get_online_features(pl.DataFrame({"user_id": [1, 2, 3]}), service="svc:v1")
+        store.close()  # flushes the sampled served vectors to their stream
+        defs = build_definitions(repo, config)
+        service = repo.service("svc:v1")
+        keys = [
+            asset_keys.registry_snapshot_key(),
+            asset_keys.sql_views_key(),
+            asset_keys.served_key(service),
+        ]
+        result = dg.materialize(
+            [*(defs.assets or []), *(defs.asset_checks or [])],
+            selection=dg.AssetSelection.assets(*keys),
+            resources=defs.resources,
+            instance=instance,
+        )
+        assert result.success
+        offline = OfflineStore(root)
+        stamps = offline.registry_snapshots()
+        assert len(stamps) == 1
+        assert "user_stats" in (offline.read_registry_snapshot(stamps[0]) or "")
+        logs = offline.served_logs("svc", 1)
+        assert len(logs) == 1 and offline.scan_parquet(logs).collect().height == 3
+        with duckdb.connect(str(tmp_path / "state" / "offline.duckdb")) as conn:
+            stored = conn.sql("SELECT count(*) FROM user_stats").fetchall()[0][0]
+        assert stored == offline.scan(repo.groups[0]).collect().height > 0
+        assert not (tmp_path / "state" / "offline").exists()
+    finally:
+        online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+        online.delete_all()
+        online.close()
