@@ -21,7 +21,14 @@ What it does
 Each step runs `--repeat` times per backend, round robin; the fastest counts. Object storage
 here is a server on the same machine: the ratio measures the protocol and library overhead
 (HTTP requests, whole-object GETs, serializing before the PUT), not a network. Against a
-remote bucket, latency per request dominates small partitions.
+remote bucket, latency per request dominates small partitions. moto itself is the ceiling
+here: one Python process serving GETs at ~55 MB/s (the defaults store 84 MB in 30 files,
+fetched in ~1.5 s whatever the client's parallelism), so a training set that reads every
+file is bound by it; MinIO or S3 serve far faster.
+
+Measured (defaults, 1.2M rows, 200k labels, 4-core shared machine): materialize 3.84 s vs
+2.06 s local (1.86x), training set in memory 1.81 s vs 0.26 s (6.9x; 1.5 s of it is the
+download from moto), partitioned 2.45 s vs 0.82 s (2.97x). Results equal to local.
 
 Reading the output
 ------------------
