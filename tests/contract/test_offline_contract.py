@@ -450,3 +450,77 @@ def test_registry_sql_and_served_log_assets_on_s3(
         online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
         online.delete_all()
         online.close()
+
+
+def test_configuration_selects_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from skewless.storage.offline import LocalOfflineStore, S3Settings, open_offline_store
+
+    monkeypatch.delenv("SKEWLESS_HOME", raising=False)
+    monkeypatch.setenv("SKEWLESS_OFFLINE_ROOT", "s3://bucket-name/some/prefix/")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://general:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:2")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    config = StoreConfig.from_env(tmp_path)
+    assert config.offline_root == "s3://bucket-name/some/prefix"
+    store = open_offline_store(config)
+    assert isinstance(store, S3OfflineStore)
+    assert (store.bucket, store.prefix, store.root) == ("bucket-name", "some/prefix", config.offline_root)
+    settings = S3Settings.from_env()
+    assert settings.endpoint_url == "http://s3-only:2" and settings.region == "eu-west-3"
+    assert settings.allow_http  # an http:// endpoint implies it
+    assert settings.polars_options()["aws_endpoint_url"] == "http://s3-only:2"
+    monkeypatch.delenv("SKEWLESS_OFFLINE_ROOT")
+    local = open_offline_store(StoreConfig.from_env(tmp_path))
+    assert isinstance(local, LocalOfflineStore) and local.root == (tmp_path / "offline").resolve()
+
+
+def test_stream_micro_batch_stores_pieces_on_the_backend(
+    offline_root: str, tmp_path: Path, redis_url: str
+) -> None:
+    """Push to a stream source, run the micro-batch: pieces land in the offline store (local
+    or bucket), the pushed rows beside the (local) source file, and scans merge them."""
+    import uuid
+
+    from skewless.sensors.microbatch import apply_stream_batch
+    from skewless.storage import streams
+    from skewless.storage.online import OnlineStore
+
+    group = window_group(tmp_path)
+    pl.DataFrame(
+        schema={"user_id": pl.Int64, "ts": pl.Datetime("us", "UTC"), "eid": pl.String, "amount": pl.Float64}
+    ).write_parquet(tmp_path / "clicks.parquet")
+    repo = FeatureRepository(groups=[group])
+    config = StoreConfig(
+        offline_root, redis_url, str(tmp_path / "state"), key_prefix=f"skc:{uuid.uuid4().hex[:10]}"
+    )
+    store = FeatureStore(repo, config)
+    try:
+        at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        events = pl.DataFrame(
+            {
+                "user_id": [1, 1, 2],
+                "ts": [at - timedelta(hours=3), at - timedelta(hours=2), at - timedelta(hours=1)],
+                "eid": ["e1", "e2", "e3"],
+                "amount": [1.0, 2.0, 4.0],
+            },
+            schema={
+                "user_id": pl.Int64,
+                "ts": pl.Datetime("us", "UTC"),
+                "eid": pl.String,
+                "amount": pl.Float64,
+            },
+        )
+        store.push("clicks", events, at=at, direct=False)
+        until = streams.newest_id(store.online, "clicks")
+        apply_stream_batch(repo, store.offline, store.online, "clicks", "0", until, at=at)
+        assert len(store.offline.pieces(group, DAY)) == 1
+        assert sorted(store.offline.scan(group).collect()[EVENT_ID].to_list()) == ["e1", "e2", "e3"]
+        assert list((tmp_path / "clicks.parquet.pushed").glob("entries-*.parquet"))  # beside the source
+        assert store.offline.in_use(group)
+    finally:
+        store.close()
+        online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+        online.delete_all()
+        online.close()
