@@ -135,9 +135,16 @@ def home(near: str | Path | None = None) -> Path:
     return locate(near).state_dir
 
 
-def offline_root(state_dir: str | Path) -> Path:
-    """`SKEWLESS_OFFLINE_ROOT`, else `<state>/offline`: one rule for every reader of it."""
-    return Path(os.environ.get("SKEWLESS_OFFLINE_ROOT") or Path(state_dir) / "offline")
+def offline_root(state_dir: str | Path) -> Path | str:
+    """`SKEWLESS_OFFLINE_ROOT`, else `<state>/offline`: one rule for every reader of it.
+
+    A URI (`s3://bucket/prefix`) is returned as the string it is: `Path` would fold its
+    `//` and make it a relative local folder named `s3:`.
+    """
+    configured = os.environ.get("SKEWLESS_OFFLINE_ROOT")
+    if configured and "://" in configured:
+        return configured.rstrip("/")
+    return Path(configured or Path(state_dir) / "offline")
 
 
 @dataclass(frozen=True)

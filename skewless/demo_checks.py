@@ -43,8 +43,8 @@ def block_bad_delivery(
     group = repo.group("merchant_risk", 1)
     source = data_dir / "merchant_risk.parquet"
     backup = source.with_suffix(".parquet.orig")
-    partition = store.offline.partition_path(group, day)
-    before_file = hashlib.sha256(partition.read_bytes()).hexdigest()
+    partition = store.offline.key_of(store.offline.partition_path(group, day))
+    before_file = hashlib.sha256(store.offline.read_bytes(partition) or b"").hexdigest()
     merchants = pl.DataFrame({"merchant_id": [1, 2, 3]})
     before_online = store.get_online_features(
         merchants, features=["merchant_risk:v1:risk_score"], output="dicts"
@@ -79,7 +79,7 @@ def block_bad_delivery(
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
     ]
-    after_file = hashlib.sha256(partition.read_bytes()).hexdigest()
+    after_file = hashlib.sha256(store.offline.read_bytes(partition) or b"").hexdigest()
     after_online = store.get_online_features(
         merchants, features=["merchant_risk:v1:risk_score"], output="dicts"
     )

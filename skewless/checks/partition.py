@@ -29,7 +29,7 @@ class DriftReferences(Protocol):
         """The stored partitions of `group` in a day range (an empty frame if none)."""
         ...
 
-    def scan_training_set(self, service: str, version: int) -> pl.LazyFrame | None:
+    def read_training_set(self, service: str, version: int) -> pl.DataFrame | None:
         """A service version's materialized training set; None if it was never built."""
         ...
 
@@ -135,11 +135,11 @@ def _service_reference(
     group: FeatureGroup, store: DriftReferences, service_ref: str, columns: dict[str, pl.DataType]
 ) -> tuple[pl.DataFrame, str]:
     name, _, version = service_ref.partition(":v")
-    training = store.scan_training_set(name, int(version or 1))
+    training = store.read_training_set(name, int(version or 1))
     label = f"the training set of {service_ref}"
     if training is None:
         return pl.DataFrame(schema=columns), f"{label} (not materialized yet)"
-    available = training.collect_schema()
+    available = training.schema
     picks = []
     for column in columns:
         for candidate in (column, f"{group.name}__v{group.version}__{column}"):
@@ -147,4 +147,4 @@ def _service_reference(
                 picks.append(pl.col(candidate).alias(column))
                 break
     # only the features the service pins can be compared; the others are left out
-    return training.select(picks).collect(), label
+    return training.select(picks), label

@@ -34,6 +34,7 @@ from skewless.repository import FeatureRepository, load_repository
 from skewless.serving.monitor import ServingMonitor
 from skewless.serving.reader import ReadPlan
 from skewless.storage.offline import OfflineStore, open_offline_store
+from skewless.storage.offline_layout import day_of
 from skewless.storage.online import OnlineStore, open_online_store
 
 Selection = list[tuple[FeatureGroup, list[str]]]
@@ -236,9 +237,7 @@ class FeatureStore:
         if partitions_from is not None:
             for plan in plans:
                 if not plan.group.is_windowed:
-                    plan.files = [
-                        f for f in plan.files if f.parent.name >= f"date={partitions_from.isoformat()}"
-                    ]
+                    plan.files = [f for f in plan.files if day_of(f) >= partitions_from]
         self.last_training_stats = TrainingSetStats()
         frames = build(base, plans, engine, self.last_training_stats)
         return convert(pl.concat([original, *frames], how="horizontal"), output)
@@ -557,12 +556,12 @@ class FeatureStore:
         if entry is None:
             raise RequestError(f"feature group '{ref}' is not in the lock file {path}")
         key_schema = {k: getattr(pl, dtype) for k, dtype in entry["join_keys"].items()}
-        base = self.offline.root / parsed.group / f"v{parsed.version}"
         # partitions and stream micro-batch pieces: an entity only pushed is still online
-        stored = sorted(base.glob("date=*/*.parquet"))
-        files = [str(p) for p in stored]
+        files = self.offline.version_files(parsed.group, parsed.version)
         entities = (
-            pl.scan_parquet(files).select(list(key_schema)) if files else pl.LazyFrame(schema=key_schema)
+            self.offline.scan_parquet(files).select(list(key_schema))
+            if files
+            else pl.LazyFrame(schema=key_schema)
         )
         count = entities.select(pl.struct(list(key_schema)).n_unique()).collect().item() if files else 0
         deleted = self.online.delete_version(
@@ -575,7 +574,7 @@ class FeatureStore:
             progress,
         )
         retire(path, ref)
-        days = len({p.parent for p in stored})
+        days = len({day_of(p) for p in files})
         return {"ref": ref, "entities": count, "keys_deleted": deleted, "partitions_kept": days}
 
 

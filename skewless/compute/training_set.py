@@ -31,7 +31,8 @@ from skewless.compute.point_in_time import LABEL_TS, ROW, join_group
 from skewless.errors import RequestError
 from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import FeatureGroup
-from skewless.storage.offline import OfflineStore, scan_merged, superseded_filter
+from skewless.storage.offline import Location, OfflineStore, scan_merged, superseded_filter
+from skewless.storage.offline_layout import day_of
 
 Engine = Literal["auto", "memory", "partitioned"]
 BUCKET = "__skewless_bucket"
@@ -48,14 +49,15 @@ class GroupPlan:
     group: FeatureGroup
     features: list[str]
     names: dict[str, str]
-    files: list[Path]
+    files: list[Location]
     partitions_total: int
     rows: int = 0
-    all_files: list[Path] = field(default_factory=list)  # window groups: every stored file
+    all_files: list[Location] = field(default_factory=list)  # window groups: every stored file
+    store: OfflineStore | None = None  # reads the files (None: local paths)
 
     @property
     def first_day(self) -> date | None:
-        return None if not self.files else date.fromisoformat(self.files[0].parent.name[len("date=") :])
+        return None if not self.files else day_of(self.files[0])
 
 
 @dataclass
@@ -83,7 +85,8 @@ def plan_group(
     `[label day - ttl, label day]` of some label: a few early labels no longer force reading
     everything in between.
     """
-    days = offline.partitions(group)
+    stored = offline.files(group)  # one listing (on object storage, one LIST per 1,000 files)
+    days = sorted({day_of(f) for f in stored})
     last = max(label_days)
     ttl = group.max_window if group.is_windowed else group.time_to_live
     if ttl is None or ttl >= LIFETIME:
@@ -92,9 +95,12 @@ def plan_group(
         span = math.ceil(ttl / timedelta(days=1))
         wanted = {d - timedelta(days=k) for d in label_days for k in range(span + 1)}
         needed = [d for d in days if d in wanted]
-    files = [path for d in needed for path in offline.day_files(group, d)]
-    every = [path for d in days for path in offline.day_files(group, d)] if group.is_windowed else []
-    return GroupPlan(group, features, names, files, partitions_total=len(days), all_files=every)
+    keep = set(needed)
+    files = [path for path in stored if day_of(path) in keep]
+    every = stored if group.is_windowed else []
+    return GroupPlan(
+        group, features, names, files, partitions_total=len(days), all_files=every, store=offline
+    )
 
 
 def memory_budget_bytes() -> int:
@@ -150,7 +156,7 @@ def row_width(group: FeatureGroup) -> int:
 def estimated_bytes(plan: GroupPlan, label_rows: int = 0) -> int:
     """One group's working memory: rows from Parquet footers (cheap, no data read) times the
     schema width times what its join holds per row, plus its share per label row."""
-    plan.rows = sum(_footer_rows(f) for f in plan.files)
+    plan.rows = sum(_footer_rows(plan, f) for f in plan.files)
     group = plan.group
     if group.is_windowed:
         factor = ROW_FACTOR_WINDOWS
@@ -171,10 +177,12 @@ def estimated_peak(plans: list[GroupPlan], label_rows: int) -> int:
     return max(max(windows, default=0), sum(rows))
 
 
-def _footer_rows(path: Path) -> int:
+def _footer_rows(plan: GroupPlan, path: Location) -> int:
     """Rows in a file's footer; 0 for a piece compaction removed since planning (its rows
     are in the day's partition, which is counted)."""
     try:
+        if plan.store is not None:
+            return plan.store.footer_rows(path)
         return pq.ParquetFile(path).metadata.num_rows
     except FileNotFoundError:
         return 0
@@ -185,9 +193,9 @@ def _scan(plan: GroupPlan) -> pl.LazyFrame:
 
     Window groups also drop event versions superseded on a day the plan does not read (a
     correction that moved an event to another day), checked against every stored file."""
-    scan = scan_merged(plan.group, plan.files)
+    scan = scan_merged(plan.group, plan.files, plan.store)
     if plan.group.is_windowed and plan.all_files:
-        scan = superseded_filter(plan.group, plan.all_files, scan)
+        scan = superseded_filter(plan.group, plan.all_files, scan, plan.store)
     return scan
 
 
@@ -291,7 +299,7 @@ def build(
     stats.label_rows = labels.height
     stats.groups = {
         p.group.ref: {
-            "partitions_read": len({f.parent for f in p.files}),  # days, pieces included
+            "partitions_read": len({day_of(f) for f in p.files}),  # days, pieces included
             "partitions_total": p.partitions_total,
             "rows_read": p.rows,
         }

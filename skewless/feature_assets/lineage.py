@@ -6,10 +6,7 @@ so the asset graph, and with it impact analysis, reaches every model a change ca
 """
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
@@ -76,12 +73,12 @@ def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
 
         registry = Registry(repo)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        folder = Path(offline.root) / "_registry" / stamp
-        folder.mkdir(parents=True, exist_ok=True)
         snapshot = registry.snapshot()
-        _atomic_write(folder / "registry.json", json.dumps(snapshot, indent=2, default=str))
         features = registry.features()
-        features.write_parquet(folder / "features.parquet")
+        # both files through the store's one atomic write (local or object storage)
+        folder = offline.store().write_registry_snapshot(
+            stamp, json.dumps(snapshot, indent=2, default=str), features
+        )
         context.log.info(f"registry snapshot {folder}")
         return dg.MaterializeResult(
             metadata={
@@ -96,9 +93,3 @@ def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
 
     return _registry
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(temp, path)

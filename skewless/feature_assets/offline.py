@@ -1,7 +1,6 @@
 """The offline asset of a group version: daily partitions of feature rows in Parquet."""
 
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -22,7 +21,7 @@ from skewless.feature_assets.metadata import (
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import FileSource
 from skewless.resources.stores import OfflineStoreResource
-from skewless.storage.offline import OfflineStore, days_between
+from skewless.storage.offline import Location, OfflineStore, days_between
 
 
 def build_offline_asset(
@@ -131,7 +130,9 @@ def build_offline_asset(
     return _offline
 
 
-def _compactable_pieces(group: FeatureGroup, store: OfflineStore, days: list[date]) -> dict[date, list[Path]]:
+def _compactable_pieces(
+    group: FeatureGroup, store: OfflineStore, days: list[date]
+) -> dict[date, list[Location]]:
     """Pieces a recomputation of `days` from the source may delete: those existing now.
 
     Only a `FileSource` keeps pushed rows with its data (`_pushed/`), so only its pieces are

@@ -124,7 +124,7 @@ def build_online_asset(
             from skewless.storage.offline import superseded_filter
 
             store_offline = offline.store()
-            rows = superseded_filter(group, store_offline.files(group), rows.lazy()).collect()
+            rows = superseded_filter(group, store_offline.files(group), rows.lazy(), store_offline).collect()
             # one write for the run: the write script resolves an id's versions within a batch
             added = online.store().write_events(group, rows)
             context.log.info(f"{group.ref}: {added} new events in the online window state")

@@ -2,14 +2,13 @@
 
 The online client samples lookups by service into a Redis Stream (see
 `skewless.serving.monitor`). This asset appends the stream's new entries to
-`<offline root>/_served/<service>/v<N>/log-<first id>-<last id>.parquet` and records how far it
+`<offline root>/_served/<service>/v<N>/log-<first id>-<last id>.parquet`
+(`OfflineStore.write_served_log`) and records how far it
 got, so a retry rewrites the same file instead of duplicating rows. Its check compares the
 served distribution with the service's training set, the skew a model would actually see.
 """
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -20,10 +19,6 @@ from skewless.feature_assets.checks import markdown_table, to_check_result
 from skewless.language.feature_service import FeatureService
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
-
-
-def served_dir(offline_root: str, service: FeatureService) -> Path:
-    return Path(offline_root) / "_served" / service.name / f"v{service.version}"
 
 
 def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list:
@@ -49,22 +44,16 @@ def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list
         after = streams.applied(store, stream) or "0"
         until = streams.newest_id(store, stream)
         rows, entries = streams.read(store, stream, after, until) if until else (None, 0)
-        target_dir = served_dir(offline.root, service)
+        offline_store = offline.store()
         written = 0
         if rows is not None and rows.height:
             first = streams.first_id(store, stream, after, until)
-            target_dir.mkdir(parents=True, exist_ok=True)
-            target = target_dir / f"log-{first.replace('-', '_')}-{until.replace('-', '_')}.parquet"
-            temp = target.with_suffix(".tmp")
-            rows.write_parquet(temp)
-            os.replace(temp, target)
+            # the log file is durable (one atomic write) before the stream cursor moves on
+            offline_store.write_served_log(service.name, service.version, first, until, rows)
             streams.mark_applied(store, stream, until)
             written = rows.height
-        total = (
-            pl.scan_parquet(str(target_dir / "*.parquet")).select(pl.len()).collect().item()
-            if any(target_dir.glob("*.parquet"))
-            else 0
-        )
+        logs = offline_store.served_logs(service.name, service.version)
+        total = offline_store.scan_parquet(logs).select(pl.len()).collect().item() if logs else 0
         metadata: dict = {"rows_appended": written, "stream_entries": entries, "rows_logged": total}
         if rows is not None and rows.height and LATENCY_US in rows.columns:
             latency = rows.select(
@@ -88,12 +77,11 @@ def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list
         from skewless.checks.drift import drift_outcome
         from skewless.checks.outcome import CheckOutcome
         from skewless.serving.monitor import SERVED_AT
-        from skewless.storage.offline import OfflineStore
-
-        training_path = OfflineStore(offline.root).training_set_path(service.name, service.version)
-        files = sorted(served_dir(offline.root, service).glob("*.parquet"))
-        if not training_path.exists() or not files:
-            missing = "training set" if not training_path.exists() else "served log"
+        store = offline.store()
+        training = store.read_training_set(service.name, service.version)
+        files = store.served_logs(service.name, service.version)
+        if training is None or not files:
+            missing = "training set" if training is None else "served log"
             return to_check_result(
                 CheckOutcome(
                     "training_serving_skew",
@@ -102,8 +90,7 @@ def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list
                     description=f"{ref}: no {missing} yet, nothing to compare",
                 )
             )
-        training = pl.read_parquet(training_path)
-        served = pl.scan_parquet([str(f) for f in files])
+        served = store.scan_parquet(files)
         newest = served.select(pl.col(SERVED_AT).max()).collect().item()
         since = newest - timedelta(days=service.skew.span.days)
         served_rows = served.filter(pl.col(SERVED_AT) > since).collect()

@@ -32,7 +32,7 @@ def build_sql_views_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
 
         Path(duckdb.database).parent.mkdir(parents=True, exist_ok=True)
         with duckdb.get_connection() as conn:
-            names = create_views(conn, repo.groups, offline.store())
+            names = create_views(conn, repo.groups, offline.store(), persistent=True)
         context.log.info(f"views: {', '.join(names)}")
         return dg.MaterializeResult(
             metadata={"views": ", ".join(names), "database": dg.MetadataValue.path(duckdb.database)}

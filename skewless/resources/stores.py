@@ -17,7 +17,8 @@ from skewless.storage.online import OnlineStore, open_online_store
 
 
 class OfflineStoreResource(ConfigurableResource):
-    """The Parquet offline store rooted at `root` (a local folder)."""
+    """The Parquet offline store rooted at `root`: a local folder or `s3://bucket/prefix`
+    (`open_offline_store` picks the backend; credentials from the AWS variables)."""
 
     root: str
 

@@ -31,7 +31,8 @@ from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import FileSource, ingested_values
 from skewless.repository import FeatureRepository
 from skewless.storage import streams
-from skewless.storage.offline import OfflineStore, dedupe_and_sort
+from skewless.storage.offline import OfflineStore, atomic_write, dedupe_and_sort
+from skewless.storage.offline_layout import pushed_file_name
 from skewless.storage.online import OnlineStore
 
 _FAR = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
@@ -100,18 +101,10 @@ def apply_stream_batch(
     if rows is not None and groups and isinstance(groups[0].source, FileSource):
         # keep the pushed rows with the source's data, so a day re-materialized from the
         # source still has them (the file name is the range: a re-run rewrites the same file)
-        target = (
-            groups[0].source.pushed_dir
-            / f"entries-{after.replace('-', '_')}-{until.replace('-', '_')}.parquet"
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = groups[0].source.pushed_dir / pushed_file_name(after, until)
         # must be durable before any piece: compaction deletes pieces whose rows the source
-        # already holds, and these rows are how it holds them
-        temp = target.with_name(f".{target.name}.tmp")
-        rows.write_parquet(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        temp.replace(target)
+        # already holds, and these rows are how it holds them (the one atomic write, fsynced)
+        atomic_write(target, rows)
         _crash_point("after_pushed_file")
     if rows is not None:
         # the arrival order the batch path reads from the pushed file: same rows, same values

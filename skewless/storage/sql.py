@@ -9,6 +9,15 @@ When stream micro-batches have added pieces next to the partitions (see storage/
 the view reads them too and deduplicates like the Polars readers: window groups one row per
 (day, keys, event id), the partition's before any piece's, pieces in name order; row groups
 identical rows once. Views are created per query, so they see the pieces of that moment.
+
+On object storage DuckDB would need its httpfs extension, which it downloads from
+extensions.duckdb.org at first use (not from a package registry, so not installable offline
+or pinned by our lock). There the data reaches DuckDB through Arrow instead: a group
+version without pieces as a lazy `pyarrow.dataset` over its S3 files (DuckDB scans it with
+projection and filter pushdown, the Hive `date` column from the folder names), one with
+pieces as the merged Polars scan the other readers use. Those are registered on the
+connection; `persistent=True` (the `sql/offline_views` asset, whose database file outlives
+the connection) stores each as a table instead, a snapshot as of the run.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ from typing import Any
 
 import polars as pl
 
-from skewless.language.feature_group import EVENT_ID, FeatureGroup
-from skewless.storage.offline import DATA_FILE, OfflineStore
+from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, FeatureGroup
+from skewless.storage import offline_layout as layout
+from skewless.storage.offline import OfflineStore, S3OfflineStore
 
 _DUCKDB_TYPES = {
     pl.Int8: "TINYINT",
@@ -55,8 +65,9 @@ def _quote(text: str) -> str:
 
 
 def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
+    """A view's SELECT over a local store's files (DuckDB reads the folders itself)."""
     if offline.has_pieces(group):
-        pattern = _quote(str(offline.group_dir(group) / "date=*" / "*.parquet"))
+        pattern = _quote(str(offline.location(layout.files_glob(group.name, group.version))))
         if not group.is_windowed:
             return f"SELECT DISTINCT * FROM read_parquet({pattern}, hive_partitioning = true)"
         by = ", ".join(f'"{c}"' for c in ["date", *group.entity.key_columns, EVENT_ID])
@@ -66,7 +77,7 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
             f"filename = true) QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename) = 1"
         )
     if offline.partitions(group):
-        pattern = str(offline.group_dir(group) / "date=*" / DATA_FILE)
+        pattern = str(offline.location(layout.partitions_glob(group.name, group.version)))
         return f"SELECT * FROM read_parquet({_quote(pattern)}, hive_partitioning = true)"
     columns = ", ".join(
         f'CAST(NULL AS {duckdb_type(dtype)}) AS "{name}"' for name, dtype in group.offline_schema().items()
@@ -74,14 +85,49 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
     return f"SELECT {columns}, CAST(NULL AS DATE) AS date WHERE false"
 
 
-def create_views(conn: Any, groups: Sequence[FeatureGroup], offline: OfflineStore) -> list[str]:
+def _arrow_relation(offline: S3OfflineStore, group: FeatureGroup) -> Any:
+    """A group version's rows as an Arrow object DuckDB can scan (object storage)."""
+    if offline.has_pieces(group):
+        # merged and deduplicated like every Polars reader; the day from the event time
+        # (a partition holds exactly its UTC day)
+        merged = offline.scan(group).with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("date"))
+        return merged.collect().to_arrow()
+    return offline.arrow_dataset(offline.files(group), group)
+
+
+def _drop_other(conn: Any, name: str, kind: str) -> None:
+    """Drop `name` if it exists as `kind` (a database file that switched backends holds a
+    table where a view now goes, or the reverse: CREATE OR REPLACE cannot change the kind)."""
+    found = conn.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchall()
+    if found and found[0][0] == kind:
+        conn.execute(f'DROP {"VIEW" if kind == "VIEW" else "TABLE"} "{name}"')
+
+
+def create_views(
+    conn: Any, groups: Sequence[FeatureGroup], offline: OfflineStore, persistent: bool = False
+) -> list[str]:
     """(Re)create the views of `groups` (a repository's) on a DuckDB connection; returns
     their names."""
     conn.execute("SET TimeZone = 'UTC'")
     names = []
     latest: dict[str, FeatureGroup] = {}
     for group in groups:
-        conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS {view_sql(offline, group)}')
+        if isinstance(offline, S3OfflineStore) and offline.partitions(group):
+            relation = _arrow_relation(offline, group)
+            source = f"__skewless_arrow_{view_name(group)}"
+            conn.register(source, relation)
+            if persistent:
+                _drop_other(conn, view_name(group), "VIEW")
+                conn.execute(f'CREATE OR REPLACE TABLE "{view_name(group)}" AS SELECT * FROM "{source}"')
+                conn.unregister(source)
+            else:
+                conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS SELECT * FROM "{source}"')
+        else:
+            if persistent:
+                _drop_other(conn, view_name(group), "BASE TABLE")
+            conn.execute(f'CREATE OR REPLACE VIEW "{view_name(group)}" AS {view_sql(offline, group)}')
         names.append(view_name(group))
         if group.name not in latest or group.version > latest[group.name].version:
             latest[group.name] = group

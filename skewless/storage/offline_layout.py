@@ -1,0 +1,126 @@
+"""The offline layout: every name under an offline root is built (and parsed) here, nowhere else.
+
+    <root>/<group>/v<N>/date=YYYY-MM-DD/data.parquet          a day's partition (batch path)
+    <root>/<group>/v<N>/date=YYYY-MM-DD/piece-<name>.parquet  pushed events of a micro-batch
+    <root>/_training_sets/<service>/v<N>/data.parquet         a training-set asset's output
+    <root>/_registry/<stamp>/registry.json, features.parquet  registry snapshots
+    <root>/_served/<service>/v<N>/log-<first>-<last>.parquet  the sampled served-vector log
+
+Why one module: before, six modules each spelled some of these names (`date=` globs in the
+client, `_served` in the served asset, `_registry` in lineage, ...), so a second backend would
+have had to find and re-implement every one. Keys here are relative, '/'-separated strings;
+the store (`storage/offline.py`) joins them to its root, a local folder or an `s3://` prefix,
+so the layout is byte-identical on every backend. A group name cannot start with '_', so the
+`_`-folders never collide with a group. The pushed-rows folder of a `FileSource` (`_pushed/`)
+is the source's own data and stays defined by the source (`FileSource.pushed_dir`, the
+language layer, which must not import storage); only its file names are built here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from os import PathLike
+
+DATA_FILE = "data.parquet"
+PIECE_PREFIX = "piece-"
+DATE_PREFIX = "date="
+PARQUET = ".parquet"
+TRAINING_SETS = "_training_sets"
+REGISTRY = "_registry"
+SERVED = "_served"
+REGISTRY_JSON = "registry.json"
+REGISTRY_FEATURES = "features.parquet"
+IN_USE_MARKER = ".in-use"  # object stores have no folders: an empty object marks a version in use
+
+_DAY = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/[^/]*$")
+
+
+def group_key(name: str, version: int) -> str:
+    return f"{name}/v{version}"
+
+
+def day_folder(day: date) -> str:
+    return f"{DATE_PREFIX}{day.isoformat()}"
+
+
+def day_key(name: str, version: int, day: date) -> str:
+    return f"{group_key(name, version)}/{day_folder(day)}"
+
+
+def partition_key(name: str, version: int, day: date) -> str:
+    return f"{day_key(name, version, day)}/{DATA_FILE}"
+
+
+def piece_key(name: str, version: int, day: date, piece: str) -> str:
+    return f"{day_key(name, version, day)}/{PIECE_PREFIX}{piece}{PARQUET}"
+
+
+def files_glob(name: str, version: int) -> str:
+    """Every partition and piece of a version, as a glob (DuckDB's `read_parquet`)."""
+    return f"{group_key(name, version)}/{DATE_PREFIX}*/*{PARQUET}"
+
+
+def partitions_glob(name: str, version: int) -> str:
+    return f"{group_key(name, version)}/{DATE_PREFIX}*/{DATA_FILE}"
+
+
+def in_use_key(name: str, version: int) -> str:
+    return f"{group_key(name, version)}/{IN_USE_MARKER}"
+
+
+def training_set_key(service: str, version: int) -> str:
+    return f"{TRAINING_SETS}/{service}/v{version}/{DATA_FILE}"
+
+
+def registry_key(stamp: str, file: str = "") -> str:
+    return f"{REGISTRY}/{stamp}" + (f"/{file}" if file else "")
+
+
+def served_key(service: str, version: int) -> str:
+    return f"{SERVED}/{service}/v{version}"
+
+
+def served_log_name(first: str, last: str) -> str:
+    """A served-log file holds stream entries first..last: a re-run rewrites the same file."""
+    return f"log-{first.replace('-', '_')}-{last.replace('-', '_')}{PARQUET}"
+
+
+def pushed_file_name(after: str, until: str) -> str:
+    """The file a micro-batch keeps a stream range's pushed rows in, beside its FileSource."""
+    return f"entries-{after.replace('-', '_')}-{until.replace('-', '_')}{PARQUET}"
+
+
+def base_name(location: str | PathLike[str]) -> str:
+    return str(location).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def is_piece(location: str | PathLike[str]) -> bool:
+    return base_name(location).startswith(PIECE_PREFIX)
+
+
+def is_partition(location: str | PathLike[str]) -> bool:
+    return base_name(location) == DATA_FILE
+
+
+def is_visible(name: str) -> bool:
+    """Dot-names are a local writer's temps (and the in-use marker): never data."""
+    return not name.startswith(".")
+
+
+def day_of(location: str | PathLike[str]) -> date:
+    """The day of a partition or piece from its location (local path or URI)."""
+    match = _DAY.search(str(location).replace("\\", "/"))
+    if match is None:
+        raise ValueError(f"{location} is not a file of a day partition")
+    return date.fromisoformat(match.group(1))
+
+
+def day_from_folder(name: str) -> date | None:
+    """`date=YYYY-MM-DD` → the day; anything else → None."""
+    if not name.startswith(DATE_PREFIX):
+        return None
+    try:
+        return date.fromisoformat(name[len(DATE_PREFIX) :])
+    except ValueError:
+        return None
