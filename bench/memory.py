@@ -9,7 +9,7 @@ and measures the process's peak RSS growth during the call (VmHWM, reset before 
 a plain Polars `join_asof` of the same labels with the largest row group's rows (what any
 point-in-time join must at least hold). Last line one JSON object:
 
-- `estimate_mb`: the in-memory engine's estimated peak (`compute.training_set.estimated_peak`)
+- `estimate_mb`: the in-memory engine's estimated peak (`client.training_set.estimated_peak`)
 - `memory_growth_mb`, `memory_s`: the in-memory engine's measured growth and time;
   `ratio_estimate`: estimate / measured (1.0 is a perfect estimate; above 1 is conservative)
 - `partitioned_growth_mb`, `partitioned_s`: the out-of-core engine with `--budget-mb`

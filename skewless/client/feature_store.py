@@ -22,7 +22,7 @@ from skewless.compute.point_in_time import (
     normalize_label_times,
 )
 from skewless.compute.rows import latest_per_entity, transform_rows
-from skewless.compute.training_set import Engine, TrainingSetStats, build, plan_group
+from skewless.client.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.compute.windows import pushed_events
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError, SkewlessError
