@@ -21,7 +21,7 @@ import redis
 
 from skewless.config import StoreConfig
 from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import OnlineStore, open_online_store
 
 
 def _answers(url: str) -> bool:
@@ -123,7 +123,7 @@ def store_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
         key_prefix=f"sktest:{uuid.uuid4().hex[:12]}",
     )
     yield config
-    store = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+    store = open_online_store(config)
     try:
         store.delete_all()
     finally:
@@ -132,7 +132,7 @@ def store_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
 
 @pytest.fixture
 def online_store(store_config: StoreConfig) -> Iterator[OnlineStore]:
-    store = OnlineStore(store_config.redis_url, store_config.state_dir, store_config.key_prefix)
+    store = open_online_store(store_config)
     yield store
     store.close()
 

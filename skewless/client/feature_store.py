@@ -428,6 +428,7 @@ class FeatureStore:
         the online path, e.g. against a training set).
         """
         started = time.perf_counter_ns()
+        self.online.begin_read_stats()
         plan = self.read_plan(features, service, full_feature_names)
         columns, n = plan.entity_columns(entities)
         now_us = None if at is None else int(at.timestamp() * 1_000_000)
@@ -440,6 +441,13 @@ class FeatureStore:
         if output == "numpy":
             return {name: frame.get_column(name).to_numpy() for name in frame.columns}
         return convert(frame, output)
+
+    @property
+    def last_online_stats(self) -> dict[str, int]:
+        """What this thread's last `get_online_features` cost: `round_trips` (one per node
+        touched per read step: one for row groups on a single Redis), `nodes` touched,
+        `commands` and `keys` sent."""
+        return self.online.read_stats().as_dict()
 
     def read_plan(
         self, features: Sequence[str] | None, service: str | None, full_feature_names: bool
