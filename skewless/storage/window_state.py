@@ -8,15 +8,16 @@ slot, so one entity is always one slot):
     <base>:ids      hash, event id -> current member: identity is (entity keys, event id)
     <base>:tiles    hash, "<level>:<k>" -> tile partials (JSON), "_gen" -> write generation
 
-`<base>` is the entity's online key; every key is built by `storage.online_keys`.
-On a Redis Cluster the store cuts the write script's batches per slot
-(`OnlineStore.slot_batches`) and runs transactions per slot: each call stays in one slot.
-Writes go through one Lua script (`lua/write_events.lua`): a re-delivered event changes
-nothing, a re-pushed id with new content replaces the old version (latest write wins), and
-every tile an event enters or leaves is dropped from the cache. Reads cut each window into
-tiles and two short raw edges (`compute.tiles.cover`), fetch them in one MULTI/EXEC round trip, and compute any tile not
-cached from its children (or its few raw events), writing it back only if the generation did
-not move in between. A steady read touches a bounded number of tiles whatever the events.
+`<base>` is the entity's online key; every key is built by `storage.online_keys`. On a
+Redis Cluster the store cuts the write script's batches per slot (`OnlineStore.slot_batches`)
+and runs transactions per slot: each call stays in one slot. Writes go through one Lua script
+(`lua/write_events.lua`): a re-delivered event changes nothing, a re-pushed id with new
+content replaces the old version (latest write wins), and every tile an event enters or
+leaves is dropped from the cache. Reads cut each window into tiles and two short raw edges
+(`compute.tiles.cover`), fetch them in one MULTI/EXEC round trip (a cluster: one per slot),
+and compute any tile not cached from its children (or its few raw events), writing it back
+only if the generation did not move in between. A steady read touches a bounded number of
+tiles whatever the events.
 """
 
 from __future__ import annotations
