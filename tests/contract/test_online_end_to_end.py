@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 import pytest
 from starlette.testclient import TestClient
 
