@@ -5,6 +5,7 @@ fixtures. Restartable, for the reconnect tests."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -29,15 +30,34 @@ def server_binary() -> str | None:
         return None
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int, cluster: bool = False) -> list[int]:
+    """`n` free ports; for cluster nodes at most 55535 with port + 10000 (the cluster bus)
+    free too — Redis refuses a higher one."""
+    if not cluster:
+        sockets = [socket.socket() for _ in range(n)]
+        try:
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            return [sock.getsockname()[1] for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+    rng = random.Random()
+    found: list[int] = []
+    while len(found) < n:
+        port = rng.randrange(20000, 45000)
+        if port not in found and port + 10000 not in found and _free(port) and _free(port + 10000):
+            found.append(port)
+    return found
 
 
 class RedisProcess:
@@ -110,7 +130,8 @@ class RedisClusterProcess:
 
     def __init__(self, binary: str, folder: Path, masters: int = 3) -> None:
         self.nodes = [
-            RedisProcess(binary, folder / f"node-{port}", port, cluster=True) for port in free_ports(masters)
+            RedisProcess(binary, folder / f"node-{port}", port, cluster=True)
+            for port in free_ports(masters, cluster=True)
         ]
 
     @property
