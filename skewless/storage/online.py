@@ -748,6 +748,8 @@ class RedisClusterOnlineStore(OnlineStore):
         self._url = url
         self._client: Any = None
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self._node_connections: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -767,6 +769,10 @@ class RedisClusterOnlineStore(OnlineStore):
         return self._client
 
     def close(self) -> None:
+        with self._lock:
+            for connection in self._node_connections:
+                connection.disconnect()
+            self._node_connections.clear()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -828,10 +834,13 @@ class RedisClusterOnlineStore(OnlineStore):
         return units, positions
 
     def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
+        """The threads that talk to nodes concurrently; remade in a forked child (threads do
+        not survive a fork: a pool inherited from the parent would never run anything)."""
+        if self._executor is None or self._executor_pid != os.getpid():
             with self._lock:
-                if self._executor is None:
+                if self._executor is None or self._executor_pid != os.getpid():
                     self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="skewless-cluster")
+                    self._executor_pid = os.getpid()
         return self._executor
 
     def _dispatch(self, units: list[_Unit], count_as_read: bool = True) -> list[list[Any]]:
@@ -894,10 +903,8 @@ class RedisClusterOnlineStore(OnlineStore):
     def _run_on_node(self, node: Any, us: list[int], units: list[_Unit]) -> Any:
         """One round trip: every unit's commands packed and sent at once, replies read in
         order. Returns ({unit: replies}, units to redo elsewhere) or the connection error."""
-        redis_node = self.client.get_redis_connection(node)
-        pool = redis_node.connection_pool
         try:
-            connection = pool.get_connection()
+            connection = self._connection(node)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             return exc
         try:
@@ -932,8 +939,23 @@ class RedisClusterOnlineStore(OnlineStore):
         except BaseException:
             connection.disconnect()
             raise
-        finally:
-            pool.release(connection)
+
+    def _connection(self, node: Any) -> Any:
+        """This thread's own connection to `node` (made on first use, remade after a fork):
+        the request path is latency-bound and the pool's locks and checks cost a fifth of a
+        loopback round trip. A dropped connection reconnects on its next send."""
+        local = self._local
+        connections = getattr(local, "nodes", None)
+        if connections is None or getattr(local, "nodes_pid", None) != os.getpid():
+            connections = local.nodes = {}
+            local.nodes_pid = os.getpid()
+        connection = connections.get(node.name)
+        if connection is None:
+            pool = self.client.get_redis_connection(node).connection_pool
+            connection = connections[node.name] = pool.make_connection()
+            with self._lock:
+                self._node_connections.append(connection)
+        return connection
 
     @staticmethod
     def _read(connection: Any) -> Any:
