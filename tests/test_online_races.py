@@ -25,12 +25,13 @@ WRITER = textwrap.dedent(
     from datetime import UTC, datetime, timedelta
     import polars as pl
     from skewless import Entity, Feature, FeatureGroup, FileSource
-    from skewless.storage.online import OnlineStore
+    from skewless.config import StoreConfig
+    from skewless.storage.online import open_online_store
 
     url, prefix, parity = sys.argv[1], sys.argv[2], int(sys.argv[3])
     group = FeatureGroup("race", Entity("user", {"user_id": pl.Int64}),
                          FileSource("events", "/tmp/unused.parquet", "ts"), [Feature("value", pl.Int64)])
-    store = OnlineStore(url, "/tmp", prefix)
+    store = open_online_store(StoreConfig("", url, "/tmp", prefix))
     base = datetime(2026, 1, 1, tzinfo=UTC)
     # each writer owns the odd or even versions 0..399 and writes them in a shuffled order
     import random

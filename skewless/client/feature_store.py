@@ -15,6 +15,7 @@ from typing import Any, Literal
 import polars as pl
 
 from skewless.checks.schema import declared_violations
+from skewless.client.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.compute.point_in_time import (
     LABEL_TS,
     ROW,
@@ -22,7 +23,6 @@ from skewless.compute.point_in_time import (
     normalize_label_times,
 )
 from skewless.compute.rows import latest_per_entity, transform_rows
-from skewless.client.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.compute.windows import pushed_events
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError, SkewlessError
@@ -427,6 +427,7 @@ class FeatureStore:
         the online path, e.g. against a training set).
         """
         started = time.perf_counter_ns()
+        self.online.begin_read_stats()
         plan = self.read_plan(features, service, full_feature_names)
         columns, n = plan.entity_columns(entities)
         now_us = None if at is None else int(at.timestamp() * 1_000_000)
@@ -439,6 +440,13 @@ class FeatureStore:
         if output == "numpy":
             return {name: frame.get_column(name).to_numpy() for name in frame.columns}
         return convert(frame, output)
+
+    @property
+    def last_online_stats(self) -> dict[str, int]:
+        """What this thread's last `get_online_features` cost: `round_trips` (one per node
+        touched per read step: one for row groups on a single Redis), `nodes` touched,
+        `commands` and `keys` sent."""
+        return self.online.read_stats().as_dict()
 
     def read_plan(
         self, features: Sequence[str] | None, service: str | None, full_feature_names: bool

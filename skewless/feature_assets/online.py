@@ -21,6 +21,7 @@ from skewless.feature_assets.offline import partition_days
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
+from skewless.storage import online_keys
 
 
 class OnlineWriteConfig(dg.Config):
@@ -165,7 +166,7 @@ def build_online_asset(
             )
         context.log.info(f"{group.ref}: {totals}")
         ttl = group.time_to_live
-        key_pattern = f"{store.key_prefix}:{{{group.entity.name}:<keys>}}:{group.name}:v{group.version}"
+        key_pattern = online_keys.key_pattern(store.key_prefix, group)
         return dg.MaterializeResult(
             metadata={
                 "dagster/column_lineage": online_column_lineage(group, offline_key(group)),

@@ -28,7 +28,7 @@ import polars as pl
 from skewless.checks.outcome import CheckOutcome
 from skewless.errors import MissingPartitionsWarning
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
-from skewless.storage.online import entity_keys
+from skewless.storage.online_keys import entity_keys, events_key
 
 if TYPE_CHECKING:
     from skewless.client.feature_store import FeatureStore
@@ -179,7 +179,7 @@ def _covered_by_offline(
         bases = entity_keys(group, store.online.key_prefix, entities)
         pipe = store.online.client.pipeline(transaction=False)
         for base in bases:
-            pipe.zrevrange(base + ":events", 0, 0, withscores=True)
+            pipe.zrevrange(events_key(base), 0, 0, withscores=True)
         online_us = [int(top[0][1]) if top else None for top in pipe.execute()]
     else:
         stored = store.online.read(group, entities).get_column(EVENT_TIMESTAMP)

@@ -49,8 +49,6 @@ import orjson
 import polars as pl
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -606,7 +604,6 @@ def create_app(
     known_groups = {g.ref for g in store.repository.groups}
     outstanding = threading.BoundedSemaphore(settings.max_outstanding)
     lookups = anyio.CapacityLimiter(settings.max_outstanding)
-    health_client: list[redis.Redis] = []  # made on first use: store.online.url may start Redis
 
     registry = CollectorRegistry()
     requests_total = Counter(
@@ -695,7 +692,9 @@ def create_app(
         Redis blocks the loop for at most one timeout; that trips the breaker and lookups go
         through threads (abandoned at the deadline) until `INLINE_PAUSE_S` has passed."""
         now = time.monotonic()
-        if entities > INLINE_MAX_ENTITIES or now < inline_paused_until[0]:
+        # a cluster store reads several nodes through threads: no bounded inline path there
+        inline = store.online.bounded_inline
+        if not inline or entities > INLINE_MAX_ENTITIES or now < inline_paused_until[0]:
             return await with_deadline(deadline, func, "online lookup")
         try:
             with store.online.bounded(timeout):
@@ -798,19 +797,11 @@ def create_app(
             return json_response({"error": "internal error (logged by the server)"}, 500)
 
     def ping() -> None:
-        """PING on a client of its own whose socket timeout is the request deadline: the
-        store's client retries and waits far longer, which made /health hang with Redis."""
-        if not health_client:
-            health_client.append(
-                redis.Redis.from_url(
-                    store.online.url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-            )
+        """PING on a client of the store's own whose socket timeout is the request deadline
+        (`OnlineStore.probe`): the store's client retries and waits far longer, which made
+        /health hang with Redis."""
         try:
-            health_client[0].ping()
+            store.online.probe(timeout)
         except (redis.RedisError, OSError) as exc:
             raise unavailable(exc, "health check") from None
 

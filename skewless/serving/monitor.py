@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from skewless.storage import online_keys as K
 from skewless.storage import streams
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ LATENCY_US = "__latency_us"
 
 
 def served_stream(service_ref: str) -> str:
-    return f"_served:{service_ref}"
+    """The stream source holding a service version's served vectors (`online_keys`)."""
+    return K.served_stream(service_ref)
 
 
 class ServingMonitor:

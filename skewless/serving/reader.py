@@ -21,8 +21,9 @@ import polars as pl
 
 from skewless.errors import RequestError
 from skewless.language.feature_group import FeatureGroup
+from skewless.storage import online_keys as K
 from skewless.storage.codec import Decoded, GroupCodec, column_series, to_series
-from skewless.storage.online import _ESCAPES, OnlineStore
+from skewless.storage.online import OnlineStore
 
 SMALL = 16  # requests up to this many entities build their frame from rows
 
@@ -47,8 +48,6 @@ def frame_from_dicts(rows: list[dict[str, Any]], schema: dict[str, pl.DataType])
         except TypeError:  # the private signature changed: use the public path
             pass
     return pl.from_dicts(rows, schema=schema)
-
-
 
 
 @dataclass
@@ -101,15 +100,8 @@ class GroupRead:
                 self.matrix = (kind, offsets[0])
 
     def keys(self, columns: Mapping[str, list[Any]]) -> list[str]:
-        """Online keys, formatted exactly as `storage.online.key_expression` builds them."""
-        parts = []
-        for column, dtype in self.group.entity.key_schema.items():
-            values = columns[column]
-            parts.append([v.translate(_ESCAPES) for v in values] if dtype == pl.String else values)
-        pre, suf = self.prefix, self.suffix
-        if len(parts) == 1:
-            return [f"{pre}{v}{suf}" for v in parts[0]]
-        return [f"{pre}{'|'.join(map(str, vs))}{suf}" for vs in zip(*parts, strict=True)]
+        """Online keys, formatted exactly as `online_keys.key_expression` builds them."""
+        return K.format_keys(self.group.entity.key_schema, self.prefix, self.suffix, columns)
 
 
 @dataclass
@@ -152,8 +144,8 @@ class ReadPlan:
                     codec=store.codec(group),
                     features=list(features),
                     names=[names[(group.name, group.version, f)] for f in features],
-                    prefix=f"{store.key_prefix}:{{{group.entity.name}:",
-                    suffix=f"}}:{group.name}:v{group.version}",
+                    prefix=K.entity_head(store.key_prefix, group.entity.name),
+                    suffix=K.version_tail(group.name, group.version),
                     ttl_us=None if ttl is None or group.is_windowed else ttl // timedelta(microseconds=1),
                 )
             )

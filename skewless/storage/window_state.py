@@ -8,13 +8,16 @@ slot, so one entity is always one slot):
     <base>:ids      hash, event id -> current member: identity is (entity keys, event id)
     <base>:tiles    hash, "<level>:<k>" -> tile partials (JSON), "_gen" -> write generation
 
-`<base>` is the entity's online key (`storage.online.key_expression`). Writes go through one
-Lua script (`lua/write_events.lua`): a re-delivered event changes nothing, a re-pushed id with
-new content replaces the old version (latest write wins), and every tile an event enters or
+`<base>` is the entity's online key; every key is built by `storage.online_keys`. On a
+Redis Cluster the store cuts the write script's batches per slot (`OnlineStore.slot_batches`)
+and runs transactions per slot: each call stays in one slot. Writes go through one Lua script
+(`lua/write_events.lua`): a re-delivered event changes nothing, a re-pushed id with new
+content replaces the old version (latest write wins), and every tile an event enters or
 leaves is dropped from the cache. Reads cut each window into tiles and two short raw edges
-(`compute.tiles.cover`), fetch them in one MULTI/EXEC round trip, and compute any tile not
-cached from its children (or its few raw events), writing it back only if the generation did
-not move in between. A steady read touches a bounded number of tiles whatever the events.
+(`compute.tiles.cover`), fetch them in one MULTI/EXEC round trip (a cluster: one per slot),
+and compute any tile not cached from its children (or its few raw events), writing it back
+only if the generation did not move in between. A steady read touches a bounded number of
+tiles whatever the events.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from skewless.compute import tiles as T
 from skewless.errors import OnlineStoreError
 from skewless.language.durations import LIFETIME
 from skewless.language.feature_group import EVENT_ID, EVENT_TIMESTAMP, Feature, FeatureGroup
+from skewless.storage import online_keys as K
 from skewless.storage.codec import GroupCodec, _micros
 
 if TYPE_CHECKING:
@@ -114,7 +118,7 @@ class WindowState:
     # ------------------------------------------------------------------ layout
     @staticmethod
     def suffixes() -> tuple[str, str, str]:
-        return ":events", ":ids", ":tiles"
+        return K.WINDOW_SUFFIXES
 
     def codec(self, group: FeatureGroup) -> GroupCodec:
         key = (group.name, group.version)
@@ -141,8 +145,6 @@ class WindowState:
         `before() -> commands` gives raw commands to send first in the same round trip (a
         push's stream append).
         """
-        from skewless.storage.online import entity_keys, key_expression
-
         if events.height > WRITE_CHUNK:
             # a backfill's millions of events in slices: the per-event Python objects (keys,
             # members, script arguments) of one slice at a time, not gigabytes of them. An
@@ -167,11 +169,11 @@ class WindowState:
             if not keep:
                 return self._only(before)
             frame = events if len(keep) == events.height else events[keep]
-            keys_all = entity_keys(group, store.key_prefix, frame)
+            keys_all = K.entity_keys(group, store.key_prefix, frame)
             scores = [scores_all[i] for i in keep]
         else:
             frame = events.with_columns(
-                key_expression(group, store.key_prefix).alias("__key"),
+                K.key_expression(group, store.key_prefix).alias("__key"),
                 pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
             ).filter(pl.col("__score") > cutoff)
             if frame.height == 0:
@@ -196,11 +198,13 @@ class WindowState:
         head: list[Any] = [cutoff, 0 if lifetime else window_us // 1000, shift_ms, len(T.SIZES), *T.SIZES]
         first = list(before()) if before is not None else []
         scripts: list[tuple[Any, ...]] = []
-        for start in range(0, len(entities), 500):
+        # batches of 500 entities; on a cluster, of one slot each (`slot_batches`)
+        for batch in store.slot_batches([key for key, _ in entities], 500):
             keys: list[str] = []
             args = list(head)
-            for key, flat in entities[start : start + 500]:
-                keys += [key + ":events", key + ":ids", key + ":tiles"]
+            for at in batch:
+                key, flat = entities[at]
+                keys += K.window_keys(key)
                 args.append(len(flat) // 3)
                 args += flat
             scripts.append(("EVALSHA", sha, len(keys), *keys, *args))
@@ -244,7 +248,7 @@ class WindowState:
     def _write_sha(self) -> str:
         if self._write_lua is None:
             source = resources.files("skewless.storage").joinpath("lua/write_events.lua").read_text()
-            self._write_lua = self.store.client.script_load(source)
+            self._write_lua = self.store.load_script(source)
         return self._write_lua  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ reads
@@ -309,8 +313,8 @@ class WindowState:
             return self._read_full(group, bases, plan, pkey)
         commands: list[tuple[Any, ...]] = []
         for base in bases:
-            commands.append(("HGET", base + ":tiles", "_gen"))
-            commands += [("ZRANGEBYSCORE", base + ":events", f"({lo}", hi) for lo, hi in raws]
+            commands.append(("HGET", K.tiles_key(base), "_gen"))
+            commands += [("ZRANGEBYSCORE", K.events_key(base), f"({lo}", hi) for lo, hi in raws]
         replies = self.store.transaction(commands)
         step = 1 + len(raws)
         parts = self.parts(group)
@@ -373,8 +377,8 @@ class WindowState:
         tiles, raws, per_window, names = plan
         commands: list[tuple[Any, ...]] = []
         for base in bases:
-            commands.append(("HMGET", base + ":tiles", *names))
-            commands += [("ZRANGEBYSCORE", base + ":events", f"({lo}", hi) for lo, hi in raws]
+            commands.append(("HMGET", K.tiles_key(base), *names))
+            commands += [("ZRANGEBYSCORE", K.events_key(base), f"({lo}", hi) for lo, hi in raws]
         replies = self.store.transaction(commands)
         step = 1 + len(raws)
         parts = self.parts(group)
@@ -520,12 +524,12 @@ class WindowState:
             for e, (base, _, _) in enumerate(wanted):
                 for level, k in frontier[e]:
                     lo, hi = T.tile_range(level, k)
-                    commands.append(("ZCOUNT", base + ":events", f"({lo}", hi))
+                    commands.append(("ZCOUNT", K.events_key(base), f"({lo}", hi))
                     kids = T.children(level, k) if level > 0 else []
                     if kids:
-                        commands.append(("HMGET", base + ":tiles", *(T.field(*c) for c in kids)))
+                        commands.append(("HMGET", K.tiles_key(base), *(T.field(*c) for c in kids)))
                     layout.append((e, (level, k), kids))
-                commands.append(("HGET", base + ":tiles", "_gen"))
+                commands.append(("HGET", K.tiles_key(base), "_gen"))
             replies = self.store.transaction(commands)
             at = 0
             next_frontier: list[list[tuple[int, int]]] = [[] for _ in wanted]
@@ -559,8 +563,8 @@ class WindowState:
                 commands = []
                 for e, (level, k) in raw_needed:
                     lo, hi = T.tile_range(level, k)
-                    commands.append(("ZRANGEBYSCORE", wanted[e][0] + ":events", f"({lo}", hi))
-                commands += [("HGET", base + ":tiles", "_gen") for base, _, _ in wanted]
+                    commands.append(("ZRANGEBYSCORE", K.events_key(wanted[e][0]), f"({lo}", hi))
+                commands += [("HGET", K.tiles_key(base), "_gen") for base, _, _ in wanted]
                 found = self.store.transaction(commands)
                 if any(g != w[2] for g, w in zip(found[len(raw_needed) :], wanted, strict=True)):
                     return None
@@ -591,7 +595,7 @@ class WindowState:
             args: list[Any] = [gen]
             for (level, k), acc in tiles.items():
                 args += [T.field(level, k), orjson.dumps(T.to_json(parts, acc)) if acc else b""]
-            commands.append((base + ":tiles", args))
+            commands.append((K.tiles_key(base), args))
         try:
             # EVALSHA on the read connection, one round trip (a redis-py Script in a pipeline
             # asks SCRIPT EXISTS first: a second round trip on every cold read)
@@ -606,6 +610,7 @@ class WindowState:
 
     def _load_put_tiles(self) -> str:
         """SCRIPT LOAD on the read connection, so a bounded read stays bounded here too."""
+        self.store.remember_script(_PUT_TILES)  # a cluster node answering NOSCRIPT reloads it
         (reply,) = self.store.send([("SCRIPT", "LOAD", _PUT_TILES)])
         if isinstance(reply, Exception):
             raise reply
@@ -615,7 +620,7 @@ class WindowState:
         """Every window from the raw events of the longest one: one atomic read per entity.
         The last resort when writers keep racing the tile cache."""
         low = max(-1, t_us - group.max_window // timedelta(microseconds=1))
-        found = self.store.transaction([("ZRANGEBYSCORE", b + ":events", f"({low}", t_us) for b in bases])
+        found = self.store.transaction([("ZRANGEBYSCORE", K.events_key(b), f"({low}", t_us) for b in bases])
         parts = self.parts(group)
         per_window = self._whole(group, t_us)
         out = []

@@ -19,7 +19,7 @@ import polars as pl
 
 from skewless.config import StoreConfig
 from skewless.repository import load_repository
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import open_online_store
 from tests.faults.drills import TIMEOUT_S, latest_rows, store_env, write_repo
 from tests.helpers import make_events, materialize_days
 
@@ -98,7 +98,7 @@ def test_backfill_of_old_days_racing_newer_pushes_keeps_the_newest(
     assert pushed.height >= 10 * 100, out
 
     newest = latest_rows(pl.concat([events, pushed]), ["user_id"], "ts", "created")
-    online = OnlineStore(store_config.redis_url, store_config.state_dir, store_config.key_prefix)
+    online = open_online_store(store_config)
     try:
         got = online.read(group, newest.select("user_id"))
     finally:

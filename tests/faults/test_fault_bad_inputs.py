@@ -31,7 +31,7 @@ from skewless.feature_assets.definitions import build_definitions
 from skewless.repository import load_repository
 from skewless.serving.http import create_app
 from skewless.storage.offline import OfflineStore
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import open_online_store
 from tests.faults.drills import TIMEOUT_S, free_port, store_env, write_repo
 from tests.helpers import make_events
 
@@ -84,7 +84,7 @@ def world(tmp_path: Path, store_config: StoreConfig) -> Iterator[World]:
 
 def snapshot(config: StoreConfig) -> tuple[dict, list]:
     files = {p: p.read_bytes() for p in Path(config.offline_root).rglob("*") if p.is_file()}
-    online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+    online = open_online_store(config)
     try:
         keys = sorted(online.keys())
         return files, list(zip(keys, online.client.mget(keys) if keys else [], strict=True))

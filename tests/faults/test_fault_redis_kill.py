@@ -23,7 +23,7 @@ import polars as pl
 import redis
 
 from skewless.config import StoreConfig
-from skewless.storage.online import OnlineStore
+from skewless.storage.online import OnlineStore, open_online_store
 from tests.faults.drills import RedisProcess, latest_rows
 from tests.helpers import make_events, materialize_days, small_repo
 
@@ -66,7 +66,7 @@ def test_redis_kill_9_mid_online_write_loses_and_regresses_nothing(
     group = repo.groups[0]
     config = StoreConfig(str(tmp_path / "offline"), own_redis.url, str(tmp_path / "state"), "skfault:kill9")
     first_two, all_four = expected(events, DAYS[1]), expected(events, DAYS[3])
-    online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+    online = open_online_store(config)
     try:
         with dg.instance_for_test() as instance:
             assert materialize_days(repo, config, instance, DAYS[0], DAYS[1]).success

