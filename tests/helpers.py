@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import polars as pl
 from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureService, FileSource
 from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
+
+# tests that reuse a key prefix per example (hypothesis) also carry this run's id: two test
+# sessions against the same Redis (two checkouts, CI and a developer) must not share keys
+RUN = uuid.uuid4().hex[:8]
 
 START = "2026-03-01"
 

@@ -16,7 +16,7 @@ from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureSt
 from skewless.config import StoreConfig
 from skewless.errors import RequestError
 from skewless.storage.offline import OfflineStore
-from tests.helpers import make_events, materialize_days, small_repo
+from tests.helpers import RUN, make_events, materialize_days, small_repo
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 user = Entity("user", {"user_id": pl.Int64})
@@ -116,7 +116,8 @@ def test_training_set_matches_brute_force_oracle(
         for lab in labels
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        config = StoreConfig(offline_root=tmp, redis_url=redis_url, state_dir=tmp, key_prefix="sktest:pit")
+        prefix = f"sktest:{RUN}:pit"
+        config = StoreConfig(offline_root=tmp, redis_url=redis_url, state_dir=tmp, key_prefix=prefix)
         store = FeatureStore(FeatureRepository([group]), config)
         write_rows(store.offline, group, feature_rows)
         entity_df = pl.DataFrame(

@@ -31,6 +31,7 @@ from skewless.errors import SkewlessError
 from skewless.sensors.microbatch import apply_stream_batch
 from skewless.storage import streams, window_state
 from skewless.storage.offline import days_between
+from tests.helpers import RUN
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 BASE = NOW - timedelta(days=35)
@@ -185,7 +186,7 @@ def test_tiles_agree_with_training_sets_and_an_oracle(
     with tempfile.TemporaryDirectory() as tmp:
         frame(first).write_parquet(Path(tmp) / "txns.parquet")
         group = group_for(Path(tmp) / "txns.parquet")
-        config = StoreConfig(str(Path(tmp) / "offline"), redis_url, tmp, f"sktest:tiles{seed}")
+        config = StoreConfig(str(Path(tmp) / "offline"), redis_url, tmp, f"sktest:{RUN}:tiles{seed}")
         store = FeatureStore(FeatureRepository([group]), config)
         refs = [f"tiled:v1:{name}" for name in group.feature_names]
         rng.shuffle(refs)  # any order
@@ -395,7 +396,7 @@ def test_remembered_values_follow_events_leaving_and_entering_the_edges(
     frame(events).write_parquet(tmp_path / "txns.parquet")
     group = group_for(tmp_path / "txns.parquet")
     config = StoreConfig(
-        str(tmp_path / "offline"), redis_url, str(tmp_path), f"sktest:memo{t0.timestamp():.0f}"
+        str(tmp_path / "offline"), redis_url, str(tmp_path), f"sktest:{RUN}:memo{t0.timestamp():.0f}"
     )
     repo = FeatureRepository([group])
     store = FeatureStore(repo, config)
@@ -444,7 +445,8 @@ def test_a_write_in_slices_stores_what_one_write_stores(
     results = []
     for chunk in (7, window_state.WRITE_CHUNK):
         monkeypatch.setattr(window_state, "WRITE_CHUNK", chunk)
-        config = StoreConfig(str(tmp_path / "offline"), redis_url, str(tmp_path), f"sktest:slices{chunk}")
+        prefix = f"sktest:{RUN}:slices{chunk}"
+        config = StoreConfig(str(tmp_path / "offline"), redis_url, str(tmp_path), prefix)
         store = FeatureStore(repo, config)
         try:
             added = store.online.write_events(group, computed, now=NOW)

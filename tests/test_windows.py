@@ -17,6 +17,7 @@ from skewless.compute.rows import compute_rows
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError
 from skewless.storage.offline import days_between
+from tests.helpers import RUN
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 BASE = NOW - timedelta(days=4)
@@ -105,7 +106,7 @@ def test_stream_and_batch_agree_exactly(raw, redelivered, chunks, seed, offset, 
     with tempfile.TemporaryDirectory() as tmp:
         events_frame(events).write_parquet(Path(tmp) / "txns.parquet")
         group = window_group(Path(tmp) / "txns.parquet")
-        config = StoreConfig(str(Path(tmp) / "offline"), redis_url, tmp, f"sktest:win{seed}")
+        config = StoreConfig(str(Path(tmp) / "offline"), redis_url, tmp, f"sktest:{RUN}:win{seed}")
         store = FeatureStore(FeatureRepository([group]), config)
         try:
             # the streaming path as it stands at time t (events "after" t arrive early and

@@ -368,9 +368,9 @@ def test_full_pipeline_on_s3_matches_local(
                 # nothing of the offline store landed on the local disk
                 assert not (tmp_path / f"state-{backend}" / "offline").exists()
         finally:
-            from skewless.storage.online import OnlineStore
+            from skewless.storage.online import open_online_store
 
-            online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+            online = open_online_store(config)
             online.delete_all()
             online.close()
     local, s3 = results["local"], results["s3"]
@@ -406,7 +406,7 @@ def test_registry_sql_and_served_log_assets_on_s3(
 
     from skewless import asset_keys
     from skewless.feature_assets.definitions import build_definitions
-    from skewless.storage.online import OnlineStore
+    from skewless.storage.online import open_online_store
 
     root = f"s3://skewless-contract/assets-{uuid.uuid4().hex[:8]}"
     repo = small_repo(tmp_path / "data")
@@ -447,7 +447,7 @@ def test_registry_sql_and_served_log_assets_on_s3(
         assert stored == offline.scan(repo.groups[0]).collect().height > 0
         assert not (tmp_path / "state" / "offline").exists()
     finally:
-        online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+        online = open_online_store(config)
         online.delete_all()
         online.close()
 
@@ -485,7 +485,7 @@ def test_stream_micro_batch_stores_pieces_on_the_backend(
 
     from skewless.sensors.microbatch import apply_stream_batch
     from skewless.storage import streams
-    from skewless.storage.online import OnlineStore
+    from skewless.storage.online import open_online_store
 
     group = window_group(tmp_path)
     pl.DataFrame(
@@ -521,6 +521,6 @@ def test_stream_micro_batch_stores_pieces_on_the_backend(
         assert store.offline.in_use(group)
     finally:
         store.close()
-        online = OnlineStore(config.redis_url, config.state_dir, config.key_prefix)
+        online = open_online_store(config)
         online.delete_all()
         online.close()
