@@ -15,6 +15,7 @@ from typing import Any, Literal
 import polars as pl
 
 from skewless.checks.schema import declared_violations
+from skewless.client.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.compute.point_in_time import (
     LABEL_TS,
     ROW,
@@ -22,7 +23,6 @@ from skewless.compute.point_in_time import (
     normalize_label_times,
 )
 from skewless.compute.rows import latest_per_entity, transform_rows
-from skewless.client.training_set import Engine, TrainingSetStats, build, plan_group
 from skewless.compute.windows import pushed_events
 from skewless.config import StoreConfig
 from skewless.errors import DefinitionError, RequestError, SkewlessError

@@ -296,7 +296,7 @@ def test_sql_views_read_partitions_and_pieces(offline: OfflineStore, tmp_path: P
     offline.write_piece(group, DAY, "s1", window_events(group, ["b", "c"], [2.0, 3.0], 1))
     repo = FeatureRepository(groups=[group])
     with duckdb.connect() as conn:
-        assert create_views(conn, repo, offline) == ["clicks_w_v1", "clicks_w"]
+        assert create_views(conn, repo.groups, offline) == ["clicks_w_v1", "clicks_w"]
         rows = conn.sql("SELECT date, count(*), sum(amount) FROM clicks_w GROUP BY date").fetchall()
     assert rows == [(DAY, 3, 6.0)]
 
@@ -393,7 +393,7 @@ def test_sql_views_in_a_database_file_outlive_the_connection(offline: OfflineSto
     database = str(tmp_path / "offline.duckdb")
     for _ in range(2):  # re-materializing replaces what the last run created
         with duckdb.connect(database) as conn:
-            create_views(conn, repo, offline, persistent=True)
+            create_views(conn, repo.groups, offline, persistent=True)
     with duckdb.connect(database) as conn:
         assert conn.sql("SELECT count(*), sum(amount) FROM clicks_w_v1").fetchall() == [(2, 3.0)]
 
