@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export SKEWLESS_HOME ?= $(CURDIR)/.skewless
 export DAGSTER_HOME ?= $(SKEWLESS_HOME)/dagster
 
-.PHONY: demo test ui lint bench clean redis-stop
+.PHONY: demo demo-scale test ui lint bench clean redis-stop
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/skewless demo $(DEMO_ARGS)
+
+# the same demo on object storage (a moto S3 server) and a 3-master Redis Cluster, both
+# started for the run and stopped after (examples/scale/run.py)
+demo-scale: $(STAMP)
+	$(BIN)/python -m examples.scale.run $(DEMO_ARGS)
 
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || bash .ci/install-chromium.sh || echo "warning: no chromium; the browser UI test will be skipped"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_redis import resolve_redis  # noqa: E402
 
-from tests.redis_servers import RedisClusterProcess, server_binary  # noqa: E402
+from examples.scale.servers import RedisClusterProcess, server_binary  # noqa: E402
 
 COMPARED = [
     "ours_p50_ms_1",

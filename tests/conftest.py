@@ -152,7 +152,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A 3-master Redis Cluster from the same redis-server binary, for the session; skipped
     with the reason printed when no binary is found. Stopped after (no process outlives
     the suite: the nodes run with their cwd under the pytest temp folder)."""
-    from tests.redis_servers import RedisClusterProcess, server_binary
+    from examples.scale.servers import RedisClusterProcess, server_binary
 
     binary = server_binary()
     if binary is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from examples.scale.servers import RedisProcess, free_ports, server_binary
 from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureStore, FileSource
 from skewless.config import StoreConfig
 from skewless.errors import OnlineStoreError
@@ -22,7 +23,6 @@ from skewless.storage.online import (
     parse_cluster_url,
     redact,
 )
-from tests.redis_servers import RedisProcess, free_ports, server_binary
 
 user = Entity("user", {"user_id": pl.Int64})
 GROUP = FeatureGroup(

@@ -13,9 +13,7 @@ If the server cannot start, the S3 tests are skipped with the reason printed.
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,46 +23,32 @@ import pytest
 from skewless.storage.offline import LocalOfflineStore, OfflineStore, S3OfflineStore, S3Settings
 
 BUCKET = "skewless-contract"
-_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_ALLOW_HTTP": "true",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on loopback with the contract bucket; the AWS variables point at it
-    for the session (what `open_offline_store` reads), restored afterwards."""
+    """A moto S3 server on loopback with the contract bucket (`examples/scale/servers.py`);
+    the AWS variables point at it for the session (what `open_offline_store` reads),
+    restored afterwards."""
     try:
-        import boto3
-        from moto.server import ThreadedMotoServer
+        from examples.scale.servers import S3Server
     except ImportError as exc:  # pragma: no cover - dev extra missing
         reason = f"moto[server] is not installed ({exc}); pip install -c constraints.txt -e '.[dev]'"
         print(f"\nSKIP S3 contract tests: {reason}")
         pytest.skip(reason)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = S3Server()
     try:
-        server.start()
+        endpoint = server.start(buckets=[BUCKET])
     except Exception as exc:  # pragma: no cover - environment problem
-        reason = f"moto server could not start on 127.0.0.1:{port}: {exc}"
+        server.stop()
+        reason = f"moto server could not start: {exc}"
         print(f"\nSKIP S3 contract tests: {reason}")
         pytest.skip(reason)
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in [*_AWS, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]}
-    os.environ.update(_AWS, AWS_ENDPOINT_URL=endpoint)
+    variables = server.environment()
+    saved = {k: os.environ.get(k) for k in [*variables, "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update(variables)
     os.environ.pop("AWS_ENDPOINT_URL_S3", None)
     try:
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
         for key, value in saved.items():

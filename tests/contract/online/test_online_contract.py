@@ -380,8 +380,8 @@ def test_store_reconnects_after_a_restart(backend, tmp_path: Path, request: pyte
 
     The single-Redis backend restarts a private server of its own (the shared one on 6379
     is not ours to restart); the embedded one restarts its server in its state folder."""
+    from examples.scale.servers import RedisProcess, free_ports, server_binary
     from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
-    from tests.redis_servers import RedisProcess, free_ports, server_binary
 
     private = None
     prefix = "skcontract:restart"

@@ -1,7 +1,12 @@
-"""Real Redis servers for tests: a private single server and a 3-master Redis Cluster, made
-from the same `redis-server` binary, started in a folder under the pytest temp folder (the
-`no_leaked_redis_servers` guard sees them by their working folder) and stopped by their
-fixtures. Restartable, for the reconnect tests."""
+"""Real servers for the scale-out backends, started and stopped by their owner: a private
+single Redis and a 3-master Redis Cluster made from the same `redis-server` binary, and an
+S3-compatible server (moto's server mode).
+
+One module for the test fixtures (tests/conftest.py, tests/contract/), the benchmarks
+(bench/online_cluster.py, bench/offline_io.py) and `make demo-scale` (examples/scale/run.py).
+Redis servers run with their folder as working directory, so a test session's
+`no_leaked_redis_servers` guard sees the ones started under its temp folder. Restartable,
+for the reconnect tests."""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import redis
 
@@ -195,3 +202,58 @@ class RedisClusterProcess:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+# ------------------------------------------------------------------ an S3-compatible server
+class S3Server:
+    """moto's S3 server mode on a free loopback port, in a thread of this process.
+
+    `ThreadedMotoServer` rather than a `moto_server` child: a thread cannot outlive the
+    process that started it (no orphan when a test session or the demo is killed), and it
+    starts in well under a second. Requests still go over TCP through the S3 REST protocol,
+    the same path as against AWS or MinIO (moto's in-process `mock_aws`, which patches
+    botocore, would not even be seen by Polars' Rust reader or pyarrow's C++ client)."""
+
+    CREDENTIALS: ClassVar[dict[str, str]] = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self.endpoint: str | None = None
+
+    def start(self, buckets: Sequence[str] = ()) -> str:
+        """Start the server, create `buckets`; returns the endpoint URL."""
+        import logging
+
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        (port,) = free_ports(1)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.CREDENTIALS["AWS_REGION"],
+            aws_access_key_id=self.CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        return self.endpoint
+
+    def environment(self) -> dict[str, str]:
+        """The AWS variables that point every client (pyarrow, Polars, boto3) at this server."""
+        assert self.endpoint is not None, "start() first"
+        return {**self.CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
