@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from typing import Any
 from skewless.errors import DefinitionError
 from skewless.language.feature_group import FeatureGroup
 from skewless.registry.fingerprint import components, digest
+from skewless.storage.offline import atomic_write
 
 LOCK_NAME = "skewless.lock.json"
 
@@ -55,18 +54,12 @@ def read_lock(path: Path) -> dict[str, Any]:
 
 
 def write_lock(path: Path, data: dict[str, Any]) -> None:
-    """Atomic: a temp file in the same folder, then rename."""
+    """Through the one atomic local write (temp, fsync, rename, fsync of the folder): a lock
+    file cut short by a crash would refuse every later load."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() == text:
         return
-    fd, temp = tempfile.mkstemp(prefix=".skewless-lock-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    atomic_write(path, text.encode())
 
 
 def describe_change(ref: str, old: dict[str, Any], new: dict[str, Any]) -> str:
