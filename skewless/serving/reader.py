@@ -368,6 +368,8 @@ class ReadPlan:
                     columns.append(decoded.record[feature.field].tolist())
                 elif feature.dtype == pl.Boolean:
                     columns.append(decoded.record[feature.field].view(np.bool_).tolist())
+                elif (strings := decoded.python_strings(read.features[j])) is not None:
+                    columns.append(strings)
                 else:
                     data = decoded.data(read.features[j])
                     columns.append(column_series(feature.name, feature.dtype, data).to_list())

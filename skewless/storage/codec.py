@@ -223,7 +223,10 @@ class GroupCodec:
             digits = header.astype(np.int64) - 48
             event_us = digits[:, 1 : 1 + _DIGITS] @ _POWERS
             created_us = digits[:, 1 + _DIGITS :] @ _POWERS
-        strings = self._decode_strings(values, record) if self.strings else {}  # type: ignore[arg-type]
+        strings: dict[str, Any] = {}
+        if self.strings:
+            small = n <= 16  # a few records: Python slices beat building Arrow buffers
+            strings = (self._small_strings if small else self._decode_strings)(values, record)  # type: ignore[arg-type]
         validity = (
             np.ndarray(
                 (n, len(self.names)),
@@ -257,6 +260,25 @@ class GroupCodec:
             column = column_series(feature.name, feature.polars_dtype, decoded.data(feature.name))
             series.append(to_series(feature.name, column, decoded.validity[:, i]))
         return pl.DataFrame(series)
+
+    def _small_strings(self, values: list[bytes], record: np.ndarray) -> dict[str, list[str]]:
+        """`_decode_strings` for a few records, as Python strings: the tails hold each row's
+        non-null strings back to back in feature order (a null's length is -1: no bytes, and
+        an empty string here, as on the Arrow path; validity says it is null)."""
+        width = self.width
+        lengths = [record[f"f_{s}"].tolist() for s in self.strings]
+        out: dict[str, list[str]] = {s: [] for s in self.strings}
+        columns = [out[s] for s in self.strings]
+        for i, value in enumerate(values):
+            at = width
+            for k, column in enumerate(columns):
+                size = lengths[k][i]
+                if size > 0:
+                    column.append(value[at : at + size].decode())
+                    at += size
+                else:
+                    column.append("")
+        return out
 
     def _decode_strings(self, values: list[bytes], record: np.ndarray) -> dict[str, pa.Array]:
         m = len(values)
@@ -295,11 +317,19 @@ class Decoded:
     created_us: np.ndarray
     record: np.ndarray  # the packed fixed-width records, one per value
     validity: np.ndarray  # (n, features) view of the validity bytes
-    strings: dict[str, pa.Array]
+    strings: dict[str, pa.Array | list[str]]  # Python strings for a few records (`_small_strings`)
 
     def data(self, feature: str) -> Any:
         """A feature's raw column: a numpy field of the record, or an Arrow array for strings."""
-        return self.strings[feature] if feature in self.strings else self.record[f"f_{feature}"]
+        if feature not in self.strings:
+            return self.record[f"f_{feature}"]
+        column = self.strings[feature]
+        return pa.array(column, type=pa.large_string()) if isinstance(column, list) else column
+
+    def python_strings(self, feature: str) -> list[str] | None:
+        """A string feature's values as Python strings, when decoded that way (a few rows)."""
+        column = self.strings.get(feature)
+        return column if isinstance(column, list) else None
 
 
 def column_series(name: str, dtype: pl.DataType, data: Any) -> pl.Series:

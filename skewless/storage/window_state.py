@@ -470,14 +470,14 @@ class WindowState:
         out: dict[str, list[Any]] = {"ts": decoded.event_us.tolist()}
         for i, feature in enumerate(codec.features):
             name = feature.name
-            raw = decoded.data(name)
             dtype = feature.polars_dtype
             if name in decoded.strings:
-                values = raw.to_pylist()
+                strings = decoded.python_strings(name)
+                values = strings if strings is not None else decoded.data(name).to_pylist()
             elif dtype == pl.Boolean:
-                values = raw.view(np.bool_).tolist()
+                values = decoded.data(name).view(np.bool_).tolist()
             else:
-                values = raw.tolist()
+                values = decoded.data(name).tolist()
             valid = decoded.validity[:, i]
             if not valid.all():
                 values = [v if ok else None for v, ok in zip(values, valid.tolist(), strict=True)]
