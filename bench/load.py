@@ -10,7 +10,8 @@ client costs little next to the server) for two requests:
 
 - `fraud`: service `fraud_model:v1` (row features of four groups and window features), one
   (user, merchant) entity per request — what a fraud model asks at authorization time;
-- `wide`: 100 entities x 50 row features of one group per request.
+- `wide`: 100 entities x 50 row features of one group per request;
+- `wide_rows`: the same lookups with `"format": "rows"` (one array per entity, no objects).
 
 Each is measured idle and while a materialization of the last days runs in another process
 (the same job, re-run: writes to Redis and the offline store). Same-run baselines:
@@ -338,8 +339,10 @@ def main() -> int:
         wide = [
             json.dumps({"features": wide_refs, "entities": {"user_id": row.tolist()}}).encode() for row in ids
         ]
+        # the same lookups answered as one array per entity (`"format": "rows"`)
+        wide_rows = [json.dumps({**json.loads(body), "format": "rows"}).encode() for body in wide]
         served_values(port, wide[0])
-        for name, bodies in (("fraud", fraud), ("wide", wide)):
+        for name, bodies in (("fraud", fraud), ("wide", wide), ("wide_rows", wide_rows)):
             drive(port, bodies, args.connections, 1.0)  # warm-up
             idle = drive(port, bodies, args.connections, args.seconds)
             again = materialize_command(repo, last, last, min_seconds=args.seconds + 1)
@@ -347,7 +350,7 @@ def main() -> int:
             ratio = round(busy["p99_ms"] / idle["p99_ms"], 2) if idle["p99_ms"] and busy["p99_ms"] else None
             for label, figures in (("idle", idle), ("materializing", busy)):
                 print(
-                    f"[load] {name:<5} {label:<13} {figures['rps']:>8} req/s  p50 {figures['p50_ms']} ms  "
+                    f"[load] {name:<9} {label:<13} {figures['rps']:>8} req/s  p50 {figures['p50_ms']} ms  "
                     f"p99 {figures['p99_ms']} ms  errors {figures['errors']}",
                     flush=True,
                 )
@@ -382,7 +385,7 @@ def main() -> int:
             f"p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms",
             flush=True,
         )
-        for name in ("fraud", "wide"):
+        for name in ("fraud", "wide", "wide_rows"):
             result[f"{name}_ratio_floor_http_rps"] = round(result[f"{name}_idle_rps"] / floor["rps"], 3)
     finally:
         for server in servers:

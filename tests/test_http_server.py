@@ -74,6 +74,24 @@ def test_lookup_by_service_and_by_features(store: FeatureStore) -> None:
     ]
 
 
+def test_rows_format_serves_the_same_values_as_objects(store: FeatureStore) -> None:
+    """`"format": "rows"`: one array per entity in `features` order, the same values as the
+    objects (built for many entities: no object per row on either side)."""
+    client = TestClient(create_app(store))
+    features = ["user_stats:v1:amount", "user_stats:v1:channel"]
+    body = {"features": features, "entities": {"user_id": [2, 9, 2, 1]}}
+    objects = client.post("/features/online", json=body).json()
+    rows = client.post("/features/online", json={**body, "format": "rows"}).json()
+    assert rows["features"] == objects["features"] == ["user_id", "amount", "channel"]
+    assert rows["rows"] == [[r[name] for name in rows["features"]] for r in objects["results"]]
+    assert rows["rows"][:2] == [[2, 3.0, "online"], [9, 0.0, "none"]]
+    # the same rows from Python, as tuples
+    tuples = store.get_online_features({"user_id": [2, 9]}, features=features, output="rows")
+    assert tuples == [(2, 3.0, "online"), (9, 0.0, "none")]
+    bad = client.post("/features/online", json={**body, "format": "columns"})
+    assert bad.status_code == 400 and "'format' must be 'objects'" in bad.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

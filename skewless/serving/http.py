@@ -321,6 +321,7 @@ class LookupRequest:
     service: str | None
     full_feature_names: bool
     refs: list[FeatureRef]
+    rows: bool = False  # `"format": "rows"`: one array per entity instead of one object
 
 
 def json_object(body: bytes, fields: set[str], hint: str = "") -> dict[str, Any]:
@@ -339,7 +340,7 @@ def json_object(body: bytes, fields: set[str], hint: str = "") -> dict[str, Any]
 
 def parse_request(body: bytes) -> LookupRequest:
     """Shape checks on the body; every failure is a 4xx naming the field at fault."""
-    payload = json_object(body, {"entities", "features", "service", "full_feature_names"})
+    payload = json_object(body, {"entities", "features", "service", "full_feature_names", "format"})
     features, service = payload.get("features"), payload.get("service")
     if features is not None and (
         not isinstance(features, list) or not all(isinstance(f, str) for f in features)
@@ -363,7 +364,10 @@ def parse_request(body: bytes) -> LookupRequest:
     count = entity_count(entities)
     if count > MAX_ENTITIES:
         raise HTTPError(413, f"at most {MAX_ENTITIES} entities per request, got {count}")
-    return LookupRequest(entities, features, service, full, refs)
+    shape = payload.get("format", "objects")
+    if shape not in ("objects", "rows"):
+        raise HTTPError(400, "'format' must be 'objects' (one object per entity) or 'rows' (one array each)")
+    return LookupRequest(entities, features, service, full, refs, rows=shape == "rows")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -723,14 +727,14 @@ def create_app(
             target = target_label(lookup)
             check_access(role, lookup)
 
-            def work() -> tuple[list[dict[str, Any]], list[str]]:
+            def work() -> tuple[list[Any], list[str], list[str]]:
                 try:
                     rows = store.get_online_features(
                         lookup.entities,
                         features=lookup.features,
                         service=lookup.service,
                         full_feature_names=lookup.full_feature_names,
-                        output="dicts",
+                        output="rows" if lookup.rows else "dicts",
                     )
                     plan = store.read_plan(lookup.features, lookup.service, lookup.full_feature_names)
                 except OnlineStoreTimeout:
@@ -739,15 +743,17 @@ def create_app(
                     raise unavailable(exc, "online lookup") from None
                 except DefinitionError as exc:  # unresolvable names that slipped past select()
                     raise HTTPError(404 if "unknown" in str(exc) else 400, str(exc)) from None
-                return rows, plan.group_refs
+                return rows, plan.group_refs, list(plan.schema)
 
-            rows, group_refs = await lookup_within(deadline, entity_count(lookup.entities), work)
+            rows, group_refs, names = await lookup_within(deadline, entity_count(lookup.entities), work)
             elapsed = time.perf_counter() - started
             for ref in group_refs:
                 group_latency.labels(ref).observe(elapsed)
             entities_total.labels(target).inc(len(rows))
             requests_total.labels("online", "200").inc()
-            return json_response({"features": list(rows[0]) if rows else [], "results": rows})
+            if lookup.rows:
+                return json_response({"features": names, "rows": rows})
+            return json_response({"features": names if rows else [], "results": rows})
         except HTTPError as exc:
             requests_total.labels("online", str(exc.status)).inc()
             return json_response({"error": exc.message}, exc.status)

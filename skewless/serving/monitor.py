@@ -127,6 +127,8 @@ class ServingMonitor:
 def _as_frame(rows: Any, plan: ReadPlan, output: str) -> pl.DataFrame | None:
     if output == "dicts":
         return pl.from_dicts(rows, schema=plan.schema) if rows else None
+    if output == "rows":
+        return pl.DataFrame(rows, schema=plan.schema, orient="row") if rows else None
     if output == "numpy":
         return pl.DataFrame(rows)
     if output == "pandas":

@@ -398,6 +398,12 @@ class ReadPlan:
             return [(*k, *g) for k, g in zip(*parts, strict=True)]
         return [tuple(v for part in row for v in part) for row in zip(*parts, strict=True)]
 
+    def to_rows(
+        self, columns: dict[str, list[Any]], n: int, now_us: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """One tuple per entity in `schema` order (what `to_dicts` zips with the names)."""
+        return self._rows(columns, n, now_us)
+
     def to_dicts(
         self, columns: dict[str, list[Any]], n: int, now_us: int | None = None
     ) -> list[dict[str, Any]]:
