@@ -49,13 +49,12 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
         context: AssetExecutionContext, config: TrainingSetConfig, offline: OfflineStoreResource
     ) -> dg.MaterializeResult:
         from skewless.client.feature_store import FeatureStore
-        from skewless.config import StoreConfig
 
         assert service.labels is not None
         labels = service.labels.scan().collect()
-        # training sets read the offline store only: no online store is opened (or started)
-        store_config = StoreConfig(offline_root=offline.root, redis_url=None, state_dir="", key_prefix="")
-        store = FeatureStore(repo, store_config, offline=offline.store())
+        # the run's offline store; training sets never touch the online one (opened lazily
+        # from the environment, it is never connected, let alone started)
+        store = FeatureStore(repo, offline=offline.store())
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always", MissingPartitionsWarning)
             frame = store.get_training_dataset(
