@@ -25,12 +25,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
-import polars as pl
 import psycopg2
 import pytest
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
@@ -41,7 +40,7 @@ from skewless.sensors.instance import (
     InstanceConfigError,
     write_instance_yaml,
 )
-from tests.helpers import make_events, materialize_days, small_repo
+from tests.helpers import clicks_frame, landing_repo, make_events, materialize_days, small_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("SKEWLESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -202,3 +201,222 @@ def test_runs_materializations_and_check_results_are_stored_in_postgres(
                 evaluated[(asset_key_json, check_name)],
                 "PLANNED",
             }
+
+
+# ----------------------------------------------------------------- a real restart
+
+LOCATION = "pg_restart"
+LOCATION_MODULE = textwrap.dedent(
+    """
+    # the code location of test_instance_postgres's restart test: built from the environment
+    import os
+    from pathlib import Path
+
+    from skewless.feature_assets.definitions import build_definitions
+    from tests.helpers import landing_repo
+
+    defs = build_definitions(
+        landing_repo(Path(os.environ["SKEWLESS_TEST_CLICKS"]), os.environ["SKEWLESS_TEST_START"])
+    )
+    """
+)
+SENSOR = "landed_clicks_sensor"
+PHASE_TIMEOUT_S = 40.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Deployment:
+    """`dagster-daemon run` and `dagster-webserver` as separate processes (what a deployment
+    runs), each in its own process group so stopping it also stops its code server and runs."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.tmp, self.env = tmp, env
+        self.workspace = tmp / "workspace.yaml"
+        self.port = _free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.starts = 0
+
+    def start(self) -> None:
+        bin_dir = Path(sys.executable).parent
+        self.starts += 1
+        commands = {
+            "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", str(self.workspace)],
+            "webserver": [
+                str(bin_dir / "dagster-webserver"),
+                *("-w", str(self.workspace), "-h", "127.0.0.1", "-p", str(self.port)),
+            ],
+        }
+        for name, command in commands.items():
+            with (self.tmp / f"{name}-{self.starts}.log").open("wb") as log:
+                self.processes.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=ROOT,
+                        env=self.env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+
+    def stop(self) -> None:
+        """SIGINT each group, SIGKILL what is left after 20 s: nothing outlives the test."""
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+        for proc in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        self.processes = []
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:]
+            for path in sorted(self.tmp.glob("*.log"))
+        )
+
+    def graphql(self, query: str, variables: dict[str, object] | None = None) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/graphql", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["data"]
+
+    def wait_for(self, what: str, probe) -> object:
+        """Poll `probe` until it returns something truthy; fail with the logs after the timeout."""
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for proc in self.processes:
+                if proc.poll() is not None:
+                    pytest.fail(f"{proc.args[0]} exited with {proc.returncode}\n{self.logs()}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, KeyError, TypeError):
+                found = probe()
+                if found:
+                    return found
+            time.sleep(0.5)
+        pytest.fail(f"{what}: not after {PHASE_TIMEOUT_S} s\n{self.logs()}")
+
+
+def _sensor_cursor(instance: dg.DagsterInstance) -> str | None:
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == SENSOR and state.instigator_data is not None:
+            return state.instigator_data.cursor  # type: ignore[union-attr]
+    return None
+
+
+_RUNS = "{ runsOrError { ... on Runs { results { runId status jobName } } } }"
+_CHECKS = """
+query($key: AssetKeyInput!, $name: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $name, limit: 10) { runId status }
+}
+"""
+_LOADED = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+
+
+def _location_loaded(deployment: Deployment) -> bool:
+    entries = deployment.graphql(_LOADED)["workspaceOrError"]["locationEntries"]
+    return any(e["name"] == LOCATION and e["loadStatus"] == "LOADED" for e in entries)
+
+
+@pytest.mark.timeout(180)
+def test_cursor_runs_and_checks_survive_a_restart_of_daemon_and_webserver(
+    tmp_path: Path, dagster_home: Path, postgres_url: str, store_config: StoreConfig
+) -> None:
+    """Session 1: the daemon ticks the landing sensor, whose first cursor lists the files
+    already there. Both processes stop. A file lands. Session 2: the restarted daemon requests
+    a run for exactly the new file, which it can only know from the stored cursor (a lost
+    cursor makes the first tick adopt every file and request nothing); the restarted webserver
+    lists the run history and the check results recorded before the restart."""
+    started = time.monotonic()
+    now = datetime.now(UTC).replace(microsecond=0)
+    folder = tmp_path / "clicks"
+    folder.mkdir()
+    clicks_frame(
+        [(1, "a", 1.0, now - timedelta(days=1)), (2, "b", 2.0, now - timedelta(days=1))]
+    ).write_parquet(folder / "part-000.parquet")
+    start_date = (now - timedelta(days=2)).date().isoformat()
+    (tmp_path / "location.py").write_text(LOCATION_MODULE)
+    deployment = Deployment(tmp_path, env={})
+    deployment.workspace.write_text(
+        "load_from:\n  - python_file:\n"
+        f"      relative_path: {tmp_path / 'location.py'}\n"
+        f"      location_name: {LOCATION}\n"
+        f"      working_directory: {ROOT}\n"
+    )
+    deployment.env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SKEWLESS_", "DAGSTER_"))},
+        "DAGSTER_HOME": str(dagster_home),
+        POSTGRES_URL_VARIABLE: postgres_url,
+        "SKEWLESS_HOME": str(tmp_path / "state"),
+        "SKEWLESS_OFFLINE_ROOT": store_config.offline_root,
+        "SKEWLESS_REDIS_URL": str(store_config.redis_url),
+        "SKEWLESS_KEY_PREFIX": store_config.key_prefix,
+        "SKEWLESS_TEST_CLICKS": str(folder),
+        "SKEWLESS_TEST_START": start_date,
+        "PYTHONPATH": str(ROOT),
+    }
+    repo = landing_repo(folder, start_date)
+    first_day, last_day = start_date, (now - timedelta(days=1)).date().isoformat()
+    with dg.DagsterInstance.get() as instance:
+        # history before the restart: a backfill run with its asset check results
+        backfill = materialize_days(repo, store_config, instance, first_day, last_day)
+        assert backfill.success
+        checks = {(tuple(e.asset_key.path), e.check_name) for e in backfill.get_asset_check_evaluations()}
+        assert checks
+        try:
+            deployment.start()
+            cursor = deployment.wait_for(
+                "the landing sensor's first cursor", lambda: _sensor_cursor(instance)
+            )
+            assert json.loads(cursor) == [str(folder / "part-000.parquet")]
+            deployment.wait_for("the webserver", lambda: _location_loaded(deployment))
+            deployment.stop()
+            # a new instance (another process would do the same) reads the cursor from PostgreSQL
+            with dg.DagsterInstance.get() as fresh:
+                assert _sensor_cursor(fresh) == cursor
+
+            clicks_frame([(1, "c", 5.0, now - timedelta(minutes=5))]).write_parquet(
+                folder / "part-001.parquet"
+            )
+            deployment.start()
+
+            def landed_run() -> dg.DagsterRun | None:
+                runs = instance.get_runs(dg.RunsFilter(job_name="landed_clicks"))
+                return runs[0] if runs and runs[0].is_finished else None
+
+            run = deployment.wait_for("the run for the landed file", landed_run)
+            assert run.status == dg.DagsterRunStatus.SUCCESS, deployment.logs()
+            assert run.tags.get("dagster/sensor_name") == SENSOR
+            assert run.run_config["ops"]["apply_clicks_files"]["config"]["files"] == [
+                str(folder / "part-001.parquet")
+            ]
+            assert len(instance.get_runs(dg.RunsFilter(job_name="landed_clicks"))) == 1
+            assert json.loads(_sensor_cursor(instance) or "[]") == sorted(
+                str(folder / f"part-00{i}.parquet") for i in (0, 1)
+            )
+            # the restarted webserver shows the history from before and after the restart
+            deployment.wait_for("the webserver", lambda: _location_loaded(deployment))
+            runs = {r["runId"]: r for r in deployment.graphql(_RUNS)["runsOrError"]["results"]}
+            assert runs[backfill.run_id]["status"] == "SUCCESS"
+            assert runs[run.run_id]["status"] == "SUCCESS" and runs[run.run_id]["jobName"] == "landed_clicks"
+            for path, name in checks:
+                executions = deployment.graphql(_CHECKS, {"key": {"path": list(path)}, "name": name})
+                assert backfill.run_id in {e["runId"] for e in executions["assetCheckExecutions"]}, name
+        finally:
+            deployment.stop()
+    # the runs live in PostgreSQL, not in files under DAGSTER_HOME
+    assert {r for (r,) in _sql(postgres_url, "SELECT run_id FROM runs")} >= {backfill.run_id, run.run_id}
+    assert not list(dagster_home.glob("**/*.db"))
+    print(f"restart test took {time.monotonic() - started:.1f} s")
