@@ -420,3 +420,27 @@ def test_cursor_runs_and_checks_survive_a_restart_of_daemon_and_webserver(
     assert {r for (r,) in _sql(postgres_url, "SELECT run_id FROM runs")} >= {backfill.run_id, run.run_id}
     assert not list(dagster_home.glob("**/*.db"))
     print(f"restart test took {time.monotonic() - started:.1f} s")
+
+
+def test_the_documented_dagster_yaml_opens_an_instance_on_postgres(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/dagster.postgres.yaml is what skewless writes, and it works as it stands."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "docs" / "dagster.postgres.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv(POSTGRES_URL_VARIABLE, postgres_url)
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
+    tables = {t for (t,) in _sql(postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"runs", "event_logs", "asset_check_executions", "instigators"} <= tables
+    # what write_instance_yaml produces has the same top-level blocks
+    written = write_instance_yaml(tmp_path / "written").read_text()
+    documented = (ROOT / "docs" / "dagster.postgres.yaml").read_text()
+    assert _top_level(written) == _top_level(documented)
+
+
+def _top_level(text: str) -> set[str]:
+    return {line.split(":")[0] for line in text.splitlines() if line and line[0] not in " #"}
