@@ -33,7 +33,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	# telemetry off, run monitoring and run retries on (see skewless/sensors/instance.py)
+	# telemetry off, run monitoring and run retries on, PostgreSQL storage when
+	# SKEWLESS_DAGSTER_POSTGRES_URL is set (see skewless/sensors/instance.py)
 	$(BIN)/python -m skewless.sensors.instance $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
 
