@@ -24,9 +24,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
@@ -42,6 +43,7 @@ from skewless.sensors.instance import (
 )
 from tests.helpers import clicks_frame, landing_repo, make_events, materialize_days, small_repo
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("SKEWLESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DAYS = ("2026-03-01", "2026-03-02")
@@ -284,7 +286,7 @@ class Deployment:
             for path in sorted(self.tmp.glob("*.log"))
         )
 
-    def graphql(self, query: str, variables: dict[str, object] | None = None) -> dict:
+    def graphql(self, query: str, variables: dict[str, object] | None = None) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/graphql", body, {"Content-Type": "application/json"}
@@ -292,7 +294,7 @@ class Deployment:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())["data"]
 
-    def wait_for(self, what: str, probe) -> object:
+    def wait_for(self, what: str, probe: Callable[[], T | None]) -> T:
         """Poll `probe` until it returns something truthy; fail with the logs after the timeout."""
         deadline = time.monotonic() + PHASE_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -348,14 +350,8 @@ def test_cursor_runs_and_checks_survive_a_restart_of_daemon_and_webserver(
     ).write_parquet(folder / "part-000.parquet")
     start_date = (now - timedelta(days=2)).date().isoformat()
     (tmp_path / "location.py").write_text(LOCATION_MODULE)
-    deployment = Deployment(tmp_path, env={})
-    deployment.workspace.write_text(
-        "load_from:\n  - python_file:\n"
-        f"      relative_path: {tmp_path / 'location.py'}\n"
-        f"      location_name: {LOCATION}\n"
-        f"      working_directory: {ROOT}\n"
-    )
-    deployment.env = {
+    # the processes see only what a deployment would set: no SKEWLESS_/DAGSTER_ leaks from here
+    env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SKEWLESS_", "DAGSTER_"))},
         "DAGSTER_HOME": str(dagster_home),
         POSTGRES_URL_VARIABLE: postgres_url,
@@ -367,6 +363,13 @@ def test_cursor_runs_and_checks_survive_a_restart_of_daemon_and_webserver(
         "SKEWLESS_TEST_START": start_date,
         "PYTHONPATH": str(ROOT),
     }
+    deployment = Deployment(tmp_path, env)
+    deployment.workspace.write_text(
+        "load_from:\n  - python_file:\n"
+        f"      relative_path: {tmp_path / 'location.py'}\n"
+        f"      location_name: {LOCATION}\n"
+        f"      working_directory: {ROOT}\n"
+    )
     repo = landing_repo(folder, start_date)
     first_day, last_day = start_date, (now - timedelta(days=1)).date().isoformat()
     with dg.DagsterInstance.get() as instance:
