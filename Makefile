@@ -29,10 +29,12 @@ demo-scale: $(STAMP)
 
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || bash .ci/install-chromium.sh || echo "warning: no chromium; the browser UI test will be skipped"
+	@bash .ci/install-postgres.sh >/dev/null || echo "warning: no PostgreSQL at 127.0.0.1:5432; the Dagster-instance-on-PostgreSQL tests will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	# telemetry off, run monitoring and run retries on (see skewless/sensors/instance.py)
+	# telemetry off, run monitoring and run retries on, PostgreSQL storage when
+	# SKEWLESS_DAGSTER_POSTGRES_URL is set (see skewless/sensors/instance.py)
 	$(BIN)/python -m skewless.sensors.instance $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
 

@@ -130,3 +130,24 @@ _STATE_VARIABLES = (
 def fresh_env(**extra: str) -> dict[str, str]:
     """This environment without any state configured (what a user has in a fresh shell), plus `extra`."""
     return {**{k: v for k, v in os.environ.items() if k not in _STATE_VARIABLES}, **extra}
+
+
+def landing_repo(folder: Path, start_date: str) -> FeatureRepository:
+    """A streamed file source (`clicks`, a folder of Parquet files) and one row group over it:
+    its definitions have the landing sensor, whose cursor lists the files already seen."""
+    user = Entity("user", {"user_id": pl.Int64})
+    source = FileSource("clicks", folder, "ts", id_field="eid", stream=True, start_date=start_date)
+    return FeatureRepository([FeatureGroup("last_click", user, source, [Feature("value", pl.Float64)])])
+
+
+def clicks_frame(rows: list[tuple[int, str, float, datetime]]) -> pl.DataFrame:
+    """Rows (user, event id, value, event time) of the `clicks` source."""
+    return pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "eid": [r[1] for r in rows],
+            "value": [r[2] for r in rows],
+            "ts": [r[3] for r in rows],
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
