@@ -127,8 +127,10 @@ def info_command(args: argparse.Namespace) -> int:
     """Where a repository's state is (nothing is started): the answer to "why do I see
     only defaults?" is usually a state folder or Redis other than the one expected."""
     from skewless.config import StoreConfig, locate
+    from skewless.sensors.instance import POSTGRES_URL_VARIABLE
     from skewless.storage.embedded_redis import embedded_redis_running, socket_path
-    from skewless.storage.online import redact
+    from skewless.storage.offline import open_offline_store
+    from skewless.storage.online import open_online_store, redact
 
     file = _module_file(args.repo)
     location = locate(file) if file is not None else None
@@ -144,15 +146,22 @@ def info_command(args: argparse.Namespace) -> int:
         "config_file": str(location.config_file) if location and location.config_file else None,
         "state_dir": config.state_dir,
         "offline_root": config.offline_root,
+        # the classes the factories choose for this configuration (building them connects to
+        # nothing): which backend a process would use, without touching it
+        "offline_backend": type(open_offline_store(config)).__name__,
         "online_store": online,
+        "online_backend": type(open_online_store(config)).__name__,
         "key_prefix": config.key_prefix,
         "dagster_home": os.environ.get("DAGSTER_HOME"),
+        "dagster_storage": (
+            f"postgres (${POSTGRES_URL_VARIABLE})" if os.environ.get(POSTGRES_URL_VARIABLE) else "sqlite"
+        ),
     }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            print(f"{key:<13} {value}")
+            print(f"{key:<16} {value}")
     return 0
 
 

@@ -79,6 +79,11 @@ def test_cli_uses_the_repositorys_state_from_any_folder(tmp_path: Path) -> None:
         assert here == there
         assert here["state_dir"] == str(state)
         assert here["dagster_home"] == str(state / "dagster")  # DAGSTER_HOME defaulted too
+        assert (here["offline_backend"], here["online_backend"], here["dagster_storage"]) == (
+            "LocalOfflineStore",
+            "EmbeddedRedisOnlineStore",
+            "sqlite",
+        )
 
         url_here = _cli(repo, "redis", "url", "--repo", "features.py").stdout.strip()
         # a write from the repository's folder, through the Python client and no configuration
@@ -170,3 +175,24 @@ def test_relative_source_paths_are_anchored(tmp_path: Path, monkeypatch: pytest.
     assert repo.state_dir == folder / ".skewless"
     module = sys.modules[next(n for n in sys.modules if n.endswith("myrepo_defs"))]
     assert folder / ".skewless" == module.STATE  # home() while the module loads is anchored
+
+
+def test_info_names_the_backends_the_configuration_chooses(tmp_path: Path) -> None:
+    """Object storage, a Redis Cluster and the PostgreSQL instance, named without connecting
+    to any of them (none of these addresses exists)."""
+    env = {
+        **fresh_env(),
+        "SKEWLESS_HOME": str(tmp_path / "state"),
+        "SKEWLESS_OFFLINE_ROOT": "s3://no-such-bucket/features",
+        "SKEWLESS_REDIS_URL": "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        "SKEWLESS_DAGSTER_POSTGRES_URL": "postgresql+psycopg2://nobody@127.0.0.1:1/none",
+    }
+    result = subprocess.run(
+        [SKEWLESS, "info", "--repo", str(ROOT / "examples/card_fraud/features.py"), "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    assert info["offline_backend"] == "S3OfflineStore" and info["offline_root"] == "s3://no-such-bucket/features"
+    assert info["online_backend"] == "RedisClusterOnlineStore"
+    assert info["dagster_storage"] == "postgres ($SKEWLESS_DAGSTER_POSTGRES_URL)"
