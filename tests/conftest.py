@@ -22,6 +22,7 @@ import redis
 from skewless.config import StoreConfig
 from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from skewless.storage.online import OnlineStore, open_online_store
+from tests.helpers import delete_keys
 
 
 def _answers(url: str) -> bool:
@@ -123,11 +124,7 @@ def store_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
         key_prefix=f"sktest:{uuid.uuid4().hex[:12]}",
     )
     yield config
-    store = open_online_store(config)
-    try:
-        store.delete_all()
-    finally:
-        store.close()
+    delete_keys(config)
 
 
 @pytest.fixture

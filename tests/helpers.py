@@ -14,6 +14,7 @@ import polars as pl
 from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureService, FileSource
 from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
+from skewless.storage.online import open_online_store
 
 # tests that reuse a key prefix per example (hypothesis) also carry this run's id: two test
 # sessions against the same Redis (two checkouts, CI and a developer) must not share keys
@@ -151,3 +152,12 @@ def clicks_frame(rows: list[tuple[int, str, float, datetime]]) -> pl.DataFrame:
         },
         schema_overrides={"ts": pl.Datetime("us", "UTC")},
     )
+
+
+def delete_keys(config: StoreConfig) -> None:
+    """Delete every key of `config`'s prefix (never a FLUSHDB: the server may be shared)."""
+    store = open_online_store(config)
+    try:
+        store.delete_all()
+    finally:
+        store.close()

@@ -81,14 +81,20 @@ def served_key(service: str, version: int) -> str:
     return f"{SERVED}/{service}/v{version}"
 
 
+def _entry_range_name(kind: str, first: str, last: str) -> str:
+    """`<kind>-<first>-<last>.parquet` for a range of stream entry ids (`-` inside an id
+    becomes `_`, so the name splits back unambiguously): a re-run names the same file."""
+    return f"{kind}-{first.replace('-', '_')}-{last.replace('-', '_')}{PARQUET}"
+
+
 def served_log_name(first: str, last: str) -> str:
     """A served-log file holds stream entries first..last: a re-run rewrites the same file."""
-    return f"log-{first.replace('-', '_')}-{last.replace('-', '_')}{PARQUET}"
+    return _entry_range_name("log", first, last)
 
 
 def pushed_file_name(after: str, until: str) -> str:
     """The file a micro-batch keeps a stream range's pushed rows in, beside its FileSource."""
-    return f"entries-{after.replace('-', '_')}-{until.replace('-', '_')}{PARQUET}"
+    return _entry_range_name("entries", after, until)
 
 
 def base_name(location: str | PathLike[str]) -> str:

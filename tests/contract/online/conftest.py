@@ -20,6 +20,7 @@ import redis
 from skewless.config import StoreConfig
 from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from skewless.storage.online import OnlineStore, open_online_store
+from tests.helpers import delete_keys
 
 BACKENDS = ["embedded", "redis", "cluster"]
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -73,11 +74,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def config(backend: Backend, tmp_path: Path) -> Iterator[StoreConfig]:
     config = backend.config(tmp_path, f"skcontract:{uuid.uuid4().hex[:10]}")
     yield config
-    store = open_online_store(config)
-    try:
-        store.delete_all()
-    finally:
-        store.close()
+    delete_keys(config)
 
 
 @pytest.fixture
