@@ -233,53 +233,81 @@ def _bucket_expr(keys: list[str], buckets: int) -> pl.Expr:
     return (key.hash(seed=42) % buckets).cast(pl.UInt32).alias(BUCKET)
 
 
+def feature_columns(plan: GroupPlan) -> list[str]:
+    """The columns a group's join reads: every stored column for window groups (their
+    aggregations read any of them), else keys, times and the requested features."""
+    group = plan.group
+    if group.is_windowed:
+        return list(group.offline_schema())
+    keys = group.entity.key_columns
+    created = ["created_timestamp"] if group.has_created_timestamp else []
+    return [*keys, "event_timestamp", *created, *plan.features]
+
+
+def scatter_buckets(labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, work: Path) -> None:
+    """Step 1 of the partitioned engine: hash-partition each group's label rows and feature
+    rows by entity into `work/g<i>/{labels,features}/<BUCKET>=<b>/` with Polars' streaming
+    sink (bounded memory). Every entity lands in exactly one bucket, so per-bucket joins are
+    exact; the folder is all later steps read, so they can run in other processes."""
+    for i, plan in enumerate(plans):
+        keys = plan.group.entity.key_columns
+        group_work = work / f"g{i}"
+        label_parts = labels.select(ROW, *keys, LABEL_TS).with_columns(_bucket_expr(keys, buckets))
+        label_parts.lazy().sink_parquet(
+            pl.PartitionBy(group_work / "labels", key=BUCKET, include_key=False), mkdir=True
+        )
+        del label_parts
+        _scan(plan).select(feature_columns(plan)).with_columns(_bucket_expr(keys, buckets)).sink_parquet(
+            pl.PartitionBy(group_work / "features", key=BUCKET, include_key=False), mkdir=True
+        )
+
+
+def join_bucket(work: Path, plans: list[GroupPlan], i: int, bucket: int) -> Path | None:
+    """Step 2: join group `i`'s bucket in memory and spill it to `work/g<i>/results/<b>.parquet`
+    (None when no label fell in the bucket). Reads only the scattered files and the group's
+    definition, never the offline store."""
+    plan = plans[i]
+    group_work = work / f"g{i}"
+    label_files = sorted((group_work / "labels").glob(f"{BUCKET}={bucket}/*.parquet"))
+    if not label_files:
+        return None
+    feature_files = sorted((group_work / "features").glob(f"{BUCKET}={bucket}/*.parquet"))
+    offline_schema = plan.group.offline_schema()
+    schema = {c: offline_schema[c] for c in feature_columns(plan)}
+    features = pl.scan_parquet(feature_files, schema=schema) if feature_files else pl.LazyFrame(schema=schema)
+    joined = join_group(pl.scan_parquet(label_files), plan.group, plan.features, features, plan.names)
+    results = group_work / "results"
+    results.mkdir(exist_ok=True)
+    out = results / f"{bucket}.parquet"
+    joined.collect().write_parquet(out)
+    return out
+
+
+def gather_buckets(work: Path, plans: list[GroupPlan]) -> list[pl.DataFrame]:
+    """Step 3: each group's bucket results back in label order."""
+    outputs = []
+    for i, plan in enumerate(plans):
+        results = sorted((work / f"g{i}" / "results").glob("*.parquet"))
+        if not results:  # only when there are no labels, which callers handle before joining
+            raise RequestError(f"no bucket results for {plan.group.ref} under {work}")
+        outputs.append(pl.scan_parquet(results).sort(ROW).drop(ROW).collect())
+    return outputs
+
+
 def join_partitioned(
     labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, spill_dir: str | None = None
 ) -> list[pl.DataFrame]:
-    """Hash-partition labels and features by entity, join bucket by bucket, gather in order."""
+    """Hash-partition labels and features by entity, join bucket by bucket, gather in order.
+
+    The three steps are separate functions so a Dagster job can run each bucket as its own
+    step on any worker (`feature_assets` builds that job); here they run one after another."""
     root = Path(tempfile.mkdtemp(prefix="skewless-pit-", dir=spill_dir))
     try:
-        outputs = []
-        for i, plan in enumerate(plans):
-            keys = plan.group.entity.key_columns
-            work = root / f"g{i}"
-            label_parts = labels.select(ROW, *keys, LABEL_TS).with_columns(_bucket_expr(keys, buckets))
-            label_parts.lazy().sink_parquet(
-                pl.PartitionBy(work / "labels", key=BUCKET, include_key=False), mkdir=True
-            )
-            del label_parts
-            columns = (
-                list(plan.group.offline_schema())
-                if plan.group.is_windowed
-                else [
-                    *keys,
-                    "event_timestamp",
-                    *(["created_timestamp"] if plan.group.has_created_timestamp else []),
-                    *plan.features,
-                ]
-            )
-            _scan(plan).select(columns).with_columns(_bucket_expr(keys, buckets)).sink_parquet(
-                pl.PartitionBy(work / "features", key=BUCKET, include_key=False), mkdir=True
-            )
-            results = work / "results"
-            results.mkdir()
+        scatter_buckets(labels, plans, buckets, root)
+        for i in range(len(plans)):
             for b in range(buckets):
-                label_files = sorted((work / "labels").glob(f"{BUCKET}={b}/*.parquet"))
-                if not label_files:
-                    continue
-                feature_files = sorted((work / "features").glob(f"{BUCKET}={b}/*.parquet"))
-                schema = {c: plan.group.offline_schema()[c] for c in columns}
-                features = (
-                    pl.scan_parquet(feature_files, schema=schema)
-                    if feature_files
-                    else pl.LazyFrame(schema=schema)
-                )
-                joined = join_group(
-                    pl.scan_parquet(label_files), plan.group, plan.features, features, plan.names
-                )
-                joined.collect().write_parquet(results / f"{b}.parquet")
-            outputs.append(pl.scan_parquet(str(results / "*.parquet")).sort(ROW).drop(ROW).collect())
-        return outputs
+                join_bucket(root, plans, i, b)
+        return gather_buckets(root, plans)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
