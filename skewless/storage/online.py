@@ -151,6 +151,12 @@ class OnlineStore(ABC):
         """Raw commands in as few round trips as the backend allows, not a transaction;
         each reply in order, an error reply as its exception."""
 
+    def send_streamed(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """`send` for commands made while earlier ones run: a backend that can starts sending
+        before the iterable is exhausted, so preparing the next command overlaps the server
+        executing the last one (a 10k-event push's scripts). Same replies as `send`."""
+        return self.send(list(commands))
+
     @abstractmethod
     def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands as MULTI/EXEC: a consistent snapshot of each entity's keys (a window read
@@ -583,6 +589,39 @@ class RedisOnlineStore(OnlineStore):
             return self.client.mget(keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable("reading online features", exc) from exc
+
+    def send_streamed(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """Each command packed and sent as soon as it is made, replies read at the end: the
+        server runs command k while Python prepares k + 1. One round trip's worth of waiting,
+        like `send`; on a dropped link, everything once more through the reconnecting client
+        (each command idempotent, as `send` already requires)."""
+        connection = self._read_connection()
+        made: list[tuple[Any, ...]] = []
+        try:
+            for command in commands:
+                made.append(command)
+                connection.send_packed_command([hiredis.pack_command(command)], check_health=False)
+            self._count(("",), len(made), 0)
+            replies: list[Any] = []
+            for _ in made:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            connection.disconnect()
+            self._failed_fast(exc, "writing online features")
+        except BaseException:
+            # the iterable failed (callers validate first, so a bug): the replies of what was
+            # sent are unread, so the connection is out of step and must not be reused
+            connection.disconnect()
+            raise
+        made.extend(commands)  # what the generator had not made yet
+        pipe = self.client.pipeline(transaction=False)
+        for command in made:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
     def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands in one round trip on this thread's connection, not a transaction; each

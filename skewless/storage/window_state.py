@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 SMALL_WRITE = 32  # up to this many events, a write is prepared from Python values
 WRITE_CHUNK = 100_000  # larger writes go in slices of this many events (bounded memory)
+PIPE_SLICE = 2_000  # a large write is encoded and sent in slices of this many events (overlap)
 RAW_TILE_MAX = 256  # a missing tile with at most this many events is computed from them directly
 TILE_CACHE_MAX = 200_000  # decoded tiles kept in process (cleared when full)
 MERGED_MAX = 100_000  # entities whose merged tiles are remembered (cleared when full)
@@ -63,12 +64,19 @@ def members(ids: Sequence[str], packed: Sequence[bytes]) -> list[bytes]:
     return out
 
 
-def member_array(ids: pl.Series, packed: pa.Array) -> list[bytes]:
-    """`members` for many events in one Arrow call (a Python loop costs ~1 µs an event)."""
+def check_id_lengths(ids: pl.Series) -> None:
+    """Ids are stored behind a 2-byte length."""
     lengths = ids.str.len_bytes()
     if len(lengths) and (lengths.max() or 0) > 65535:  # type: ignore[operator]
         at = lengths.arg_max()
         raise ValueError(f"event id {ids[at][:40]!r}... is longer than 65535 bytes")
+
+
+def member_array(ids: pl.Series, packed: pa.Array, checked: bool = False) -> list[bytes]:
+    """`members` for many events in one Arrow call (a Python loop costs ~1 µs an event)."""
+    if not checked:
+        check_id_lengths(ids)
+    lengths = ids.str.len_bytes()
     prefix = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(2), len(ids), [None, pa.py_buffer(lengths.to_numpy().astype(">u2").tobytes())]
     ).cast(pa.large_binary())
@@ -178,13 +186,69 @@ class WindowState:
             ).filter(pl.col("__score") > cutoff)
             if frame.height == 0:
                 return self._only(before)
-            keys_all = frame.get_column("__key").to_list()
-            scores = frame.get_column("__score").to_list()
-        ids = frame.get_column(EVENT_ID).to_list()
+        sha = self._write_sha()
+        head: list[Any] = [cutoff, 0 if lifetime else window_us // 1000, shift_ms, len(T.SIZES), *T.SIZES]
+        first = list(before()) if before is not None else []
         if frame.height <= SMALL_WRITE:
+            ids = frame.get_column(EVENT_ID).to_list()
             packed = members(ids, self.codec(group).encode(frame))
+            one = [(keys_all, scores, ids, packed)]
+            prepared = lambda: one  # noqa: E731
+            newest = max(scores)
         else:
-            packed = member_array(frame.get_column(EVENT_ID), self.codec(group).encode_array(frame))
+            check_id_lengths(frame.get_column(EVENT_ID))
+            newest = int(frame.get_column("__score").max())  # type: ignore[arg-type]
+            prepared = lambda: self._slices(group, frame)  # noqa: E731  (made again on a retry)
+
+        def scripts(sha: str) -> Iterator[tuple[Any, ...]]:
+            for keys_all, scores, ids, packed in prepared():
+                yield from self._scripts(sha, head, keys_all, scores, ids, packed)
+
+        try:
+            # a large write is prepared slice by slice while the server runs the slices
+            # before it (`send_streamed`): encoding overlaps the scripts instead of adding
+            replies = store.send_streamed(
+                itertools.chain(first, scripts(sha), [store.mark_command(group, newest)])
+            )
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                # the server lost its scripts (restart, SCRIPT FLUSH): reload, redo the scripts
+                # (idempotent); what was queued before them has run
+                self._write_lua = None
+                store._mark_sha = None
+                sha = self._write_sha()
+                replies = [
+                    *replies[: len(first)],
+                    *store.send_streamed(itertools.chain(scripts(sha), [store.mark_command(group, newest)])),
+                ]
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise store._unreachable(f"writing window state of '{group.ref}'", exc) from exc
+        return sum(replies[len(first) : -1])
+
+    def _slices(self, group: FeatureGroup, frame: pl.DataFrame) -> Iterator[tuple[list, list, list, list]]:
+        """A large write's events as (keys, scores, ids, members) per slice of `PIPE_SLICE`
+        rows, made lazily: slice k + 1 is encoded while the server runs slice k. An entity cut
+        between slices is updated twice, in order, which the script makes idempotent."""
+        codec = self.codec(group)
+        for start in range(0, frame.height, PIPE_SLICE):
+            piece = frame.slice(start, PIPE_SLICE)
+            ids = piece.get_column(EVENT_ID)
+            packed = member_array(ids, codec.encode_array(piece), checked=True)
+            keys, scores = piece.get_column("__key").to_list(), piece.get_column("__score").to_list()
+            yield keys, scores, ids.to_list(), packed
+
+    def _scripts(
+        self,
+        sha: str,
+        head: list[Any],
+        keys_all: list[str],
+        scores: list[int],
+        ids: list[str],
+        packed: list[bytes],
+    ) -> Iterator[tuple[Any, ...]]:
+        """One EVALSHA per batch of 500 entities (on a cluster, of one slot each)."""
         # per entity: (score, id, member) triples, in row order (rows of one entity are
         # usually adjacent — events come sorted by keys — so this is a few slices)
         flat: list[Any] = [None] * (3 * len(ids))
@@ -194,39 +258,15 @@ class WindowState:
         for key, length in _runs(keys_all):
             entities.append((key, flat[3 * at : 3 * (at + length)]))
             at += length
-        sha = self._write_sha()
-        head: list[Any] = [cutoff, 0 if lifetime else window_us // 1000, shift_ms, len(T.SIZES), *T.SIZES]
-        first = list(before()) if before is not None else []
-        scripts: list[tuple[Any, ...]] = []
-        # batches of 500 entities; on a cluster, of one slot each (`slot_batches`)
-        for batch in store.slot_batches([key for key, _ in entities], 500):
+        for batch in self.store.slot_batches([key for key, _ in entities], 500):
             keys: list[str] = []
             args = list(head)
-            for at in batch:
-                key, flat = entities[at]
+            for i in batch:
+                key, triples = entities[i]
                 keys += K.window_keys(key)
-                args.append(len(flat) // 3)
-                args += flat
-            scripts.append(("EVALSHA", sha, len(keys), *keys, *args))
-        try:
-            replies = self._send([*first, *scripts, store.mark_command(group, max(scores))])
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                # the server lost its scripts (restart, SCRIPT FLUSH): reload, redo the scripts
-                # (idempotent); what was queued before them has run
-                self._write_lua = None
-                store._mark_sha = None
-                sha = self._write_sha()
-                scripts = [(c[0], sha, *c[2:]) for c in scripts]
-                replies = [
-                    *replies[: len(first)],
-                    *self._send([*scripts, store.mark_command(group, max(scores))]),
-                ]
-            failed = [r for r in replies if isinstance(r, Exception)]
-            if failed:
-                raise failed[0]
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise store._unreachable(f"writing window state of '{group.ref}'", exc) from exc
-        return sum(replies[len(first) : -1])
+                args.append(len(triples) // 3)
+                args += triples
+            yield ("EVALSHA", sha, len(keys), *keys, *args)
 
     def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The commands raw on the thread's connection in one round trip (hiredis packs them

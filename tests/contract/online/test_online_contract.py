@@ -373,6 +373,52 @@ def test_many_entities_in_one_request(backend, store: OnlineStore, config: Store
         assert stats["nodes"] == 1 and stats["round_trips"] == 1, stats
 
 
+def test_a_large_push_in_pipelined_slices_equals_the_oracle(
+    store: OnlineStore, config: StoreConfig, tmp_path: Path
+) -> None:
+    """A push of more events than one slice is encoded and sent slice by slice while the
+    server runs the earlier slices: entities cut between slices, an id re-pushed with a new
+    amount in a later slice (latest row wins), rows in random order. The window values must
+    equal a brute-force count/sum/max/last over the latest version of each id, whatever the
+    order of the rows."""
+    from skewless.storage import window_state
+
+    group = window_group(tmp_path / "txns.parquet", "sliced_windows")
+    now = datetime.now(UTC).replace(microsecond=0)
+    rng = random.Random(7)
+    n = window_state.PIPE_SLICE * 2 + 517
+    rows = [
+        {"user_id": rng.randrange(40), "ts": now - timedelta(seconds=rng.randrange(1, 80_000)),
+         "eid": f"e{i}", "amount": float(rng.randrange(1000))}
+        for i in range(n)
+    ]
+    # the same ids again near the end (corrections: new amount and time), and exact re-deliveries
+    for i in rng.sample(range(n // 2), 300):
+        moved = rows[i]["ts"] - timedelta(seconds=3)
+        rows.append({**rows[i], "amount": rows[i]["amount"] + 0.5, "ts": moved})
+    rows += [dict(rows[i]) for i in rng.sample(range(n), 200)]
+    schema = {"user_id": pl.Int64, "ts": pl.Datetime("us", "UTC"), "eid": pl.String, "amount": pl.Float64}
+    pushed = pl.DataFrame(rows, schema=schema)
+    pl.DataFrame(schema=schema).write_parquet(tmp_path / "txns.parquet")
+    latest: dict[tuple[int, str], dict] = {}
+    for row in rows:  # later rows win; identity is (entity keys, event id)
+        latest[(row["user_id"], row["eid"])] = row
+    expected = {}
+    for user in range(40):
+        mine = [r for (u, _), r in latest.items() if u == user and r["ts"] > now - timedelta(days=1)]
+        mine.sort(key=lambda r: (r["ts"], r["eid"]))
+        expected[user] = (len(mine), sum(r["amount"] for r in mine), max(r["amount"] for r in mine))
+    try:
+        client = FeatureStore(FeatureRepository([group]), config, online=store)
+        client.push("txns", pushed, at=now)
+        refs = [f"sliced_windows:v1:{f}" for f in ("count_1d", "amount_sum_1d", "amount_max_1d")]
+        got = client.get_online_features({"user_id": list(range(40))}, features=refs, output="dicts")
+        values = {r["user_id"]: (r["count_1d"], r["amount_sum_1d"], r["amount_max_1d"]) for r in got}
+        assert values == expected
+    finally:
+        store.delete_all()
+
+
 # ---------------------------------------------------------------------- restarts
 def test_store_reconnects_after_a_restart(backend, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Requests before and after the server restarts (a cluster: one master) on the same
