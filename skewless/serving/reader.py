@@ -330,6 +330,20 @@ class ReadPlan:
                 series.extend(decoded.series())
                 continue
             valid, all_valid = self._validity(read, decoded, now_us)
+            if read.matrix is not None:
+                # every feature of one numeric type: one column-major copy of the (n, k)
+                # matrix, one Series, zero-copy slices of it — not a Series per feature
+                # (~17 µs each, 0.85 ms for 50; Polars' from_numpy builds them one by one too)
+                rows = decoded.n
+                flat = pl.Series(np.ascontiguousarray(self._matrix(read, decoded).T).ravel())
+                for j, feature in enumerate(read.reads):
+                    column = flat.slice(j * rows, rows).alias(feature.name)
+                    if not all_valid:
+                        column = to_series(feature.name, column, valid[:, j])
+                        if feature.default is not None:
+                            column = column.fill_null(pl.lit(feature.default, dtype=feature.dtype))
+                    series.append(column)
+                continue
             for j, feature in enumerate(read.reads):
                 data = decoded.data(read.features[j])
                 column = column_series(feature.name, feature.dtype, data)
@@ -340,6 +354,20 @@ class ReadPlan:
                 series.append(column)
         return pl.DataFrame(series)
 
+    @staticmethod
+    def _matrix(read: GroupRead, decoded: Decoded) -> np.ndarray:
+        """The (n, k) view of the records' value bytes (`GroupRead.matrix`), no copy."""
+        assert read.matrix is not None
+        kind, offset = read.matrix
+        record = decoded.record
+        return np.ndarray(
+            (decoded.n, len(read.fields)),
+            kind,
+            buffer=record,
+            offset=offset,
+            strides=(record.itemsize, kind.itemsize),
+        )
+
     def _group_rows(
         self, read: GroupRead, decoded: Decoded | WindowRows, now_us: int
     ) -> list[tuple[Any, ...]]:
@@ -348,16 +376,7 @@ class ReadPlan:
             return decoded.rows
         valid, all_valid = self._validity(read, decoded, now_us)
         if read.matrix is not None:
-            kind, offset = read.matrix
-            record = decoded.record
-            matrix = np.ndarray(
-                (decoded.n, len(read.fields)),
-                kind,
-                buffer=record,
-                offset=offset,
-                strides=(record.itemsize, kind.itemsize),
-            )
-            rows = matrix.tolist()
+            rows = self._matrix(read, decoded).tolist()
         elif read.all_plain:
             # numeric features: one structured tolist() gives every row's Python values
             rows = decoded.record[read.fields].tolist()
