@@ -122,6 +122,16 @@ def step_runs(instance: dg.DagsterInstance, run_id: str) -> list[StepRun]:
     return steps
 
 
+def prepare_instance(dagster_home: str | Path) -> None:
+    """Create the instance's storage (tables, SQLite files) once, before run processes start:
+    two `dagster job execute` processes creating a new SQLite instance at once race on its
+    schema ("table alembic_version already exists")."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.get_runs(limit=1)
+        instance.get_latest_materialization_event(dg.AssetKey("__skewless_init__"))
+        instance.all_instigator_state()
+
+
 def _execute_command(module: str, attribute: str, job_name: str, tags: Mapping[str, str]) -> list[str]:
     return [
         sys.executable,
@@ -166,6 +176,7 @@ def run_backfill(
     """
     backfill_id = uuid.uuid4().hex[:12]
     ranges = run_ranges(first, last, partitions_per_run)
+    prepare_instance(dagster_home)
     child_env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(dagster_home)}
     cwd = str(working_directory or os.getcwd())
     pending = list(ranges)
