@@ -13,6 +13,7 @@ worker" engine event names it). No broker binary or no Celery: skipped, saying w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -232,5 +233,105 @@ def test_multiprocess_backfill_is_byte_identical_to_one_in_process_run(
         assert len(result.pids) == len(result.steps) == 12
         _assert_same_as_reference(config, reference)
         assert all(len(days) == DAYS for days in _materialized_days(home).values())
+    finally:
+        delete_keys(config)
+
+
+def test_dagsters_backfill_daemon_cuts_runs_by_the_policy_and_fans_out_on_celery(
+    broker: str, fanout_data: Path, reference: StoreConfig, redis_url: str, tmp_path: Path
+) -> None:
+    """The path a user takes: a backfill of the asset partitions (what the UI's "Materialize
+    all" over a date range files) picked up by `dagster-daemon run`, which cuts it into runs
+    of SKEWLESS_PARTITIONS_PER_RUN days by the assets' `multi_run(2)` policy; the run queue
+    (`max_concurrent_runs: 2`) launches them, each sends its steps to the two workers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    from skewless.config import ExecutionConfig
+    from skewless.feature_assets.backfill import CeleryWorkers, prepare_instance, step_runs
+    from skewless.feature_assets.definitions import build_definitions
+
+    config = _config(tmp_path, redis_url, "daemon")
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: 2\n"
+    )
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: tests.fanout_repo\n      attribute: defs\n"
+        f"      working_directory: {ROOT}\n      location_name: fanout\n"
+    )
+    env = _env(
+        fanout_data, config, SKEWLESS_EXECUTOR="celery", SKEWLESS_CELERY_BROKER=broker,
+        SKEWLESS_PARTITIONS_PER_RUN="2", DAGSTER_HOME=str(home),
+    )  # fmt: skip
+    prepare_instance(home)
+    # the same asset graph the code location serves, to file the backfill against
+    execution = ExecutionConfig(executor="celery", partitions_per_run=2, celery_broker=broker)
+    graph = build_definitions(fanout_repo(fanout_data), config, execution=execution).resolve_asset_graph()
+    keys = [k for k in graph.get_all_asset_keys() if k.path[0] in ("features", "online")]
+    backfill_id = f"fanout{uuid.uuid4().hex[:6]}"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        backfill = PartitionBackfill.from_asset_partitions(
+            backfill_id=backfill_id, asset_graph=graph,
+            partition_names=[(FIRST + timedelta(days=i)).isoformat() for i in range(DAYS)],
+            asset_selection=keys, backfill_timestamp=time.time(), tags={},
+            dynamic_partitions_store=instance, all_partitions=False, title=None,
+            description=None, run_config=None,
+        )  # fmt: skip
+        instance.add_backfill(backfill)
+    workers = CeleryWorkers(2, env, tmp_path / "workers")
+    daemon_log = tmp_path / "daemon.log"
+    daemon = None
+    runs: list[dg.DagsterRun] = []
+    try:
+        workers.start()
+        with daemon_log.open("wb") as log:
+            daemon = subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+                cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        workers.wait_ready()
+        deadline = time.monotonic() + 120
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            while time.monotonic() < deadline:
+                runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+                if len(runs) == 3 and all(r.is_finished for r in runs):
+                    break
+                assert daemon.poll() is None, daemon_log.read_text(errors="replace")[-3000:]
+                time.sleep(0.5)
+            steps = [s for r in runs for s in step_runs(instance, r.run_id)]
+    finally:
+        if daemon is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(timeout=10)
+        workers.stop()
+    try:
+        assert len(runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), (
+            [(r.run_id, r.status) for r in runs],
+            daemon_log.read_text(errors="replace")[-3000:],
+        )
+        ranges = sorted(
+            (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in runs
+        )
+        assert ranges == [
+            ((FIRST + timedelta(days=i)).isoformat(), (FIRST + timedelta(days=i + 1)).isoformat())
+            for i in (0, 2, 4)
+        ]
+        assert len(steps) == 12
+        assert {s.worker.split("@", 1)[0] for s in steps} == {"w1", "w2"}, [s.worker for s in steps]
+        _assert_same_as_reference(config, reference)
     finally:
         delete_keys(config)
