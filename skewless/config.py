@@ -175,3 +175,73 @@ class StoreConfig:
             key_prefix=validate_key_prefix(os.environ.get("SKEWLESS_KEY_PREFIX", "skewless")),
             serving_log_rate=float(os.environ.get("SKEWLESS_SERVING_LOG_RATE", "0") or 0),
         )
+
+
+EXECUTORS = ("default", "in_process", "multiprocess", "celery")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DefinitionError(f"{name}={raw!r} is not a whole number") from None
+    if value < 0:
+        raise DefinitionError(f"{name}={raw!r} must be 0 or more")
+    return value
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the definitions' jobs run and how a backfill is cut into runs.
+
+    - `partitions_per_run`: 0 (default) keeps one run per backfill
+      (`BackfillPolicy.single_run()`: every day of the backfill checked before any is written);
+      N > 0 gives `BackfillPolicy.multi_run(N)`: Dagster's backfill cuts the range into runs of
+      N days, which the run coordinator can run side by side. Runs, not days, are what spread
+      over processes and workers: a run is one step per asset, whatever its number of days.
+    - `executor`: `default` leaves Dagster's (multiprocess for launched runs, in process for
+      `materialize`); `in_process`; `multiprocess` (`max_concurrent` steps of a run at once,
+      0 = one per CPU); `celery` (dagster-celery: every step is a Celery task on
+      `celery_queue` of the broker, run by whichever worker takes it).
+    - `celery_broker` / `celery_backend`: e.g. `redis://host:6379/5`; the backend defaults
+      to the broker. Workers read the same variables (`skewless.feature_assets.celery_app`).
+    """
+
+    executor: str = "default"
+    partitions_per_run: int = 0
+    max_concurrent: int = 0
+    celery_broker: str | None = None
+    celery_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise DefinitionError(
+                f"SKEWLESS_EXECUTOR={self.executor!r} is not an executor (known: {', '.join(EXECUTORS)})"
+            )
+        if self.partitions_per_run < 0 or self.max_concurrent < 0:
+            raise DefinitionError("partitions_per_run and max_concurrent must be 0 or more")
+        if self.executor == "celery" and not self.celery_broker:
+            raise DefinitionError(
+                "SKEWLESS_EXECUTOR=celery needs SKEWLESS_CELERY_BROKER (e.g. redis://127.0.0.1:6379/5): "
+                "the executor and its workers must name the same broker"
+            )
+
+    @property
+    def backend(self) -> str | None:
+        """The Celery result backend: the configured one, else the broker itself."""
+        return self.celery_backend or self.celery_broker
+
+    @classmethod
+    def from_env(cls) -> ExecutionConfig:
+        """`SKEWLESS_EXECUTOR`, `SKEWLESS_PARTITIONS_PER_RUN`, `SKEWLESS_MAX_CONCURRENT`,
+        `SKEWLESS_CELERY_BROKER`, `SKEWLESS_CELERY_BACKEND`."""
+        return cls(
+            executor=os.environ.get("SKEWLESS_EXECUTOR", "").strip() or "default",
+            partitions_per_run=_env_int("SKEWLESS_PARTITIONS_PER_RUN", 0),
+            max_concurrent=_env_int("SKEWLESS_MAX_CONCURRENT", 0),
+            celery_broker=os.environ.get("SKEWLESS_CELERY_BROKER") or None,
+            celery_backend=os.environ.get("SKEWLESS_CELERY_BACKEND") or None,
+        )

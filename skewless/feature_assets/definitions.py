@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from datetime import date
 from pathlib import Path
@@ -18,7 +19,7 @@ from skewless.asset_keys import (
     sql_views_key,
     training_set_key,
 )
-from skewless.config import StoreConfig
+from skewless.config import ExecutionConfig, StoreConfig
 from skewless.feature_assets.lineage import build_registry_asset, service_specs
 from skewless.feature_assets.offline import build_offline_asset
 from skewless.feature_assets.online import build_online_asset
@@ -42,17 +43,20 @@ def daily_partitions(start: date) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
 
 
-def feature_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Definitions:
+def feature_definitions(
+    repo: FeatureRepository, checks: bool = True, partitions_per_run: int = 0
+) -> dg.Definitions:
     """Sources as external assets; per group version an offline and an online asset (with
-    their checks); one daily job and schedule per partition start date."""
+    their checks); one daily job and schedule per partition start date. `partitions_per_run`
+    sets the assets' backfill policy (0: one run per backfill; N: runs of N days)."""
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [source_spec(s) for s in repo.sources]
     by_start: dict[date, list[dg.AssetKey]] = defaultdict(list)
     partitions_by_start: dict[date, dg.DailyPartitionsDefinition] = {}
     for group in repo.groups:
         start = group.source.start
         partitions = partitions_by_start.setdefault(start, daily_partitions(start))
-        assets.append(build_offline_asset(group, partitions, checks))
-        assets.append(build_online_asset(repo, group, partitions, checks))
+        assets.append(build_offline_asset(group, partitions, checks, partitions_per_run))
+        assets.append(build_online_asset(repo, group, partitions, checks, partitions_per_run))
         by_start[start] += [offline_key(group), online_key(group)]
     jobs, schedules = [], []
     for i, (start, keys) in enumerate(sorted(by_start.items())):
@@ -145,11 +149,13 @@ def store_resources(config: StoreConfig) -> dict[str, Any]:
     }
 
 
-def asset_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Definitions:
+def asset_definitions(
+    repo: FeatureRepository, checks: bool = True, partitions_per_run: int = 0
+) -> dg.Definitions:
     """Every concern's definitions merged, without resources: the asset graph itself (what
     impact analysis walks), independent of where the stores are."""
     return dg.Definitions.merge(
-        feature_definitions(repo, checks),
+        feature_definitions(repo, checks, partitions_per_run),
         training_definitions(repo),
         serving_definitions(repo, checks),
         catalog_definitions(repo),
@@ -157,15 +163,52 @@ def asset_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Defini
     )
 
 
+def _from_env_or_value(value: str | None, variable: str) -> Any:
+    """A config value read from `variable` in each process when that is where it came from
+    (so a broker password is not written into the job's snapshot), else the value itself."""
+    if value is not None and os.environ.get(variable) == value:
+        return {"env": variable}
+    return value
+
+
+def executor_definition(execution: ExecutionConfig) -> dg.ExecutorDefinition | None:
+    """The executor every job without its own runs on (the streaming jobs keep the in-process
+    one); None leaves Dagster's default (multiprocess for launched runs)."""
+    if execution.executor == "in_process":
+        return dg.in_process_executor
+    if execution.executor == "multiprocess":
+        config = {"max_concurrent": execution.max_concurrent} if execution.max_concurrent else {}
+        return dg.multiprocess_executor.configured(config) if config else dg.multiprocess_executor
+    if execution.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {
+                "broker": _from_env_or_value(execution.celery_broker, "SKEWLESS_CELERY_BROKER"),
+                "backend": _from_env_or_value(
+                    execution.backend,
+                    "SKEWLESS_CELERY_BACKEND" if execution.celery_backend else "SKEWLESS_CELERY_BROKER",
+                ),
+            }
+        )
+    return None
+
+
 def build_definitions(
-    repository: FeatureRepository | str, config: StoreConfig | None = None, checks: bool = True
+    repository: FeatureRepository | str,
+    config: StoreConfig | None = None,
+    checks: bool = True,
+    execution: ExecutionConfig | None = None,
 ) -> dg.Definitions:
     """The one `Definitions` of a feature repository: each concern's definitions (features,
     training sets, serving, catalog, streams) merged once, with the store resources.
 
     `checks=False` leaves out every data-quality check (for measuring what they cost; a
-    deployment should keep them: they are what stops bad partitions)."""
+    deployment should keep them: they are what stops bad partitions). `execution` (default
+    `ExecutionConfig.from_env()`) chooses the jobs' executor and the backfill policy's
+    partitions per run."""
     repo = load_repository(repository) if isinstance(repository, str) else repository
     config = config or StoreConfig.from_env(repo.state_dir)
-    resources = dg.Definitions(resources=store_resources(config))
-    return dg.Definitions.merge(asset_definitions(repo, checks), resources)
+    execution = execution or ExecutionConfig.from_env()
+    resources = dg.Definitions(resources=store_resources(config), executor=executor_definition(execution))
+    return dg.Definitions.merge(asset_definitions(repo, checks, execution.partitions_per_run), resources)

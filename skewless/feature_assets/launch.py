@@ -62,7 +62,10 @@ def execute_in_location(
         REPOSITORY_NAME,
     )
     config = dict(run_config or {})
-    config.setdefault("execution", {"config": {"in_process": {}}})
+    if job.get_definition().executor_def.name == dg.multi_or_in_process_executor.name:
+        # Dagster's default executor: choose its in-process mode (a configured executor, e.g.
+        # SKEWLESS_EXECUTOR=celery, is used as configured)
+        config.setdefault("execution", {"config": {"in_process": {}}})
     run = instance.create_run_for_job(
         job_def=job.get_definition(),
         run_config=config,

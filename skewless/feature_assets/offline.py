@@ -24,10 +24,22 @@ from skewless.resources.stores import OfflineStoreResource
 from skewless.storage.offline import Location, OfflineStore, days_between
 
 
+def backfill_policy(partitions_per_run: int = 0) -> dg.BackfillPolicy:
+    """0: a backfill is one run (all its days checked before any is written); N: runs of N
+    days, which Dagster's run coordinator (or `feature_assets.backfill`) runs side by side."""
+    if partitions_per_run:
+        return dg.BackfillPolicy.multi_run(partitions_per_run)
+    return dg.BackfillPolicy.single_run()
+
+
 def build_offline_asset(
-    group: FeatureGroup, partitions: dg.DailyPartitionsDefinition, checks: bool = True
+    group: FeatureGroup,
+    partitions: dg.DailyPartitionsDefinition,
+    checks: bool = True,
+    partitions_per_run: int = 0,
 ) -> dg.AssetsDefinition:
-    """One asset per group version; a backfill of many days is a single run.
+    """One asset per group version; a backfill of many days is a single run, or runs of
+    `partitions_per_run` days (`backfill_policy`).
 
     All days of a run are computed and checked before the first file is written, so a bad
     day fails the run with nothing replaced. The checks' results are reported either way;
@@ -38,7 +50,7 @@ def build_offline_asset(
         key=offline_key(group),
         deps=[source_key(group.source)],
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=backfill_policy(partitions_per_run),
         group_name=group.name,
         description=(
             f"Offline store of feature group {group.ref}: its rows as daily Parquet partitions "

@@ -17,7 +17,7 @@ from skewless.feature_assets.metadata import (
     online_column_schema,
     partition_stats,
 )
-from skewless.feature_assets.offline import partition_days
+from skewless.feature_assets.offline import backfill_policy, partition_days
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
@@ -38,6 +38,7 @@ def build_online_asset(
     group: FeatureGroup,
     partitions: dg.DailyPartitionsDefinition,
     checks: bool = True,
+    partitions_per_run: int = 0,
 ) -> dg.AssetsDefinition:
     """Incremental: only entities present in the run's partitions are written.
 
@@ -54,7 +55,7 @@ def build_online_asset(
         key=online_key(group),
         deps=[offline_key(group)],
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=backfill_policy(partitions_per_run),
         group_name=group.name,
         description=(
             f"Online store of feature group {group.ref}: the latest value per entity in Redis, "

@@ -14,6 +14,12 @@ rightly come from an event newer than anything offline; comparing it would be a 
 (the newest event time wins online by design). Such entities — online newest event time later
 than the entity's newest offline event time — are skipped and counted (`skipped_newer_online`);
 every other entity, including one missing online, is compared.
+
+Backfills cut into runs of N days run side by side (`BackfillPolicy.multi_run`): a run's
+check may see an entity's newer offline rows from a later partition that another run has
+written offline but not yet online. That later partition's own run writes and checks it, so
+entities whose newest offline event lies after the checked days are skipped and counted too
+(`skipped_later_partition`); before, such a run failed with a false disagreement.
 """
 
 from __future__ import annotations
@@ -87,18 +93,26 @@ def check_agreement(
     # landing between a coverage read and the value read made a false alarm (a newer pushed
     # value compared with an older offline one). Online event times only move forward, so an
     # entity still covered now was covered when its values were read.
-    covered = _covered_by_offline(store, group, entities, min(days) if days else None)
-    skipped = entities.height - int(covered.sum())
-    if skipped == entities.height:
+    covered, later = _covered_by_offline(
+        store, group, entities, min(days) if days else None, max(days) if days else None
+    )
+    skipped = entities.height - int(covered.sum())  # `later` entities are all covered ones
+    covered = covered & ~later
+    skipped_later = int(later.sum())
+    if skipped + skipped_later == entities.height:
         return CheckOutcome(
             "online_offline_agreement",
             passed=True,
             severity="WARN",
             description=(
-                f"{group.ref}: all {skipped} sampled entities have online events newer than the "
-                "offline store; nothing comparable yet"
+                f"{group.ref}: all {entities.height} sampled entities have online events newer than "
+                "the offline store, or newer offline rows after these partitions; nothing comparable yet"
             ),
-            values={"entities_compared": 0, "skipped_newer_online": skipped},
+            values={
+                "entities_compared": 0,
+                "skipped_newer_online": skipped,
+                "skipped_later_partition": skipped_later,
+            },
         )
     entities, offline, online = entities.filter(covered), offline.filter(covered), online.filter(covered)
     keys = group.entity.key_columns
@@ -126,6 +140,7 @@ def check_agreement(
     values = {
         "entities_compared": entities.height,
         "skipped_newer_online": skipped,
+        "skipped_later_partition": skipped_later,
         "features_compared": len(group.feature_names),
         "as_of": at.isoformat(),
     }
@@ -155,10 +170,16 @@ def check_agreement(
 
 
 def _covered_by_offline(
-    store: FeatureStore, group: FeatureGroup, entities: pl.DataFrame, first_day: date | None
-) -> pl.Series:
-    """Per sampled entity: True when its newest online event time is not later than its newest
-    offline event time (or it has nothing online), i.e. both stores saw the same events.
+    store: FeatureStore,
+    group: FeatureGroup,
+    entities: pl.DataFrame,
+    first_day: date | None,
+    last_day: date | None = None,
+) -> tuple[pl.Series, pl.Series]:
+    """Per sampled entity: covered — True when its newest online event time is not later than
+    its newest offline event time (or it has nothing online), i.e. both stores saw the same
+    events; later — True when its newest offline event lies after `last_day` (a partition
+    another run owns, maybe not online yet).
 
     Offline: the maximum event time of the entity from `first_day` on (every sampled entity has
     a row on or after it). Online: the stored value's event time (row groups) or the newest
@@ -185,7 +206,14 @@ def _covered_by_offline(
         stored = store.online.read(group, entities).get_column(EVENT_TIMESTAMP)
         online_us = stored.dt.epoch("us").to_list()
     online = pl.Series("online_us", online_us, dtype=pl.Int64)
-    return (online.is_null() | (online <= newest.get_column(_OFFLINE_US))).fill_null(True).alias("covered")
+    offline_us = newest.get_column(_OFFLINE_US)
+    covered = (online.is_null() | (online <= offline_us)).fill_null(True).alias("covered")
+    if last_day is None:
+        return covered, pl.Series("later", [False] * entities.height, dtype=pl.Boolean)
+    end_us = int(datetime.combine(last_day + timedelta(days=1), datetime.min.time(), UTC).timestamp() * 1e6)
+    # only where the newer offline row is not online yet: if it is, the stores agree anyway
+    later = ((offline_us >= end_us) & (online.is_null() | (online < offline_us))).fill_null(False)
+    return covered, later.alias("later")
 
 
 def check_online_freshness(store: FeatureStore, group: FeatureGroup) -> CheckOutcome:
