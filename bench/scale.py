@@ -18,7 +18,8 @@ What it does
    into runs of `--days-per-run` days, each run a real `dagster job execute` process recorded
    in the instance):
    - `in_process`: the runs one after another, one process each (the single-process baseline);
-   - `multiprocess` with 1 and 2 runs at a time;
+   - `multiprocess` with 1 and 2 step processes working at once (1 and 2 runs at a time, each
+     run's steps one at a time: `SKEWLESS_MAX_CONCURRENT=1`);
    - `celery` with 1 and 2 real Celery workers (`-c 1`, Redis as broker), started for the
      backfill and stopped after (skipped, with the reason printed, if Celery cannot start).
    Every configuration's offline files are hashed byte for byte and its online values read
@@ -200,7 +201,7 @@ class PeakRSS:
                         mine.add(pid)
                         grew = True
             for pid in mine - {me}:
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError, ValueError, StopIteration):  # zombies: no VmHWM
                     status = Path(f"/proc/{pid}/status").read_text()
                     lines = status.splitlines()
                     hwm = next(int(line.split()[1]) for line in lines if line.startswith("VmHWM"))
@@ -342,6 +343,9 @@ def main() -> int:
                 "SKEWLESS_REDIS_URL": url,
                 "SKEWLESS_KEY_PREFIX": prefix,
                 "SKEWLESS_CELERY_BROKER": db_url,
+                # multiprocess: `workers` step processes in all (runs at a time x steps per run
+                # at a time), so 1 worker really is one process working
+                "SKEWLESS_MAX_CONCURRENT": "1",
             }
             log(f"{name}: backfill {first}..{last} ({executor}, {workers} worker(s))")
             try:
