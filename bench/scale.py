@@ -292,6 +292,9 @@ def main() -> int:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--configs", default="", help="comma-separated subset, e.g. in_process,celery_2 (default: all)"
+    )
     args = parser.parse_args()
     size = SIZES[args.size]
 
@@ -322,7 +325,11 @@ def main() -> int:
     ]
     if not args.skip_celery:
         configs += [("celery_1", "celery", 1), ("celery_2", "celery", 2)]
+    if args.configs:
+        chosen = set(args.configs.split(","))
+        configs = [c for c in configs if c[0] in chosen]
     prefixes: list[str] = []
+    failed_any = False
     digests: dict[str, dict[str, str]] = {}
     online: dict[str, Any] = {}
     from skewless.feature_assets.backfill import backfill
@@ -368,7 +375,9 @@ def main() -> int:
                 result[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
                 continue
             if not done.ok:
-                log(f"{name}: FAILED {done.statuses}\n{done.failure_log[-2000:]}")
+                failed_any = True
+                (home / "failure.log").write_text(done.failure_log)
+                log(f"{name}: FAILED {done.statuses}; the runs' output: {home / 'failure.log'}")
                 result[f"{name}_error"] = f"runs failed: {done.statuses}"
                 continue
             result[f"{name}_s"] = round(seconds, 2)
@@ -399,7 +408,7 @@ def main() -> int:
         for prefix in prefixes:
             with contextlib.suppress(Exception):
                 delete_prefix(url, prefix)
-        if not args.keep:
+        if not args.keep and not failed_any:
             shutil.rmtree(work, ignore_errors=True)
     result["bench_process_rss_mb"] = self_peak_mb()
     print(json.dumps(result))
