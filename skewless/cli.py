@@ -126,7 +126,7 @@ def init_command(args: argparse.Namespace) -> int:
 def info_command(args: argparse.Namespace) -> int:
     """Where a repository's state is (nothing is started): the answer to "why do I see
     only defaults?" is usually a state folder or Redis other than the one expected."""
-    from skewless.config import StoreConfig, locate
+    from skewless.config import ExecutionConfig, StoreConfig, locate
     from skewless.sensors.instance import POSTGRES_URL_VARIABLE
     from skewless.storage.embedded_redis import embedded_redis_running, socket_path
     from skewless.storage.offline import open_offline_store
@@ -135,6 +135,7 @@ def info_command(args: argparse.Namespace) -> int:
     file = _module_file(args.repo)
     location = locate(file) if file is not None else None
     config = StoreConfig.from_env()
+    execution = ExecutionConfig.from_env()
     if config.redis_url:
         online = redact(config.redis_url)
     else:
@@ -156,12 +157,16 @@ def info_command(args: argparse.Namespace) -> int:
         "dagster_storage": (
             f"postgres (${POSTGRES_URL_VARIABLE})" if os.environ.get(POSTGRES_URL_VARIABLE) else "sqlite"
         ),
+        # how jobs run and backfills are cut (docs/architecture.md, "Partitions fan out")
+        "executor": execution.executor
+        + (f" (broker {redact(execution.celery_broker)})" if execution.celery_broker else ""),
+        "partitions_per_run": execution.partitions_per_run or "all (one run per backfill)",
     }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            print(f"{key:<16} {value}")
+            print(f"{key:<18} {value}")
     return 0
 
 

@@ -162,7 +162,7 @@ def run_backfill(
     job_name: str = "daily_features",
     env: Mapping[str, str] | None = None,
     working_directory: str | Path | None = None,
-    timeout: float = 600.0,
+    timeout: float | None = None,
 ) -> BackfillResult:
     """Backfill `first..last` of `job_name` (of the `Definitions` at `module.attribute`) as runs
     of `partitions_per_run` days, `concurrent_runs` at a time, each a `dagster job execute`
@@ -172,7 +172,7 @@ def run_backfill(
     every run process, and so every step process, inherits). Returns the runs with their
     status and, from their event logs, the worker and pid of every step. Raises
     `TimeoutError` (after stopping the run processes it started) if the backfill takes longer
-    than `timeout` seconds.
+    than `timeout` seconds (None: no limit).
     """
     backfill_id = uuid.uuid4().hex[:12]
     ranges = run_ranges(first, last, partitions_per_run)
@@ -205,7 +205,7 @@ def run_backfill(
                         start_new_session=True,
                     )
                 running.append((process, log))
-            if time.monotonic() - started > timeout:
+            if timeout is not None and time.monotonic() - started > timeout:
                 raise TimeoutError(
                     f"backfill {backfill_id} ({first}..{last}) still running after {timeout:.0f} s"
                 )
@@ -368,11 +368,16 @@ def backfill(
     attribute: str = "defs",
     job_name: str = "daily_features",
     working_directory: str | Path | None = None,
+    timeout: float | None = None,
 ) -> BackfillResult:
     """One call for benchmarks: backfill `first..last` on `executor` with `workers` workers.
 
+    `workers` is the number of steps that can run at once, whatever the executor, so 1 and 2
+    workers compare alike across executors:
     - `in_process`: the runs one after another, each in one process (`workers` ignored);
-    - `multiprocess`: `workers` runs at a time, each on the multiprocess executor;
+    - `multiprocess`: `workers` runs at a time, each on the multiprocess executor with
+      `max_concurrent` 1 (unless `env` sets `SKEWLESS_MAX_CONCURRENT`): a run's independent
+      steps (one per group version) would otherwise run side by side too;
     - `celery`: `workers` Celery workers (`-c 1`) started for the backfill and stopped after,
       `workers` runs at a time sending them their steps; `env` must name
       `SKEWLESS_CELERY_BROKER` (a Redis URL; the backend defaults to it).
@@ -381,6 +386,7 @@ def backfill(
     `SKEWLESS_REDIS_URL`, `SKEWLESS_KEY_PREFIX`) the definitions module reads.
     """
     settings = {
+        **({"SKEWLESS_MAX_CONCURRENT": "1"} if executor == "multiprocess" else {}),
         **(env or {}),
         "SKEWLESS_EXECUTOR": executor,
         "SKEWLESS_PARTITIONS_PER_RUN": str(partitions_per_run),
@@ -399,4 +405,5 @@ def backfill(
             job_name=job_name,
             env=settings,
             working_directory=working_directory,
+            timeout=timeout,
         )

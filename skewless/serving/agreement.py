@@ -15,11 +15,13 @@ rightly come from an event newer than anything offline; comparing it would be a 
 than the entity's newest offline event time — are skipped and counted (`skipped_newer_online`);
 every other entity, including one missing online, is compared.
 
-Backfills cut into runs of N days run side by side (`BackfillPolicy.multi_run`): a run's
-check may see an entity's newer offline rows from a later partition that another run has
-written offline but not yet online. That later partition's own run writes and checks it, so
-entities whose newest offline event lies after the checked days are skipped and counted too
-(`skipped_later_partition`); before, such a run failed with a false disagreement.
+Backfills cut into runs of N days run side by side (`BackfillPolicy.multi_run`): while a run
+checks, another run may write a later partition offline and then online, between or before
+this check's offline and online reads, so the two reads can see different "latest" rows — a
+false disagreement that failed the step (seen with two runs at a time on 12 days). An
+entity whose newest offline event lies after the checked days has its latest value in a
+partition another run owns (and checks); such entities are skipped and counted too
+(`skipped_later_partition`), whether or not that later value is online yet.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def check_agreement(
     covered, later = _covered_by_offline(
         store, group, entities, min(days) if days else None, max(days) if days else None
     )
-    skipped = entities.height - int(covered.sum())  # `later` entities are all covered ones
+    later = covered & later  # counted once: an entity with a newer online value is `skipped`
+    skipped = entities.height - int(covered.sum())
     covered = covered & ~later
     skipped_later = int(later.sum())
     if skipped + skipped_later == entities.height:
@@ -179,7 +182,7 @@ def _covered_by_offline(
     """Per sampled entity: covered — True when its newest online event time is not later than
     its newest offline event time (or it has nothing online), i.e. both stores saw the same
     events; later — True when its newest offline event lies after `last_day` (a partition
-    another run owns, maybe not online yet).
+    another run owns: its values are that run's to write and check).
 
     Offline: the maximum event time of the entity from `first_day` on (every sampled entity has
     a row on or after it). Online: the stored value's event time (row groups) or the newest
@@ -211,8 +214,11 @@ def _covered_by_offline(
     if last_day is None:
         return covered, pl.Series("later", [False] * entities.height, dtype=pl.Boolean)
     end_us = int(datetime.combine(last_day + timedelta(days=1), datetime.min.time(), UTC).timestamp() * 1e6)
-    # only where the newer offline row is not online yet: if it is, the stores agree anyway
-    later = ((offline_us >= end_us) & (online.is_null() | (online < offline_us))).fill_null(False)
+    # whether or not that later row is online yet: the offline and online reads above may each
+    # have seen a concurrent run's later partition or not (runs side by side), so only "has
+    # none" is a stable basis for comparing; this read comes after both (files are not
+    # removed, and a run writes a day online only after writing it offline)
+    later = (offline_us >= end_us).fill_null(False)
     return covered, later.alias("later")
 
 
