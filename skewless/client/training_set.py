@@ -244,50 +244,77 @@ def feature_columns(plan: GroupPlan) -> list[str]:
     return [*keys, "event_timestamp", *created, *plan.features]
 
 
+WorkKind = Literal["labels", "features", "results"]
+
+
+def bucket_dir(work: Path, i: int, kind: WorkKind, bucket: int) -> Path:
+    """The one owner of the work area's layout: group `i`'s files of one kind for one bucket.
+
+    Every step reads and writes only through this function and `bucket_files`, so a job that
+    moves a bucket's inputs to another worker (and its result back) copies whole folders and
+    never needs to know the file format inside."""
+    return work / f"g{i}" / kind / f"{bucket:05d}"
+
+
+def bucket_files(work: Path, i: int, kind: WorkKind, bucket: int) -> list[Path]:
+    """The files of one bucket folder in name order (empty when the bucket got no rows)."""
+    folder = bucket_dir(work, i, kind, bucket)
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def _bucketed_sink(frame: pl.LazyFrame, work: Path, i: int, kind: WorkKind) -> None:
+    """Stream `frame` (carrying BUCKET) into one folder per bucket, bounded memory."""
+    root = work / f"g{i}" / kind
+    frame.sink_parquet(
+        pl.PartitionBy(
+            root,
+            key=BUCKET,
+            include_key=False,
+            file_path_provider=lambda a: f"{a.partition_keys.item():05d}/{a.index_in_partition}.parquet",
+        ),
+        mkdir=True,
+    )
+
+
 def scatter_buckets(labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, work: Path) -> None:
     """Step 1 of the partitioned engine: hash-partition each group's label rows and feature
-    rows by entity into `work/g<i>/{labels,features}/<BUCKET>=<b>/` with Polars' streaming
-    sink (bounded memory). Every entity lands in exactly one bucket, so per-bucket joins are
-    exact; the folder is all later steps read, so they can run in other processes."""
+    rows by entity into bucket folders (`bucket_dir`) with Polars' streaming sink (bounded
+    memory). Every entity lands in exactly one bucket, so per-bucket joins are exact; the
+    folder is all later steps read, so they can run in other processes."""
     for i, plan in enumerate(plans):
         keys = plan.group.entity.key_columns
-        group_work = work / f"g{i}"
         label_parts = labels.select(ROW, *keys, LABEL_TS).with_columns(_bucket_expr(keys, buckets))
-        label_parts.lazy().sink_parquet(
-            pl.PartitionBy(group_work / "labels", key=BUCKET, include_key=False), mkdir=True
-        )
+        _bucketed_sink(label_parts.lazy(), work, i, "labels")
         del label_parts
-        _scan(plan).select(feature_columns(plan)).with_columns(_bucket_expr(keys, buckets)).sink_parquet(
-            pl.PartitionBy(group_work / "features", key=BUCKET, include_key=False), mkdir=True
-        )
+        features = _scan(plan).select(feature_columns(plan)).with_columns(_bucket_expr(keys, buckets))
+        _bucketed_sink(features, work, i, "features")
 
 
 def join_bucket(work: Path, plans: list[GroupPlan], i: int, bucket: int) -> Path | None:
-    """Step 2: join group `i`'s bucket in memory and spill it to `work/g<i>/results/<b>.parquet`
-    (None when no label fell in the bucket). Reads only the scattered files and the group's
+    """Step 2: join group `i`'s bucket in memory and spill it into its results folder (None
+    when no label fell in the bucket). Reads only the scattered files and the group's
     definition, never the offline store."""
     plan = plans[i]
-    group_work = work / f"g{i}"
-    label_files = sorted((group_work / "labels").glob(f"{BUCKET}={bucket}/*.parquet"))
+    label_files = bucket_files(work, i, "labels", bucket)
     if not label_files:
         return None
-    feature_files = sorted((group_work / "features").glob(f"{BUCKET}={bucket}/*.parquet"))
+    feature_files = bucket_files(work, i, "features", bucket)
     offline_schema = plan.group.offline_schema()
     schema = {c: offline_schema[c] for c in feature_columns(plan)}
     features = pl.scan_parquet(feature_files, schema=schema) if feature_files else pl.LazyFrame(schema=schema)
     joined = join_group(pl.scan_parquet(label_files), plan.group, plan.features, features, plan.names)
-    results = group_work / "results"
-    results.mkdir(exist_ok=True)
-    out = results / f"{bucket}.parquet"
+    out_dir = bucket_dir(work, i, "results", bucket)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "0.parquet"
     joined.collect().write_parquet(out)
     return out
 
 
-def gather_buckets(work: Path, plans: list[GroupPlan]) -> list[pl.DataFrame]:
+def gather_buckets(work: Path, plans: list[GroupPlan], buckets: int) -> list[pl.DataFrame]:
     """Step 3: each group's bucket results back in label order."""
     outputs = []
     for i, plan in enumerate(plans):
-        results = sorted((work / f"g{i}" / "results").glob("*.parquet"))
+        results = [f for b in range(buckets) for f in bucket_files(work, i, "results", b)]
         if not results:  # only when there are no labels, which callers handle before joining
             raise RequestError(f"no bucket results for {plan.group.ref} under {work}")
         outputs.append(pl.scan_parquet(results).sort(ROW).drop(ROW).collect())
@@ -307,7 +334,7 @@ def join_partitioned(
         for i in range(len(plans)):
             for b in range(buckets):
                 join_bucket(root, plans, i, b)
-        return gather_buckets(root, plans)
+        return gather_buckets(root, plans, buckets)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
