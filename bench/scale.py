@@ -1,6 +1,7 @@
 """Scale-out: a backfill and a training set spread over 1 and 2 workers, against one process.
 
     python bench/scale.py --size small|large [--redis-url URL] [--skip-celery] [--keep]
+    python bench/scale.py --size large --reuse WORK   # training sets only, over a kept backfill
 
 What it does
 ------------
@@ -291,7 +292,13 @@ def main() -> int:
     parser.add_argument("--skip-celery", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (for --reuse)")
+    parser.add_argument(
+        "--reuse",
+        default=None,
+        help="a work folder kept by an earlier run (--keep): reuse its backfill figures and "
+        "offline store, run only the training sets",
+    )
     parser.add_argument(
         "--configs", default="", help="comma-separated subset, e.g. in_process,celery_2 (default: all)"
     )
@@ -302,11 +309,11 @@ def main() -> int:
 
     data_dir = Path(args.data_dir or ROOT / "bench" / ".data" / f"scale-{args.size}")
     generate(data_dir, size["days"], size["rows_per_day"], size["entities"], size["labels"])
-    work = Path(tempfile.mkdtemp(prefix="skewless-bench-scale-"))
+    work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="skewless-bench-scale-"))
     url = resolve_redis(args.redis_url, work / "state")
     db_url = url.rsplit("/", 1)[0] + "/13" if url.startswith("redis://") else url
     module_dir = work / "code"
-    module_dir.mkdir()
+    module_dir.mkdir(exist_ok=True)
     repo_module = module_dir / "scale_repo.py"
     repo_module.write_text(REPO.format(data=str(data_dir / "events"), start=START.isoformat()))
     first, last = START, START + timedelta(days=size["days"] - 1)
@@ -328,6 +335,13 @@ def main() -> int:
     if args.configs:
         chosen = set(args.configs.split(","))
         configs = [c for c in configs if c[0] in chosen]
+    saved = work / "backfill.json"
+    if args.reuse:
+        if not saved.exists():
+            parser.error(f"--reuse {work}: no backfill.json there (was it kept with --keep?)")
+        result = json.loads(saved.read_text())
+        configs = []
+        log(f"reusing the backfill of {work}: {result.get('configs_compared')}")
     prefixes: list[str] = []
     failed_any = False
     digests: dict[str, dict[str, str]] = {}
@@ -391,35 +405,112 @@ def main() -> int:
                 f"worker(s), largest process {result[f'{name}_max_rss_mb']} MiB"
             )
         base = "in_process"
-        identical = bool(digests) and base in digests and all(
-            digests[n] == digests[base] and online[n].equals(online[base]) for n in digests
-        )
-        result["results_identical"] = identical
-        result["configs_compared"] = sorted(digests)
-        result["offline_files"] = len(digests.get(base, {}))
-        if "multiprocess_1_s" in result and "multiprocess_2_s" in result:
-            result["speedup_2_workers"] = round(result["multiprocess_1_s"] / result["multiprocess_2_s"], 3)
-        if "celery_1_s" in result and "celery_2_s" in result:
-            result["speedup_2_workers_celery"] = round(result["celery_1_s"] / result["celery_2_s"], 3)
-        result["celery_workers_used"] = result.get("celery_2_workers_used", 0)
-        if not args.skip_training and base in digests:
+        if configs:
+            identical = (
+                bool(digests)
+                and base in digests
+                and all(digests[n] == digests[base] and online[n].equals(online[base]) for n in digests)
+            )
+            result["results_identical"] = identical
+            result["configs_compared"] = sorted(digests)
+            result["offline_files"] = len(digests.get(base, {}))
+            if "multiprocess_1_s" in result and "multiprocess_2_s" in result:
+                result["speedup_2_workers"] = round(
+                    result["multiprocess_1_s"] / result["multiprocess_2_s"], 3
+                )
+            if "celery_1_s" in result and "celery_2_s" in result:
+                result["speedup_2_workers_celery"] = round(result["celery_1_s"] / result["celery_2_s"], 3)
+            result["celery_workers_used"] = result.get("celery_2_workers_used", 0)
+            saved.write_text(json.dumps(result))
+        if not args.skip_training and base in result.get("configs_compared", []):
             result.update(training(work, module_dir, repo_module, data_dir, url, work / base, db_url))
     finally:
         for prefix in prefixes:
             with contextlib.suppress(Exception):
                 delete_prefix(url, prefix)
-        if not args.keep and not failed_any:
+        if not args.keep and not args.reuse and not failed_any:
             shutil.rmtree(work, ignore_errors=True)
     result["bench_process_rss_mb"] = self_peak_mb()
     print(json.dumps(result))
     return 0 if result.get("results_identical") else 1
 
 
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import polars as pl
+    from skewless import FeatureStore
+    from skewless.config import StoreConfig
+    from skewless.repository import load_repository
+
+    repo_module, offline_root, state, engine, labels_path, out = sys.argv[1:7]
+    repository = load_repository(repo_module)
+    labels = pl.read_parquet(labels_path)
+    config = StoreConfig(offline_root, "redis://127.0.0.1:1/0", state, "unused")
+    store = FeatureStore(repository, config)
+    started = time.perf_counter()
+    frame = store.get_training_dataset(
+        labels, features={features!r}, timestamp_column="label_ts", engine=engine
+    )
+    seconds = time.perf_counter() - started
+    frame.write_parquet(out)
+    stats = store.last_training_stats
+    print(json.dumps({{"seconds": seconds, "engine": stats.engine, "buckets": stats.buckets,
+                      "estimated_mb": round(stats.estimated_bytes / 2**20, 1)}}))
+    """
+)
+
+
+def train_in_process(
+    engine: str, repo_module: Path, offline_root: Path, labels_path: Path, out: Path, state: Path
+) -> dict[str, Any]:
+    """One in-process engine in a fresh interpreter, so its peak RSS is its own."""
+    import subprocess
+
+    script = TRAIN_SCRIPT.format(features=FEATURES)
+    command = [sys.executable, "-c", script, str(repo_module), str(offline_root), str(state), engine]
+    command += [str(labels_path), str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SKEWLESS_HOME": str(state)}
+    with PeakRSS() as rss:
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"training set ({engine}) failed:\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**figures, "wall_s": wall, "max_rss_mb": max(rss.summary().values(), default=0.0)}
+
+
 def training(
     work: Path, module_dir: Path, repo_module: Path, data_dir: Path, url: str, base: Path, broker: str
 ) -> dict[str, Any]:
-    """The training set in process (both engines) and as the distributed Dagster job."""
-    return {}
+    """The training set in process (both engines, each in its own interpreter) and as the
+    distributed Dagster job (one step per bucket) on multiprocess and on 2 Celery workers,
+    all over the in-process backfill's offline store; every result equals the in-memory
+    engine's (`frame.equals`)."""
+    import polars as pl
+
+    labels_path = data_dir / "labels.parquet"
+    out: dict[str, Any] = {
+        "training_label_rows": pl.scan_parquet(labels_path).select(pl.len()).collect().item()
+    }
+    frames: dict[str, Path] = {}
+    for engine in ("memory", "partitioned"):
+        target = work / f"train-{engine}.parquet"
+        log(f"training set: in process, engine {engine}")
+        figures = train_in_process(
+            engine, repo_module, base / "offline", labels_path, target, work / "train-state"
+        )
+        frames[engine] = target
+        out[f"training_{engine}_s"] = round(figures["seconds"], 2)
+        out[f"training_{engine}_max_rss_mb"] = figures["max_rss_mb"]
+        if engine == "partitioned":
+            out["training_partitioned_buckets"] = figures["buckets"]
+        out["training_estimated_mb"] = figures["estimated_mb"]
+        log(f"training set ({engine}): {figures['seconds']:.1f} s, {figures['max_rss_mb']} MiB")
+    reference = pl.read_parquet(frames["memory"])
+    out["training_identical"] = all(pl.read_parquet(p).equals(reference) for p in frames.values())
+    return out
 
 
 if __name__ == "__main__":
