@@ -36,6 +36,7 @@ from skewless.storage.offline_layout import day_of
 
 Engine = Literal["auto", "memory", "partitioned"]
 BUCKET = "__skewless_bucket"
+PRUNE_ROWS = True  # prune feature rows to the labels' time range (bench/pit.py --no-prune turns it off)
 
 
 @dataclass
