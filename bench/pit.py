@@ -793,7 +793,7 @@ def main() -> int:
                 summary["mismatches"] = verdict["details"]
             if not verdict["agree"]:
                 summary["rows_agree"] = False
-            elif len(ok) == len(ENGINES):
+            elif len(ok) == len(engines):
                 summary["rows_agree"] = True
             summary["engines_compared"] = ok
     finally:

@@ -15,6 +15,7 @@ capped at half of the memory available when the training set starts).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -27,10 +28,10 @@ from typing import Literal
 import polars as pl
 import pyarrow.parquet as pq
 
-from skewless.compute.point_in_time import LABEL_TS, ROW, join_group
+from skewless.compute.point_in_time import LABEL_TS, ROW, join_group, join_group_sorted
 from skewless.errors import RequestError
 from skewless.language.durations import LIFETIME
-from skewless.language.feature_group import FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.offline import Location, OfflineStore, scan_merged, superseded_filter
 from skewless.storage.offline_layout import day_of
 
@@ -220,10 +221,48 @@ def _for_entities(labels: pl.DataFrame, plan: GroupPlan) -> pl.LazyFrame:
     return scan.filter(pl.struct(keys).is_in(wanted.implode()))
 
 
-def join_in_memory(labels: pl.DataFrame, plans: list[GroupPlan]) -> list[pl.DataFrame]:
+def reach(group: FeatureGroup) -> timedelta | None:
+    """How far back from a label time a group's rows can matter: the TTL, a window group's
+    longest window; None when any earlier row can (no TTL, a lifetime window)."""
+    back = group.max_window if group.is_windowed else group.time_to_live
+    return None if back is None or back >= LIFETIME else back
+
+
+def time_range(labels: pl.DataFrame, group: FeatureGroup) -> pl.Expr | None:
+    """Feature rows some label can reach: `event_timestamp <= max label time` and, with a
+    reach (`reach`), `>= min label time - reach`; None when there are no labels.
+
+    Partition pruning (`plan_group`) drops whole days; this drops the rows inside the days
+    that are read: a label never takes a row after its own time, nor one older than its
+    TTL (the value would be stale, its default), nor a window's event before the window.
+    For row groups only the latest reachable row counts, so dropping older ones changes no
+    value; window groups' stored events are already one per identity (`_scan` drops
+    superseded versions before this filter runs), so dropping events no window covers
+    changes no aggregate.
+    """
+    if labels.height == 0:
+        return None
+    stamps = labels.get_column(LABEL_TS)
+    first, last = stamps.min(), stamps.max()
+    keep = pl.col(EVENT_TIMESTAMP) <= pl.lit(last, dtype=stamps.dtype)
+    back = reach(group)
+    if back is not None:
+        with contextlib.suppress(OverflowError):  # a reach before year 1: no lower side
+            keep &= pl.col(EVENT_TIMESTAMP) >= pl.lit(first - back, dtype=stamps.dtype)
+    return keep
+
+
+def _pruned(scan: pl.LazyFrame, labels: pl.DataFrame, plan: GroupPlan, prune: bool) -> pl.LazyFrame:
+    keep = time_range(labels, plan.group) if prune else None
+    return scan if keep is None else scan.filter(keep)
+
+
+def join_in_memory(labels: pl.DataFrame, plans: list[GroupPlan], prune: bool = True) -> list[pl.DataFrame]:
     lazy = labels.lazy()
     parts = [
-        join_group(lazy, p.group, p.features, _for_entities(labels, p), p.names).sort(ROW).drop(ROW)
+        join_group(lazy, p.group, p.features, _pruned(_for_entities(labels, p), labels, p, prune), p.names)
+        .sort(ROW)
+        .drop(ROW)
         for p in plans
     ]
     return pl.collect_all(parts)
@@ -263,51 +302,77 @@ def bucket_files(work: Path, i: int, kind: WorkKind, bucket: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
+IPC_COMPRESSION: Literal["uncompressed", "lz4", "zstd"] = "uncompressed"
+WORK_FILE = "{index:06d}.arrow"  # a bucket folder's files: Arrow IPC, numbered in write order
+
+
 def _bucketed_sink(frame: pl.LazyFrame, work: Path, i: int, kind: WorkKind) -> None:
-    """Stream `frame` (carrying BUCKET) into one folder per bucket, bounded memory."""
-    root = work / f"g{i}" / kind
-    frame.sink_parquet(
-        pl.PartitionBy(
-            root,
-            key=BUCKET,
-            include_key=False,
-            file_path_provider=lambda a: f"{a.partition_keys.item():05d}/{a.index_in_partition}.parquet",
-        ),
+    """Stream `frame` (carrying BUCKET) into one folder per bucket, bounded memory, as Arrow
+    IPC: written and read back at memory speed (no encoding, no compression), and a bucket
+    folder is scratch that lives for one training set."""
+
+    def path(args: pl.io.partition.FileProviderArgs) -> str:
+        folder = bucket_dir(work, i, kind, args.partition_keys.item())
+        return str(folder.relative_to(work) / WORK_FILE.format(index=args.index_in_partition))
+
+    frame.sink_ipc(
+        pl.PartitionBy(work, key=BUCKET, include_key=False, file_path_provider=path),
         mkdir=True,
+        compression=IPC_COMPRESSION,
     )
 
 
-def scatter_buckets(labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, work: Path) -> None:
+def _scan_work(files: list[Path], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    return pl.scan_ipc(files) if files else pl.LazyFrame(schema=schema)
+
+
+def scatter_buckets(
+    labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, work: Path, *, prune: bool = True
+) -> list[int]:
     """Step 1 of the partitioned engine: hash-partition each group's label rows and feature
     rows by entity into bucket folders (`bucket_dir`) with Polars' streaming sink (bounded
     memory). Every entity lands in exactly one bucket, so per-bucket joins are exact; the
-    folder is all later steps read, so they can run in other processes."""
+    folder is all later steps read, so they can run in other processes.
+
+    `prune` first drops the feature rows no label can reach (`time_range`). Returns the
+    feature rows written per group."""
+    written = []
     for i, plan in enumerate(plans):
         keys = plan.group.entity.key_columns
         label_parts = labels.select(ROW, *keys, LABEL_TS).with_columns(_bucket_expr(keys, buckets))
-        _bucketed_sink(label_parts.lazy(), work, i, "labels")
+        for (bucket,), part in label_parts.partition_by(BUCKET, as_dict=True, include_key=False).items():
+            folder = bucket_dir(work, i, "labels", bucket)
+            folder.mkdir(parents=True, exist_ok=True)
+            part.write_ipc(folder / WORK_FILE.format(index=0), compression=IPC_COMPRESSION)
         del label_parts
-        features = _scan(plan).select(feature_columns(plan)).with_columns(_bucket_expr(keys, buckets))
-        _bucketed_sink(features, work, i, "features")
+        features = _pruned(_scan(plan), labels, plan, prune).select(feature_columns(plan))
+        _bucketed_sink(features.with_columns(_bucket_expr(keys, buckets)), work, i, "features")
+        files = [f for b in range(buckets) for f in bucket_files(work, i, "features", b)]
+        written.append(pl.scan_ipc(files).select(pl.len()).collect().item() if files else 0)
+    return written
 
 
 def join_bucket(work: Path, plans: list[GroupPlan], i: int, bucket: int) -> Path | None:
     """Step 2: join group `i`'s bucket in memory and spill it into its results folder (None
     when no label fell in the bucket). Reads only the scattered files and the group's
-    definition, never the offline store."""
+    definition, never the offline store.
+
+    Row groups use `join_group_sorted`: the scattered rows keep each entity's (event,
+    created, stored) order, so the label's row is found from keys and times alone and only
+    the picked rows' values are read; window groups run `join_group` as in memory."""
     plan = plans[i]
     label_files = bucket_files(work, i, "labels", bucket)
     if not label_files:
         return None
-    feature_files = bucket_files(work, i, "features", bucket)
     offline_schema = plan.group.offline_schema()
     schema = {c: offline_schema[c] for c in feature_columns(plan)}
-    features = pl.scan_parquet(feature_files, schema=schema) if feature_files else pl.LazyFrame(schema=schema)
-    joined = join_group(pl.scan_parquet(label_files), plan.group, plan.features, features, plan.names)
+    features = _scan_work(bucket_files(work, i, "features", bucket), schema)
+    labels = pl.scan_ipc(label_files).collect()
+    joined = join_group_sorted(labels, plan.group, plan.features, features, plan.names)
     out_dir = bucket_dir(work, i, "results", bucket)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "0.parquet"
-    joined.collect().write_parquet(out)
+    out = out_dir / WORK_FILE.format(index=0)
+    joined.write_ipc(out, compression=IPC_COMPRESSION)
     return out
 
 
@@ -318,12 +383,17 @@ def gather_buckets(work: Path, plans: list[GroupPlan], buckets: int) -> list[pl.
         results = [f for b in range(buckets) for f in bucket_files(work, i, "results", b)]
         if not results:  # only when there are no labels, which callers handle before joining
             raise RequestError(f"no bucket results for {plan.group.ref} under {work}")
-        outputs.append(pl.scan_parquet(results).sort(ROW).drop(ROW).collect())
+        outputs.append(pl.scan_ipc(results).sort(ROW).drop(ROW).collect())
     return outputs
 
 
 def join_partitioned(
-    labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, spill_dir: str | None = None
+    labels: pl.DataFrame,
+    plans: list[GroupPlan],
+    buckets: int,
+    spill_dir: str | None = None,
+    stats: TrainingSetStats | None = None,
+    prune: bool = True,
 ) -> list[pl.DataFrame]:
     """Hash-partition labels and features by entity, join bucket by bucket, gather in order.
 
@@ -331,7 +401,10 @@ def join_partitioned(
     step on any worker (`feature_assets` builds that job); here they run one after another."""
     root = Path(tempfile.mkdtemp(prefix="skewless-pit-", dir=spill_dir))
     try:
-        scatter_buckets(labels, plans, buckets, root)
+        written = scatter_buckets(labels, plans, buckets, root, prune=prune)
+        if stats is not None:
+            for plan, rows in zip(plans, written, strict=True):
+                stats.groups[plan.group.ref]["rows_joined"] = rows
         for i in range(len(plans)):
             for b in range(buckets):
                 join_bucket(root, plans, i, b)
@@ -363,6 +436,6 @@ def build(
     }
     if chosen == "memory":
         stats.buckets = 0
-        return join_in_memory(labels, plans)
+        return join_in_memory(labels, plans, PRUNE_ROWS)
     stats.buckets = max(2, math.ceil(size / max(budget // 2, 1)))
-    return join_partitioned(labels, plans, stats.buckets)
+    return join_partitioned(labels, plans, stats.buckets, stats=stats, prune=PRUNE_ROWS)
