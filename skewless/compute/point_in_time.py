@@ -12,6 +12,7 @@ Rules (the contract tests pin):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import numpy as np
@@ -203,7 +204,9 @@ def latest_positions(
     q_ts = labels.get_column(LABEL_TS).dt.epoch("us").to_numpy()
     combined = ev_entity * span + (ev_ts - base)
     wanted = np.maximum(q_entity, 0) * span + np.clip(q_ts - base, 0, span - 1)
-    at = np.searchsorted(combined, wanted, side="right") - 1
+    order = np.argsort(wanted)  # searching sorted needles is several times faster (cache)
+    at = np.empty(n, np.int64)
+    at[order] = np.searchsorted(combined, wanted[order], side="right") - 1
     safe = np.maximum(at, 0)
     valid = (q_entity >= 0) & (at >= 0) & (ev_entity[safe] == q_entity)
     if ttl is not None:
@@ -218,11 +221,13 @@ def join_group_sorted(
     features: list[str],
     rows: pl.LazyFrame,
     names: dict[str, str],
+    take: Callable[[np.ndarray], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """`join_group` for a row group over frames small enough for memory (one bucket of the
     partitioned engine), the same values: `latest_positions` finds each label's row from the
-    keys and event times alone, then one streaming pass over `rows` keeps only the picked
-    rows' feature values (a bucket's other rows are never held in memory together)."""
+    keys and event times alone, then only the picked rows' feature values are read:
+    `take(sorted unique positions)` returns those rows' `features` in that order (default:
+    a pass over `rows` keeping them), so a bucket's other values are never held in memory."""
     if group.is_windowed:
         return join_group(labels.lazy(), group, features, rows, names).collect()
     keys = group.entity.key_columns
@@ -231,14 +236,18 @@ def join_group_sorted(
     del index
     if positions is None:  # a span too long to search as one key: Polars' as-of join
         return join_group(labels.lazy(), group, features, rows, names).collect()
-    picked = positions.drop_nulls().unique()
-    values = (
-        rows.select(features)
-        .with_row_index(POSITION)
-        .filter(pl.col(POSITION).is_in(picked.implode()))
-        .rename({f: names[f] for f in features})
-        .collect()
-    )
+    picked = positions.drop_nulls().unique().sort()
+    if take is None:
+        values = (
+            rows.select(features)
+            .with_row_index(POSITION)
+            .filter(pl.col(POSITION).is_in(picked.implode()))
+            .drop(POSITION)
+            .collect()
+        )
+    else:
+        values = take(picked.to_numpy())
+    values = values.select(features).rename({f: names[f] for f in features}).with_columns(picked)
     out = (
         labels.select(ROW)
         .with_columns(positions)
