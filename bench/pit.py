@@ -94,6 +94,8 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
+if str(PROJECT_DIR) not in sys.path:  # measure this checkout's skewless, not an installed one
+    sys.path.insert(0, str(PROJECT_DIR))
 
 GENERATOR_VERSION = 1
 SEED = 20_260_101
