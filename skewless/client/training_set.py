@@ -217,11 +217,15 @@ def _for_entities(labels: pl.DataFrame, plan: GroupPlan) -> pl.LazyFrame:
     scan = _scan(plan)
     if labels.height > FILTER_MAX_LABELS or not plan.files:
         return scan
-    keys = plan.group.entity.key_columns
+    return scan.filter(labelled(labels, plan.group.entity.key_columns))
+
+
+def labelled(labels: pl.DataFrame, keys: list[str]) -> pl.Expr:
+    """Rows of the entities some label names (an order-keeping filter, a hash probe)."""
     if len(keys) == 1:
-        return scan.filter(pl.col(keys[0]).is_in(labels.get_column(keys[0]).unique().implode()))
+        return pl.col(keys[0]).is_in(labels.get_column(keys[0]).unique().implode())
     wanted = labels.select(pl.struct(keys).alias("__k")).unique().get_column("__k")
-    return scan.filter(pl.struct(keys).is_in(wanted.implode()))
+    return pl.struct(keys).is_in(wanted.implode())
 
 
 def reach(group: FeatureGroup) -> timedelta | None:
@@ -337,8 +341,10 @@ def scatter_buckets(
     memory). Every entity lands in exactly one bucket, so per-bucket joins are exact; the
     folder is all later steps read, so they can run in other processes.
 
-    `prune` first drops the feature rows no label can reach (`time_range`). Returns the
-    feature rows written per group."""
+    `prune` first drops the feature rows no label can reach: outside the labels' time range
+    (`time_range`, as the in-memory engine does) or of an entity no label names
+    (`labelled`; cheap next to writing and reading the row back). Returns the feature rows
+    written per group."""
     written = []
     for i, plan in enumerate(plans):
         keys = plan.group.entity.key_columns
@@ -348,7 +354,10 @@ def scatter_buckets(
             folder.mkdir(parents=True, exist_ok=True)
             part.write_ipc(folder / WORK_FILE.format(index=0), compression=IPC_COMPRESSION)
         del label_parts
-        features = _pruned(_scan(plan), labels, plan, prune).select(feature_columns(plan))
+        features = _pruned(_scan(plan), labels, plan, prune)
+        if prune:  # every row is written and read back: skip the entities no label names
+            features = features.filter(labelled(labels, keys))
+        features = features.select(feature_columns(plan))
         _bucketed_sink(features.with_columns(_bucket_expr(keys, buckets)), work, i, "features")
         files = [f for b in range(buckets) for f in bucket_files(work, i, "features", b)]
         written.append(pl.scan_ipc(files).select(pl.len()).collect().item() if files else 0)
