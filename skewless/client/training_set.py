@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -137,30 +137,43 @@ def _available_bytes() -> int | None:
     return None
 
 
-# Calibrated on the card-fraud demo's data at 20k and 200k users (0.9M and 9M label rows, as
-# many feature rows; `bench/memory.py` prints estimate and measured growth side by side):
-LABEL_BYTES = 60  # per label row and group: sorted label copy, join indices, output column
-ROW_FACTOR_ONE_KEY = 1.1  # x schema width per feature row: as-of join on one key
+# Refitted on bench/pit.py's data (one Int64 key, 20 float64 features; 100k labels x 1M rows
+# and 1M labels x 10M rows) against the measured peak RSS (VmHWM) of the whole process, so
+# the estimate is what a machine needs: medium 468 MiB measured, large 2,576 MiB. The
+# several-keys and window factors are the earlier calibration on the card-fraud demo (growth
+# over the process's baseline, 0.98x measured at 0.9M labels), rescaled by nothing.
+FIXED_BYTES = 232 * 2**20  # interpreter, Polars and skewless imported (~135 MiB), join buffers
+LABEL_BYTES = 40  # per label row and group: sorted label copy, join indices
+OUTPUT_COPIES = 2  # per label row and group: output width x 2 (the join's output, label order)
+ROW_FACTOR_ONE_KEY = 1.14  # x schema width per feature row: as-of join on one key
 ROW_FACTOR_KEYS = 3.4  # several keys: the join hashes them
 ROW_FACTOR_WINDOWS = 3.2  # window groups: sorted events, prefix sums, per-column lists
 
 
+def _width(dtype: pl.DataType) -> int:
+    if isinstance(dtype, pl.Array):
+        return 8 * dtype.size
+    return 24 if dtype == pl.String else 8
+
+
 def row_width(group: FeatureGroup) -> int:
     """Bytes per offline row from the schema (no data read)."""
-    width = 0
-    for dtype in group.offline_schema().values():
-        if isinstance(dtype, pl.Array):
-            width += 8 * dtype.size
-        elif dtype == pl.String:
-            width += 24
-        else:
-            width += 8
-    return width
+    return sum(_width(dtype) for dtype in group.offline_schema().values())
 
 
-def estimated_bytes(plan: GroupPlan, label_rows: int = 0) -> int:
-    """One group's working memory: rows from Parquet footers (cheap, no data read) times the
-    schema width times what its join holds per row, plus its share per label row."""
+def output_width(plan: GroupPlan) -> int:
+    """Bytes per label row of the group's output columns (row index included)."""
+    return 8 + sum(_width(plan.group.feature(f).polars_dtype) for f in plan.features)
+
+
+LabelSpan = tuple[datetime, datetime]  # first and last label time
+
+
+def estimated_bytes(plan: GroupPlan, label_rows: int = 0, span: LabelSpan | None = None) -> int:
+    """One group's working memory: rows from Parquet footers (cheap, no data read; `rows`)
+    that the row pruning keeps (`span`: a day partly outside the labels' reach counts by the
+    part inside) times the schema width times what its join holds per row, plus its share per
+    label row."""
     plan.rows = sum(_footer_rows(plan, f) for f in plan.files)
     group = plan.group
     if group.is_windowed:
@@ -169,17 +182,39 @@ def estimated_bytes(plan: GroupPlan, label_rows: int = 0) -> int:
         factor = ROW_FACTOR_KEYS
     else:
         factor = ROW_FACTOR_ONE_KEY
-    return int(plan.rows * row_width(group) * factor) + label_rows * LABEL_BYTES
+    rows = plan.rows if span is None else _reachable_rows(plan, span)
+    per_label = LABEL_BYTES + OUTPUT_COPIES * output_width(plan)
+    return int(rows * row_width(group) * factor) + label_rows * per_label
 
 
-def estimated_peak(plans: list[GroupPlan], label_rows: int) -> int:
-    """The in-memory engine's peak: window groups are computed one after another (eagerly),
-    then the row groups' joins run together (`collect_all`), so the peak is the larger of the
-    biggest window group and the sum of the row groups — not the sum of everything, which
-    overestimated the measured peak by about 2x."""
-    windows = [estimated_bytes(p, label_rows) for p in plans if p.group.is_windowed]
-    rows = [estimated_bytes(p, label_rows) for p in plans if not p.group.is_windowed]
-    return max(max(windows, default=0), sum(rows))
+def _reachable_rows(plan: GroupPlan, span: LabelSpan) -> float:
+    """Footer rows scaled per day by the share of the day `time_range` keeps (rows spread
+    evenly over a day: only the first and last days read are partial)."""
+    first, last = span
+    back = reach(plan.group)
+    low = None
+    if back is not None:
+        with contextlib.suppress(OverflowError):
+            low = first - back
+    day_len = timedelta(days=1)
+    total = 0.0
+    for path in plan.files:
+        day = day_of(path)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        lo = start if low is None else max(start, low)
+        hi = min(start + day_len, last)
+        if hi > lo:
+            total += _footer_rows(plan, path) * ((hi - lo) / day_len)
+    return total
+
+
+def estimated_peak(plans: list[GroupPlan], label_rows: int, span: LabelSpan | None = None) -> int:
+    """The in-memory engine's peak RSS: the process's fixed part plus, as the engine runs,
+    window groups computed one after another (eagerly), then the row groups' joins together
+    (`collect_all`): the larger of the biggest window group and the sum of the row groups."""
+    windows = [estimated_bytes(p, label_rows, span) for p in plans if p.group.is_windowed]
+    rows = [estimated_bytes(p, label_rows, span) for p in plans if not p.group.is_windowed]
+    return FIXED_BYTES + max(max(windows, default=0), sum(rows))
 
 
 def _footer_rows(plan: GroupPlan, path: Location) -> int:
@@ -464,7 +499,9 @@ def build(
     """Feature columns for every label row (labels carry ROW, keys and LABEL_TS), per group."""
     if engine not in ("auto", "memory", "partitioned"):
         raise RequestError(f"unknown engine {engine!r}: use 'auto', 'memory' or 'partitioned'")
-    size = estimated_peak(plans, labels.height)
+    stamps = labels.get_column(LABEL_TS)
+    span = (stamps.min(), stamps.max()) if PRUNE_ROWS and labels.height else None
+    size = estimated_peak(plans, labels.height, span)
     budget = memory_budget_bytes()
     chosen = engine if engine != "auto" else ("partitioned" if size > budget else "memory")
     stats.engine = chosen
@@ -482,5 +519,6 @@ def build(
     if chosen == "memory":
         stats.buckets = 0
         return join_in_memory(labels, plans, PRUNE_ROWS)
-    stats.buckets = max(2, math.ceil(size / max(budget // 2, 1)))
+    # a bucket holds its share of what the in-memory join would (the fixed part is paid once)
+    stats.buckets = max(2, math.ceil((size - FIXED_BYTES) / max(budget // 2, 1)))
     return join_partitioned(labels, plans, stats.buckets, stats=stats, prune=PRUNE_ROWS)
