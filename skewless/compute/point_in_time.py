@@ -8,6 +8,11 @@ Rules (the contract tests pin):
   the row stored last in the offline partition (its sort order is deterministic) wins;
 - no match, or a null value: the feature's declared default (None when none is declared),
   exactly as the online path does.
+
+Two implementations of these rules give the same values: `join_group` (Polars' by-key
+`join_asof`, the in-memory engine) and `join_group_sorted` (one bucket of the partitioned
+engine: a stable sort of keys and event times plus a binary search per label,
+`latest_positions`, then only the picked rows' values are read).
 """
 
 from __future__ import annotations
