@@ -29,22 +29,26 @@ What it does
 
 2. **Engines**, each in a fresh subprocess, one after the other (the partition files are read
    once beforehand so no engine pays the cold page cache for the others):
-   - `ours`:   `FeatureStore(...).get_training_dataset(labels, features=[20 refs],
-               timestamp_column="label_ts")` (no Redis: the training path must not touch it;
-               the benchmark checks that the embedded Redis was never started);
+   - `memory`, `partitioned`: `FeatureStore(...).get_training_dataset(labels, features=[20
+               refs], timestamp_column="label_ts", engine=...)`, skewless's two engines
+               (no Redis: the training path must not touch it; the benchmark checks that
+               the embedded Redis was never started). `--no-prune` turns off their row
+               pruning (`training_set.PRUNE_ROWS`: the labels' time range, and for the
+               partitioned engine's scatter the entities no label names);
    - `polars`: `scan_parquet(all partition files)`, sort by (event, created),
                `labels.sort("label_ts").join_asof(..., by="user_id", strategy="backward")`
                (with `tolerance=ttl` under `--ttl-days`), back to label order via a row index;
    - `duckdb`: `ASOF LEFT JOIN` over `read_parquet([...])` after dropping superseded
                corrections (`QUALIFY row_number() ... = 1`), TTL as a CASE, ordered back to
                label order, fetched as Arrow.
-   The baselines always read every partition; `ours` prunes by the TTL like the library does.
+   The baselines always read every partition; ours prune by the TTL like the library does.
+   The children import this checkout's `skewless` (not whatever the venv has installed).
 
 3. **Agreement.** Every engine writes its result (user_id, label_ts, f00..f19, label order) to
    Parquet; the parent compares them column by column: nulls equal, floats exactly equal.
 
 Other flags: `--repeat N` runs each engine N times, round robin (the fastest join counts;
-single runs on a small or shared machine can be +-30% noisy), `--engines ours,polars` runs a
+single runs on a small or shared machine can be +-30% noisy), `--engines memory,polars` runs a
 subset, `--engine-timeout S` (default 1800) kills a child that takes longer, `--keep` keeps the
 run folder (each engine's result Parquet and log) under the data dir.
 
@@ -59,12 +63,19 @@ Progress lines start with `[pit]`. The LAST line is one JSON object:
   (interpreter start, imports, join, writing the result).
 - `<engine>_rss_mb`: the child's peak resident set size (`os.wait4` `ru_maxrss`, MiB),
   including the interpreter and imported libraries (~100-150 MB of baseline).
-- `ratio_time_vs_polars` = ours_s / polars_s and `ratio_rss_vs_polars` = ours_rss_mb /
-  polars_rss_mb: above 1 means ours is slower / hungrier than the minimal Polars baseline.
-- `rows_agree`: true when all three engines produced identical rows; false when any two
+- `ratio_partitioned_vs_memory_time` / `_rss`: the out-of-core engine against the in-memory
+  one (the targets: at most 1.5 and 0.6).
+- `estimate_mb`: the in-memory engine's estimated peak (`training_set.estimated_peak`, what
+  `engine="auto"` compares with the budget); `estimate_error` = |estimate - memory_rss_mb| /
+  memory_rss_mb. `buckets`: the partitioned engine's bucket count.
+- `<engine>_rows_joined`: feature rows the partitioned engine scattered after pruning;
+  `<engine>_rss_before_join_mb`: the child's peak RSS before the join (imports, store).
+- `ratio_<ours>_vs_<baseline>_time` / `_rss` (ours: memory, partitioned; baseline: polars,
+  duckdb): above 1 means ours is slower / hungrier than the baseline.
+- `rows_agree`: true when all selected engines produced identical rows; false when any two
   differ (see `mismatches`); null when an engine failed or was skipped (`<engine>_error`
   says why); the engines that ran are still compared (`engines_compared`).
-- `partitions_total`: partitions on disk; `ours_partitions_read`: partition files our client
+- `partitions_total`: partitions on disk; `<engine>_partitions_read`: partition files our client
   listed for the join; `partitions_needed`: partitions in [min(label_ts) - ttl, max(label_ts)]
   (no lower bound without a TTL), which is what min/max pruning can achieve;
   `partitions_needed_exact`: the union of each label's own [label_ts - ttl, label_ts] days.
