@@ -465,8 +465,9 @@ def _take_rows(
                 batch = reader.get_batch(k)
                 lo, hi = np.searchsorted(positions, [offset, offset + batch.num_rows])
                 if hi > lo:
-                    chosen = batch.take(pa.array(positions[lo:hi] - offset))
-                    parts.append(pl.from_arrow(chosen).select(columns))
+                    # the gather in Polars: pyarrow has no `take` for Polars' string views
+                    chosen = pl.from_arrow(batch).select(columns)
+                    parts.append(chosen[pl.Series(positions[lo:hi] - offset)])
                 offset += batch.num_rows
     if not parts:
         return pl.DataFrame(schema={c: schema[c] for c in columns})
