@@ -29,22 +29,26 @@ What it does
 
 2. **Engines**, each in a fresh subprocess, one after the other (the partition files are read
    once beforehand so no engine pays the cold page cache for the others):
-   - `ours`:   `FeatureStore(...).get_training_dataset(labels, features=[20 refs],
-               timestamp_column="label_ts")` (no Redis: the training path must not touch it;
-               the benchmark checks that the embedded Redis was never started);
+   - `memory`, `partitioned`: `FeatureStore(...).get_training_dataset(labels, features=[20
+               refs], timestamp_column="label_ts", engine=...)`, skewless's two engines
+               (no Redis: the training path must not touch it; the benchmark checks that
+               the embedded Redis was never started). `--no-prune` turns off their row
+               pruning (`training_set.PRUNE_ROWS`: the labels' time range, and for the
+               partitioned engine's scatter the entities no label names);
    - `polars`: `scan_parquet(all partition files)`, sort by (event, created),
                `labels.sort("label_ts").join_asof(..., by="user_id", strategy="backward")`
                (with `tolerance=ttl` under `--ttl-days`), back to label order via a row index;
    - `duckdb`: `ASOF LEFT JOIN` over `read_parquet([...])` after dropping superseded
                corrections (`QUALIFY row_number() ... = 1`), TTL as a CASE, ordered back to
                label order, fetched as Arrow.
-   The baselines always read every partition; `ours` prunes by the TTL like the library does.
+   The baselines always read every partition; ours prune by the TTL like the library does.
+   The children import this checkout's `skewless` (not whatever the venv has installed).
 
 3. **Agreement.** Every engine writes its result (user_id, label_ts, f00..f19, label order) to
    Parquet; the parent compares them column by column: nulls equal, floats exactly equal.
 
 Other flags: `--repeat N` runs each engine N times, round robin (the fastest join counts;
-single runs on a small or shared machine can be +-30% noisy), `--engines ours,polars` runs a
+single runs on a small or shared machine can be +-30% noisy), `--engines memory,polars` runs a
 subset, `--engine-timeout S` (default 1800) kills a child that takes longer, `--keep` keeps the
 run folder (each engine's result Parquet and log) under the data dir.
 
@@ -59,12 +63,19 @@ Progress lines start with `[pit]`. The LAST line is one JSON object:
   (interpreter start, imports, join, writing the result).
 - `<engine>_rss_mb`: the child's peak resident set size (`os.wait4` `ru_maxrss`, MiB),
   including the interpreter and imported libraries (~100-150 MB of baseline).
-- `ratio_time_vs_polars` = ours_s / polars_s and `ratio_rss_vs_polars` = ours_rss_mb /
-  polars_rss_mb: above 1 means ours is slower / hungrier than the minimal Polars baseline.
-- `rows_agree`: true when all three engines produced identical rows; false when any two
+- `ratio_partitioned_vs_memory_time` / `_rss`: the out-of-core engine against the in-memory
+  one (the targets: at most 1.5 and 0.6).
+- `estimate_mb`: the in-memory engine's estimated peak (`training_set.estimated_peak`, what
+  `engine="auto"` compares with the budget); `estimate_error` = |estimate - memory_rss_mb| /
+  memory_rss_mb. `buckets`: the partitioned engine's bucket count.
+- `<engine>_rows_joined`: feature rows the partitioned engine scattered after pruning;
+  `<engine>_rss_before_join_mb`: the child's peak RSS before the join (imports, store).
+- `ratio_<ours>_vs_<baseline>_time` / `_rss` (ours: memory, partitioned; baseline: polars,
+  duckdb): above 1 means ours is slower / hungrier than the baseline.
+- `rows_agree`: true when all selected engines produced identical rows; false when any two
   differ (see `mismatches`); null when an engine failed or was skipped (`<engine>_error`
   says why); the engines that ran are still compared (`engines_compared`).
-- `partitions_total`: partitions on disk; `ours_partitions_read`: partition files our client
+- `partitions_total`: partitions on disk; `<engine>_partitions_read`: partition files our client
   listed for the join; `partitions_needed`: partitions in [min(label_ts) - ttl, max(label_ts)]
   (no lower bound without a TTL), which is what min/max pruning can achieve;
   `partitions_needed_exact`: the union of each label's own [label_ts - ttl, label_ts] days.
@@ -94,6 +105,8 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
+if str(PROJECT_DIR) not in sys.path:  # measure this checkout's skewless, not an installed one
+    sys.path.insert(0, str(PROJECT_DIR))
 
 GENERATOR_VERSION = 1
 SEED = 20_260_101
@@ -109,7 +122,8 @@ CORRECTION_RATE = 0.02
 NULL_RATE = 0.005
 HOT_SHARE = 0.10  # share of feature rows that belong to the hot entities
 HOT_ENTITIES = 0.01  # the hot entities: the first 1% of ids
-ENGINES = ("ours", "polars", "duckdb")
+ENGINES = ("memory", "partitioned", "polars", "duckdb")
+OURS = ("memory", "partitioned")
 RESULT_COLUMNS = [ENTITY_KEY, "label_ts", *FEATURES]
 
 
@@ -339,14 +353,18 @@ def generate(data_dir: Path, size_name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- engines
-def run_ours(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, float, dict[str, Any]]:
+def run_ours(
+    data_dir: Path, run_dir: Path, ttl_days: int | None, engine: str, prune: bool
+) -> tuple[Any, float, dict[str, Any]]:
     import polars as pl
 
+    from skewless.client import training_set
     from skewless.client.feature_store import FeatureStore
     from skewless.config import StoreConfig
     from skewless.repository import FeatureRepository
 
-    state_dir = run_dir / "ours-state"
+    training_set.PRUNE_ROWS = prune
+    state_dir = run_dir / f"{engine}-state"
     group = make_group(data_dir, ttl_days)
     config = StoreConfig(
         offline_root=str(offline_root(data_dir)), redis_url=None, state_dir=str(state_dir), key_prefix="bench"
@@ -354,22 +372,54 @@ def run_ours(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, 
     store = FeatureStore(FeatureRepository([group]), config)
     refs = [f"{GROUP}:v1:{name}" for name in FEATURES]
 
+    rss_before = vm_hwm_mb()
     started = time.perf_counter()
     labels = pl.read_parquet(labels_path(data_dir))
-    result = store.get_training_dataset(labels, features=refs, timestamp_column="label_ts")
+    result = store.get_training_dataset(labels, features=refs, timestamp_column="label_ts", engine=engine)
     elapsed = time.perf_counter() - started
 
     stats = store.last_training_stats
+    group_stats = stats.groups[f"{GROUP}:v1"]
     info = {
-        "partitions_read": stats.groups[f"{GROUP}:v1"]["partitions_read"],
+        "partitions_read": group_stats["partitions_read"],
+        "rows_read": group_stats["rows_read"],
+        "rows_joined": group_stats.get("rows_joined"),
         "engine": stats.engine,
+        "buckets": stats.buckets,
+        "estimate_mb": stats.estimated_bytes / 2**20,
+        "rss_before_join_mb": rss_before,
         "redis_started": (state_dir / "redis").exists() or getattr(store.online, "_client", None) is not None,
     }
     store.close()
     return result.select(RESULT_COLUMNS), elapsed, info
 
 
-def run_polars(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, float, dict[str, Any]]:
+def vm_hwm_mb() -> float | None:
+    """This process's peak RSS so far (VmHWM), MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_memory(
+    data_dir: Path, run_dir: Path, ttl_days: int | None, prune: bool
+) -> tuple[Any, float, dict[str, Any]]:
+    return run_ours(data_dir, run_dir, ttl_days, "memory", prune)
+
+
+def run_partitioned(
+    data_dir: Path, run_dir: Path, ttl_days: int | None, prune: bool
+) -> tuple[Any, float, dict[str, Any]]:
+    return run_ours(data_dir, run_dir, ttl_days, "partitioned", prune)
+
+
+def run_polars(
+    data_dir: Path, run_dir: Path, ttl_days: int | None, prune: bool
+) -> tuple[Any, float, dict[str, Any]]:
     import polars as pl
 
     started = time.perf_counter()
@@ -404,7 +454,9 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def run_duckdb(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any, float, dict[str, Any]]:
+def run_duckdb(
+    data_dir: Path, run_dir: Path, ttl_days: int | None, prune: bool
+) -> tuple[Any, float, dict[str, Any]]:
     import duckdb
     import polars as pl
 
@@ -445,7 +497,7 @@ def run_duckdb(data_dir: Path, run_dir: Path, ttl_days: int | None) -> tuple[Any
     return result, elapsed, {"partitions_read": len(files)}
 
 
-RUNNERS = {"ours": run_ours, "polars": run_polars, "duckdb": run_duckdb}
+RUNNERS = {"memory": run_memory, "partitioned": run_partitioned, "polars": run_polars, "duckdb": run_duckdb}
 
 
 def child_main(args: argparse.Namespace) -> int:
@@ -460,7 +512,7 @@ def child_main(args: argparse.Namespace) -> int:
             report["seconds"] = time.perf_counter() - started
         else:
             run_dir = Path(args.run_dir)
-            result, elapsed, info = RUNNERS[args.child](data_dir, run_dir, args.ttl_days)
+            result, elapsed, info = RUNNERS[args.child](data_dir, run_dir, args.ttl_days, not args.no_prune)
             report.update(info, join_s=elapsed, rows=result.height)
             started = time.perf_counter()
             result.write_parquet(run_dir / f"{args.child}.parquet", compression="lz4")
@@ -648,6 +700,11 @@ def main() -> int:
     parser.add_argument("--engine-timeout", type=float, default=1800.0, help="seconds per child")
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset")
     parser.add_argument("--repeat", type=int, default=1, help="runs per engine; the fastest counts")
+    parser.add_argument(
+        "--no-prune",
+        action="store_true",
+        help="our engines read every row of the partitions they read (no time-range row pruning)",
+    )
     parser.add_argument("--child", choices=["generate", *ENGINES], help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
@@ -685,6 +742,7 @@ def main() -> int:
         "generation_s": round(stats["seconds"], 2),
         "generation_rss_mb": stats["peak_rss_mb"],
         "data_reused": reused,
+        "prune": not args.no_prune,
         "data_mib": round(stats["bytes"] / 2**20, 1),
         "cpus": os.cpu_count(),
         "polars": pl.__version__,
@@ -705,6 +763,8 @@ def main() -> int:
                 child = ["--child", engine, "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
                 if args.ttl_days:
                     child += ["--ttl-days", str(args.ttl_days)]
+                if args.no_prune:
+                    child.append("--no-prune")
                 outcome = spawn(
                     child, run_dir / f"{engine}.json", run_dir / f"{engine}.log", args.engine_timeout
                 )
@@ -729,9 +789,15 @@ def main() -> int:
             summary[f"{engine}_rss_mb"] = round(max(r["rss_mb"] for r in runs[engine]), 1)
             if args.repeat > 1:
                 summary[f"{engine}_runs_s"] = [round(r["join_s"], 3) for r in runs[engine]]
-            if engine == "ours":
-                summary["ours_partitions_read"] = best.get("partitions_read")
-                summary["ours_redis_started"] = any(r.get("redis_started") for r in runs[engine])
+            if engine in OURS:
+                summary[f"{engine}_partitions_read"] = best.get("partitions_read")
+                summary[f"{engine}_rows_joined"] = best.get("rows_joined")
+                summary[f"{engine}_rss_before_join_mb"] = best.get("rss_before_join_mb")
+                summary["estimate_mb"] = round(best["estimate_mb"], 1)
+                if engine == "partitioned":
+                    summary["buckets"] = best.get("buckets")
+                if any(r.get("redis_started") for r in runs[engine]):
+                    summary["redis_started"] = True
         if len(ok) >= 2:
             log(f"comparing {', '.join(ok)} row by row")
             verdict = compare(run_dir, ok, stats["label_rows"])
@@ -740,7 +806,7 @@ def main() -> int:
                 summary["mismatches"] = verdict["details"]
             if not verdict["agree"]:
                 summary["rows_agree"] = False
-            elif len(ok) == len(ENGINES):
+            elif len(ok) == len(engines):
                 summary["rows_agree"] = True
             summary["engines_compared"] = ok
     finally:
@@ -748,17 +814,27 @@ def main() -> int:
             log(f"kept run folder {run_dir}")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-    for other in ("polars", "duckdb"):
-        both = summary["ours_s"] is not None and summary[f"{other}_s"] is not None
-        summary[f"ratio_time_vs_{other}"] = ratio(summary["ours_s"], summary[f"{other}_s"])
-        summary[f"ratio_rss_vs_{other}"] = (
-            ratio(summary["ours_rss_mb"], summary[f"{other}_rss_mb"]) if both else None
-        )
-    if summary.get("ours_redis_started"):
-        summary["ours_error"] = "the training path started the embedded Redis"
+    summary["ratio_partitioned_vs_memory_time"] = ratio(summary["partitioned_s"], summary["memory_s"])
+    summary["ratio_partitioned_vs_memory_rss"] = ratio(
+        summary["partitioned_rss_mb"], summary["memory_rss_mb"]
+    )
+    measured = summary["memory_rss_mb"]
+    estimate = summary.get("estimate_mb")
+    summary["estimate_error"] = (
+        round(abs(estimate - measured) / measured, 3) if estimate is not None and measured else None
+    )
+    for ours in OURS:
+        for other in ("polars", "duckdb"):
+            both = summary[f"{ours}_s"] is not None and summary[f"{other}_s"] is not None
+            summary[f"ratio_{ours}_vs_{other}_time"] = ratio(summary[f"{ours}_s"], summary[f"{other}_s"])
+            summary[f"ratio_{ours}_vs_{other}_rss"] = (
+                ratio(summary[f"{ours}_rss_mb"], summary[f"{other}_rss_mb"]) if both else None
+            )
+    if summary.get("redis_started"):
+        summary["memory_error"] = "the training path started the embedded Redis"
     print(json.dumps(summary), flush=True)
     healthy = len(ok) == len(engines) and summary["rows_agree"] is not False
-    return 0 if healthy and not summary.get("ours_redis_started") else 1
+    return 0 if healthy and not summary.get("redis_started") else 1
 
 
 if __name__ == "__main__":

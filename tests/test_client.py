@@ -333,3 +333,44 @@ def test_online_features_fresh_values_and_errors(tmp_path: Path, store_config: S
     with pytest.raises(RequestError, match="unknown feature 'user_stats:v1:nope'"):
         store.get_online_features([{"user_id": 1}], features=["user_stats:v1:nope"])
     store.close()
+
+
+@pytest.mark.parametrize("engine", ["memory", "partitioned"])
+def test_row_pruning_keeps_every_reachable_row(tmp_path: Path, engine, monkeypatch) -> None:
+    """The scatter's and the in-memory engine's row pruning (`time_range`) at its edges: a
+    row exactly one TTL before the first label, one exactly at the last label time, rows
+    just outside either side and after every label — the same values pruned or not."""
+    from skewless.client import training_set
+
+    group = FeatureGroup("g", user, src, [Feature("x", pl.Int64, default=-1)], ttl="1h")
+    first, last = BASE + timedelta(hours=2), BASE + timedelta(hours=30)
+    us = timedelta(microseconds=1)
+    rows = [  # (user, event time, value)
+        (1, first - timedelta(hours=1) - us, 10),  # just older than the first label's TTL
+        (1, first - timedelta(hours=1), 11),  # exactly on it: still fresh
+        (2, first - timedelta(hours=1) - us, 20),  # only row of user 2: stale for its label
+        (3, last, 30),  # exactly at the last label time
+        (3, last + us, 31),  # after every label
+        (4, first, 40),
+        (4, last + timedelta(hours=5), 41),  # after every label, a later day
+    ]
+    feature_rows = [{"user_id": u, "event_timestamp": t, "created_timestamp": t, "x": x} for u, t, x in rows]
+    labels = pl.DataFrame(
+        {"user_id": [1, 2, 3, 4, 4, 5], "t": [first, first, last, last - us, first, last]},
+        schema={"user_id": pl.Int64, "t": pl.Datetime("us", "UTC")},
+    )
+    expected = [11, -1, 30, -1, 40, -1]  # user 4 at last - 1us: its row at `first` is 28h old
+    config = StoreConfig(
+        offline_root=str(tmp_path), redis_url=None, state_dir=str(tmp_path), key_prefix="sktest:prune"
+    )
+    store = FeatureStore(FeatureRepository([group]), config)
+    write_rows(store.offline, group, feature_rows)
+    for prune in (True, False):
+        monkeypatch.setattr(training_set, "PRUNE_ROWS", prune)
+        got = store.get_training_dataset(labels, features=["g:v1:x"], timestamp_column="t", engine=engine)
+        assert got["x"].to_list() == expected, prune
+    if engine == "partitioned":  # pruned: only the rows some label reaches were scattered
+        monkeypatch.setattr(training_set, "PRUNE_ROWS", True)
+        store.get_training_dataset(labels, features=["g:v1:x"], timestamp_column="t", engine=engine)
+        assert store.last_training_stats.groups["g:v1"]["rows_joined"] == 3  # values 11, 30, 40
+    store.close()

@@ -238,3 +238,56 @@ def test_bad_window_definitions() -> None:
             [Feature("f", pl.Int64)],
             aggregations=[Aggregation("count", windows=["1d"])],
         )
+
+
+def test_window_values_equal_with_and_without_row_pruning(tmp_path: Path, monkeypatch) -> None:
+    """Row pruning for window groups keeps events from `min label - longest window` to the
+    last label time: events exactly on the lower edge (outside every window), just inside
+    it, exactly at the last label time and after it give the same values pruned or not, on
+    both engines."""
+    from skewless.client import training_set
+
+    first, last = NOW - timedelta(days=1), NOW - timedelta(hours=2)
+    us = timedelta(microseconds=1)
+    stamps = [
+        first - timedelta(days=3) - us,
+        first - timedelta(days=3),  # the lower edge: outside the 3d window of the first label
+        first - timedelta(days=3) + us,
+        first - timedelta(hours=1),
+        last,  # exactly at the last label time
+        last + us,  # after every label
+        NOW - timedelta(minutes=5),
+    ]
+    events = [
+        {"user_id": 1 + k % 2, "ts": t, "eid": f"e{k}", "amount": float(k), "status": "ok", "merchant": k % 3}
+        for k, t in enumerate(stamps)
+    ]
+    events_frame(events).write_parquet(tmp_path / "txns.parquet")
+    group = window_group(tmp_path / "txns.parquet")
+    config = StoreConfig(
+        offline_root=str(tmp_path / "offline"),
+        redis_url=None,
+        state_dir=str(tmp_path),
+        key_prefix="sktest:wprune",
+    )
+    store = FeatureStore(FeatureRepository([group]), config)
+    batch_materialize(store, group)
+    labels = pl.DataFrame(
+        {"user_id": [1, 2, 1, 2, 3], "t": [first, first, last, last, last]},
+        schema={"user_id": pl.Int64, "t": pl.Datetime("us", "UTC")},
+    )
+    refs = [
+        f"user_windows:v1:{name}" for name in ("count_1d", "amount_sum_3d", "amount_max_3d", "last_amount_3d")
+    ]
+    results = []
+    for engine in ("memory", "partitioned"):
+        for prune in (True, False):
+            monkeypatch.setattr(training_set, "PRUNE_ROWS", prune)
+            results.append(
+                store.get_training_dataset(labels, features=refs, timestamp_column="t", engine=engine)
+            )
+    for other in results[1:]:
+        assert other.equals(results[0])
+    # user 1: e2 just inside (e0 just outside); user 2: e3 only, e1 on the edge is outside
+    assert results[0]["amount_sum_3d"].to_list()[:2] == [2.0, 3.0]
+    store.close()

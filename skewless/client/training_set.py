@@ -1,41 +1,63 @@
-"""Building a training set: choose an engine, read only the partitions that can matter, join.
+"""Building a training set: choose an engine, read only the partitions and rows that can
+matter, join.
 
-Two engines give identical results (the tests run both):
-- `memory`: one lazy Polars plan per group (`join_asof` on the pruned partitions), collected
-  together. Fastest while the feature rows fit comfortably in memory.
-- `partitioned`: larger than memory. Label rows and feature rows are hash-partitioned by the
-  entity's join keys into buckets on disk with Polars' streaming sink (bounded memory), then
-  each bucket is joined in memory and its result spilled; the buckets are finally gathered back
-  into label order. Every entity lives in exactly one bucket, so per-bucket joins are exact.
-`auto` picks `partitioned` when the in-memory engine's estimated peak (`estimated_peak`:
-feature rows from Parquet footers and label rows, with per-row costs calibrated on the demo)
-exceeds the memory budget (`SKEWLESS_PIT_MEMORY_MB`, default a quarter of physical memory,
-capped at half of the memory available when the training set starts).
+Two engines give identical results (the tests run both, pruned and not):
+- `memory`: one lazy Polars plan per group (`join_asof` on the pruned partitions and rows),
+  collected together. Fastest while the feature rows fit comfortably in memory.
+- `partitioned`: larger than memory, in three steps a Dagster job can also run apart
+  (`scatter_buckets`, `join_bucket` per bucket, `gather_buckets`; they share nothing but
+  the work folder, laid out by `bucket_dir`/`bucket_files` alone):
+  1. scatter: label rows and the reachable feature rows are hash-partitioned by the entity's
+     join keys into one folder per bucket with Polars' streaming sink (bounded memory), as
+     uncompressed Arrow IPC: a work file is written once and read back once on the same
+     machine, so Parquet's encoding and compression were most of the engine's time (3-4x
+     the in-memory engine on bench/pit.py large; now ~1.2-1.4x at under a third of its RSS).
+  2. join a bucket (`join_group_sorted`): the scattered rows keep each entity's (event,
+     created, stored) order, so one stable sort of keys and event times and a binary search
+     find every label's row; only the picked rows' values are then read, batch by batch
+     from plain files (`_take_rows`; a memory-mapped pass would count the whole bucket as
+     resident). A bucket costs ~50 bytes per feature row, not the row's width.
+  3. gather: the buckets' results back into label order.
+  Every entity lives in exactly one bucket, so per-bucket joins are exact.
+Row pruning (`time_range`, both engines; `PRUNE_ROWS`): partition pruning (`plan_group`)
+drops whole days, then rows after the last label time and, with a TTL or a window, before
+the first label time minus it are dropped too; the scatter also skips entities no label
+names (`labelled`), since every row it keeps is written and read back.
+`auto` picks `partitioned` when the in-memory engine's estimated peak (`estimated_peak`: a
+fixed part, the feature rows pruning keeps from Parquet footers times their width, and per
+label row; fitted to measured peak RSS) exceeds the memory budget (`SKEWLESS_PIT_MEMORY_MB`,
+default a quarter of physical memory, capped at half of the memory available when the
+training set starts); the bucket count keeps a bucket's share under half the budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from skewless.compute.point_in_time import LABEL_TS, ROW, join_group
+from skewless.compute.point_in_time import LABEL_TS, ROW, join_group, join_group_sorted
 from skewless.errors import RequestError
 from skewless.language.durations import LIFETIME
-from skewless.language.feature_group import FeatureGroup
+from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.storage.offline import Location, OfflineStore, scan_merged, superseded_filter
 from skewless.storage.offline_layout import day_of
 
 Engine = Literal["auto", "memory", "partitioned"]
 BUCKET = "__skewless_bucket"
+PRUNE_ROWS = True  # prune feature rows to the labels' time range (bench/pit.py --no-prune turns it off)
 
 
 @dataclass
@@ -132,30 +154,43 @@ def _available_bytes() -> int | None:
     return None
 
 
-# Calibrated on the card-fraud demo's data at 20k and 200k users (0.9M and 9M label rows, as
-# many feature rows; `bench/memory.py` prints estimate and measured growth side by side):
-LABEL_BYTES = 60  # per label row and group: sorted label copy, join indices, output column
-ROW_FACTOR_ONE_KEY = 1.1  # x schema width per feature row: as-of join on one key
+# Refitted on bench/pit.py's data (one Int64 key, 20 float64 features; 100k labels x 1M rows
+# and 1M labels x 10M rows) against the measured peak RSS (VmHWM) of the whole process, so
+# the estimate is what a machine needs: medium 468 MiB measured, large 2,576 MiB. The
+# several-keys and window factors are the earlier calibration on the card-fraud demo (growth
+# over the process's baseline, 0.98x measured at 0.9M labels), rescaled by nothing.
+FIXED_BYTES = 232 * 2**20  # interpreter, Polars and skewless imported (~135 MiB), join buffers
+LABEL_BYTES = 40  # per label row and group: sorted label copy, join indices
+OUTPUT_COPIES = 2  # per label row and group: output width x 2 (the join's output, label order)
+ROW_FACTOR_ONE_KEY = 1.14  # x schema width per feature row: as-of join on one key
 ROW_FACTOR_KEYS = 3.4  # several keys: the join hashes them
 ROW_FACTOR_WINDOWS = 3.2  # window groups: sorted events, prefix sums, per-column lists
 
 
+def _width(dtype: pl.DataType) -> int:
+    if isinstance(dtype, pl.Array):
+        return 8 * dtype.size
+    return 24 if dtype == pl.String else 8
+
+
 def row_width(group: FeatureGroup) -> int:
     """Bytes per offline row from the schema (no data read)."""
-    width = 0
-    for dtype in group.offline_schema().values():
-        if isinstance(dtype, pl.Array):
-            width += 8 * dtype.size
-        elif dtype == pl.String:
-            width += 24
-        else:
-            width += 8
-    return width
+    return sum(_width(dtype) for dtype in group.offline_schema().values())
 
 
-def estimated_bytes(plan: GroupPlan, label_rows: int = 0) -> int:
-    """One group's working memory: rows from Parquet footers (cheap, no data read) times the
-    schema width times what its join holds per row, plus its share per label row."""
+def output_width(plan: GroupPlan) -> int:
+    """Bytes per label row of the group's output columns (row index included)."""
+    return 8 + sum(_width(plan.group.feature(f).polars_dtype) for f in plan.features)
+
+
+LabelSpan = tuple[datetime, datetime]  # first and last label time
+
+
+def estimated_bytes(plan: GroupPlan, label_rows: int = 0, span: LabelSpan | None = None) -> int:
+    """One group's working memory: rows from Parquet footers (cheap, no data read; `rows`)
+    that the row pruning keeps (`span`: a day partly outside the labels' reach counts by the
+    part inside) times the schema width times what its join holds per row, plus its share per
+    label row."""
     plan.rows = sum(_footer_rows(plan, f) for f in plan.files)
     group = plan.group
     if group.is_windowed:
@@ -164,17 +199,39 @@ def estimated_bytes(plan: GroupPlan, label_rows: int = 0) -> int:
         factor = ROW_FACTOR_KEYS
     else:
         factor = ROW_FACTOR_ONE_KEY
-    return int(plan.rows * row_width(group) * factor) + label_rows * LABEL_BYTES
+    rows = plan.rows if span is None else _reachable_rows(plan, span)
+    per_label = LABEL_BYTES + OUTPUT_COPIES * output_width(plan)
+    return int(rows * row_width(group) * factor) + label_rows * per_label
 
 
-def estimated_peak(plans: list[GroupPlan], label_rows: int) -> int:
-    """The in-memory engine's peak: window groups are computed one after another (eagerly),
-    then the row groups' joins run together (`collect_all`), so the peak is the larger of the
-    biggest window group and the sum of the row groups — not the sum of everything, which
-    overestimated the measured peak by about 2x."""
-    windows = [estimated_bytes(p, label_rows) for p in plans if p.group.is_windowed]
-    rows = [estimated_bytes(p, label_rows) for p in plans if not p.group.is_windowed]
-    return max(max(windows, default=0), sum(rows))
+def _reachable_rows(plan: GroupPlan, span: LabelSpan) -> float:
+    """Footer rows scaled per day by the share of the day `time_range` keeps (rows spread
+    evenly over a day: only the first and last days read are partial)."""
+    first, last = span
+    back = reach(plan.group)
+    low = None
+    if back is not None:
+        with contextlib.suppress(OverflowError):
+            low = first - back
+    day_len = timedelta(days=1)
+    total = 0.0
+    for path in plan.files:
+        day = day_of(path)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        lo = start if low is None else max(start, low)
+        hi = min(start + day_len, last)
+        if hi > lo:
+            total += _footer_rows(plan, path) * ((hi - lo) / day_len)
+    return total
+
+
+def estimated_peak(plans: list[GroupPlan], label_rows: int, span: LabelSpan | None = None) -> int:
+    """The in-memory engine's peak RSS: the process's fixed part plus, as the engine runs,
+    window groups computed one after another (eagerly), then the row groups' joins together
+    (`collect_all`): the larger of the biggest window group and the sum of the row groups."""
+    windows = [estimated_bytes(p, label_rows, span) for p in plans if p.group.is_windowed]
+    rows = [estimated_bytes(p, label_rows, span) for p in plans if not p.group.is_windowed]
+    return FIXED_BYTES + max(max(windows, default=0), sum(rows))
 
 
 def _footer_rows(plan: GroupPlan, path: Location) -> int:
@@ -212,17 +269,59 @@ def _for_entities(labels: pl.DataFrame, plan: GroupPlan) -> pl.LazyFrame:
     scan = _scan(plan)
     if labels.height > FILTER_MAX_LABELS or not plan.files:
         return scan
-    keys = plan.group.entity.key_columns
+    return scan.filter(labelled(labels, plan.group.entity.key_columns))
+
+
+def labelled(labels: pl.DataFrame, keys: list[str]) -> pl.Expr:
+    """Rows of the entities some label names (an order-keeping filter, a hash probe)."""
     if len(keys) == 1:
-        return scan.filter(pl.col(keys[0]).is_in(labels.get_column(keys[0]).unique().implode()))
+        return pl.col(keys[0]).is_in(labels.get_column(keys[0]).unique().implode())
     wanted = labels.select(pl.struct(keys).alias("__k")).unique().get_column("__k")
-    return scan.filter(pl.struct(keys).is_in(wanted.implode()))
+    return pl.struct(keys).is_in(wanted.implode())
 
 
-def join_in_memory(labels: pl.DataFrame, plans: list[GroupPlan]) -> list[pl.DataFrame]:
+def reach(group: FeatureGroup) -> timedelta | None:
+    """How far back from a label time a group's rows can matter: the TTL, a window group's
+    longest window; None when any earlier row can (no TTL, a lifetime window)."""
+    back = group.max_window if group.is_windowed else group.time_to_live
+    return None if back is None or back >= LIFETIME else back
+
+
+def time_range(labels: pl.DataFrame, group: FeatureGroup) -> pl.Expr | None:
+    """Feature rows some label can reach: `event_timestamp <= max label time` and, with a
+    reach (`reach`), `>= min label time - reach`; None when there are no labels.
+
+    Partition pruning (`plan_group`) drops whole days; this drops the rows inside the days
+    that are read: a label never takes a row after its own time, nor one older than its
+    TTL (the value would be stale, its default), nor a window's event before the window.
+    For row groups only the latest reachable row counts, so dropping older ones changes no
+    value; window groups' stored events are already one per identity (`_scan` drops
+    superseded versions before this filter runs), so dropping events no window covers
+    changes no aggregate.
+    """
+    if labels.height == 0:
+        return None
+    stamps = labels.get_column(LABEL_TS)
+    first, last = stamps.min(), stamps.max()
+    keep = pl.col(EVENT_TIMESTAMP) <= pl.lit(last, dtype=stamps.dtype)
+    back = reach(group)
+    if back is not None:
+        with contextlib.suppress(OverflowError):  # a reach before year 1: no lower side
+            keep &= pl.col(EVENT_TIMESTAMP) >= pl.lit(first - back, dtype=stamps.dtype)
+    return keep
+
+
+def _pruned(scan: pl.LazyFrame, labels: pl.DataFrame, plan: GroupPlan, prune: bool) -> pl.LazyFrame:
+    keep = time_range(labels, plan.group) if prune else None
+    return scan if keep is None else scan.filter(keep)
+
+
+def join_in_memory(labels: pl.DataFrame, plans: list[GroupPlan], prune: bool = True) -> list[pl.DataFrame]:
     lazy = labels.lazy()
     parts = [
-        join_group(lazy, p.group, p.features, _for_entities(labels, p), p.names).sort(ROW).drop(ROW)
+        join_group(lazy, p.group, p.features, _pruned(_for_entities(labels, p), labels, p, prune), p.names)
+        .sort(ROW)
+        .drop(ROW)
         for p in plans
     ]
     return pl.collect_all(parts)
@@ -262,52 +361,117 @@ def bucket_files(work: Path, i: int, kind: WorkKind, bucket: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
+IPC_COMPRESSION: Literal["uncompressed", "lz4", "zstd"] = "uncompressed"
+WORK_FILE = "{index:06d}.arrow"  # a bucket folder's files: Arrow IPC, numbered in write order
+
+
 def _bucketed_sink(frame: pl.LazyFrame, work: Path, i: int, kind: WorkKind) -> None:
-    """Stream `frame` (carrying BUCKET) into one folder per bucket, bounded memory."""
-    root = work / f"g{i}" / kind
-    frame.sink_parquet(
-        pl.PartitionBy(
-            root,
-            key=BUCKET,
-            include_key=False,
-            file_path_provider=lambda a: f"{a.partition_keys.item():05d}/{a.index_in_partition}.parquet",
-        ),
+    """Stream `frame` (carrying BUCKET) into one folder per bucket, bounded memory, as Arrow
+    IPC: written and read back at memory speed (no encoding, no compression), and a bucket
+    folder is scratch that lives for one training set."""
+
+    def path(args: pl.io.partition.FileProviderArgs) -> str:
+        folder = bucket_dir(work, i, kind, args.partition_keys.item())
+        return str(folder.relative_to(work) / WORK_FILE.format(index=args.index_in_partition))
+
+    frame.sink_ipc(
+        pl.PartitionBy(work, key=BUCKET, include_key=False, file_path_provider=path),
         mkdir=True,
+        compression=IPC_COMPRESSION,
     )
 
 
-def scatter_buckets(labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, work: Path) -> None:
+def _scan_work(files: list[Path], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    return pl.scan_ipc(files) if files else pl.LazyFrame(schema=schema)
+
+
+def scatter_buckets(
+    labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, work: Path, *, prune: bool = True
+) -> list[int]:
     """Step 1 of the partitioned engine: hash-partition each group's label rows and feature
     rows by entity into bucket folders (`bucket_dir`) with Polars' streaming sink (bounded
     memory). Every entity lands in exactly one bucket, so per-bucket joins are exact; the
-    folder is all later steps read, so they can run in other processes."""
+    folder is all later steps read, so they can run in other processes.
+
+    `prune` first drops the feature rows no label can reach: outside the labels' time range
+    (`time_range`, as the in-memory engine does) or of an entity no label names
+    (`labelled`; cheap next to writing and reading the row back). Returns the feature rows
+    written per group."""
+    written = []
     for i, plan in enumerate(plans):
         keys = plan.group.entity.key_columns
         label_parts = labels.select(ROW, *keys, LABEL_TS).with_columns(_bucket_expr(keys, buckets))
-        _bucketed_sink(label_parts.lazy(), work, i, "labels")
+        for (bucket,), part in label_parts.partition_by(BUCKET, as_dict=True, include_key=False).items():
+            folder = bucket_dir(work, i, "labels", bucket)
+            folder.mkdir(parents=True, exist_ok=True)
+            part.write_ipc(folder / WORK_FILE.format(index=0), compression=IPC_COMPRESSION)
         del label_parts
-        features = _scan(plan).select(feature_columns(plan)).with_columns(_bucket_expr(keys, buckets))
-        _bucketed_sink(features, work, i, "features")
+        features = _pruned(_scan(plan), labels, plan, prune)
+        if prune:  # every row is written and read back: skip the entities no label names
+            features = features.filter(labelled(labels, keys))
+        features = features.select(feature_columns(plan))
+        _bucketed_sink(features.with_columns(_bucket_expr(keys, buckets)), work, i, "features")
+        files = [f for b in range(buckets) for f in bucket_files(work, i, "features", b)]
+        written.append(pl.scan_ipc(files).select(pl.len()).collect().item() if files else 0)
+    return written
 
 
 def join_bucket(work: Path, plans: list[GroupPlan], i: int, bucket: int) -> Path | None:
     """Step 2: join group `i`'s bucket in memory and spill it into its results folder (None
     when no label fell in the bucket). Reads only the scattered files and the group's
-    definition, never the offline store."""
+    definition, never the offline store.
+
+    Row groups use `join_group_sorted`: the scattered rows keep each entity's (event,
+    created, stored) order, so the label's row is found from keys and times alone and only
+    the picked rows' values are read; window groups run `join_group` as in memory."""
     plan = plans[i]
     label_files = bucket_files(work, i, "labels", bucket)
     if not label_files:
         return None
-    feature_files = bucket_files(work, i, "features", bucket)
     offline_schema = plan.group.offline_schema()
     schema = {c: offline_schema[c] for c in feature_columns(plan)}
-    features = pl.scan_parquet(feature_files, schema=schema) if feature_files else pl.LazyFrame(schema=schema)
-    joined = join_group(pl.scan_parquet(label_files), plan.group, plan.features, features, plan.names)
+    feature_files = bucket_files(work, i, "features", bucket)
+    features = _scan_work(feature_files, schema)
+    labels = pl.scan_ipc(label_files).collect()
+
+    def take(positions: np.ndarray) -> pl.DataFrame:
+        return _take_rows(feature_files, schema, plan.features, positions)
+
+    joined = join_group_sorted(labels, plan.group, plan.features, features, plan.names, take)
     out_dir = bucket_dir(work, i, "results", bucket)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "0.parquet"
-    joined.collect().write_parquet(out)
+    out = out_dir / WORK_FILE.format(index=0)
+    joined.write_ipc(out, compression=IPC_COMPRESSION)
     return out
+
+
+def _take_rows(
+    files: list[Path], schema: dict[str, pl.DataType], columns: list[str], positions: np.ndarray
+) -> pl.DataFrame:
+    """Rows at `positions` (sorted, unique; counted over `files` in order) of `columns`.
+
+    Read one record batch at a time with pyarrow from a plain file, not a memory map: Polars
+    maps IPC files, and the mapped pages a pass touches all count as the process's resident
+    memory, so gathering from a 1 GB bucket would cost 1 GB of RSS; here it is one batch
+    (of the wanted columns only)."""
+    parts: list[pl.DataFrame] = []
+    offset = 0
+    for path in files:
+        with pa.OSFile(str(path)) as handle:
+            names = ipc.open_file(handle).schema.names
+            wanted = ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
+            reader = ipc.open_file(handle, options=wanted)
+            for k in range(reader.num_record_batches):
+                batch = reader.get_batch(k)
+                lo, hi = np.searchsorted(positions, [offset, offset + batch.num_rows])
+                if hi > lo:
+                    # the gather in Polars: pyarrow has no `take` for Polars' string views
+                    chosen = pl.from_arrow(batch).select(columns)
+                    parts.append(chosen[pl.Series(positions[lo:hi] - offset)])
+                offset += batch.num_rows
+    if not parts:
+        return pl.DataFrame(schema={c: schema[c] for c in columns})
+    return pl.concat(parts, how="vertical").cast({c: schema[c] for c in columns})
 
 
 def gather_buckets(work: Path, plans: list[GroupPlan], buckets: int) -> list[pl.DataFrame]:
@@ -317,12 +481,17 @@ def gather_buckets(work: Path, plans: list[GroupPlan], buckets: int) -> list[pl.
         results = [f for b in range(buckets) for f in bucket_files(work, i, "results", b)]
         if not results:  # only when there are no labels, which callers handle before joining
             raise RequestError(f"no bucket results for {plan.group.ref} under {work}")
-        outputs.append(pl.scan_parquet(results).sort(ROW).drop(ROW).collect())
+        outputs.append(pl.scan_ipc(results).sort(ROW).drop(ROW).collect())
     return outputs
 
 
 def join_partitioned(
-    labels: pl.DataFrame, plans: list[GroupPlan], buckets: int, spill_dir: str | None = None
+    labels: pl.DataFrame,
+    plans: list[GroupPlan],
+    buckets: int,
+    spill_dir: str | None = None,
+    stats: TrainingSetStats | None = None,
+    prune: bool = True,
 ) -> list[pl.DataFrame]:
     """Hash-partition labels and features by entity, join bucket by bucket, gather in order.
 
@@ -330,7 +499,10 @@ def join_partitioned(
     step on any worker (`feature_assets` builds that job); here they run one after another."""
     root = Path(tempfile.mkdtemp(prefix="skewless-pit-", dir=spill_dir))
     try:
-        scatter_buckets(labels, plans, buckets, root)
+        written = scatter_buckets(labels, plans, buckets, root, prune=prune)
+        if stats is not None:
+            for plan, rows in zip(plans, written, strict=True):
+                stats.groups[plan.group.ref]["rows_joined"] = rows
         for i in range(len(plans)):
             for b in range(buckets):
                 join_bucket(root, plans, i, b)
@@ -345,7 +517,9 @@ def build(
     """Feature columns for every label row (labels carry ROW, keys and LABEL_TS), per group."""
     if engine not in ("auto", "memory", "partitioned"):
         raise RequestError(f"unknown engine {engine!r}: use 'auto', 'memory' or 'partitioned'")
-    size = estimated_peak(plans, labels.height)
+    stamps = labels.get_column(LABEL_TS)
+    span = (stamps.min(), stamps.max()) if PRUNE_ROWS and labels.height else None
+    size = estimated_peak(plans, labels.height, span)
     budget = memory_budget_bytes()
     chosen = engine if engine != "auto" else ("partitioned" if size > budget else "memory")
     stats.engine = chosen
@@ -362,6 +536,7 @@ def build(
     }
     if chosen == "memory":
         stats.buckets = 0
-        return join_in_memory(labels, plans)
-    stats.buckets = max(2, math.ceil(size / max(budget // 2, 1)))
-    return join_partitioned(labels, plans, stats.buckets)
+        return join_in_memory(labels, plans, PRUNE_ROWS)
+    # a bucket holds its share of what the in-memory join would (the fixed part is paid once)
+    stats.buckets = max(2, math.ceil((size - FIXED_BYTES) / max(budget // 2, 1)))
+    return join_partitioned(labels, plans, stats.buckets, stats=stats, prune=PRUNE_ROWS)
