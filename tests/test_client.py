@@ -288,14 +288,21 @@ def test_online_features_in_request_order_with_defaults(materialized, redis_url)
     import redis as redis_lib
 
     probe = redis_lib.Redis.from_url(store.online.url)
-    before = probe.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
-    got = store.get_online_features(
-        [{"user_id": 5}, {"user_id": 424242}, {"user_id": 1}],
-        features=["user_stats:v1:amount", "user_stats:v1:online"],
-    )
-    after = probe.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+    # MGET calls are counted Redis-wide, and other clients of a shared Redis add to them: the
+    # least increase over a few tries is this read's own (others can only add, never remove)
+    deltas = []
+    for _ in range(5):
+        before = probe.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        got = store.get_online_features(
+            [{"user_id": 5}, {"user_id": 424242}, {"user_id": 1}],
+            features=["user_stats:v1:amount", "user_stats:v1:online"],
+        )
+        deltas.append(probe.info("commandstats").get("cmdstat_mget", {}).get("calls", 0) - before)
+        if deltas[-1] == 1:
+            break
     probe.close()
-    assert after - before == 1  # one round trip
+    assert min(deltas) == 1, deltas  # one round trip
+    assert store.last_online_stats["round_trips"] == 1
     assert got["user_id"].to_list() == [5, 424242, 1]
     # the newest events are from 2026-03 — long past the 1d TTL — so every value is expired: defaults
     assert got["amount"].to_list() == [0.0, 0.0, 0.0]
