@@ -365,3 +365,11 @@ def build(
         return join_in_memory(labels, plans)
     stats.buckets = max(2, math.ceil(size / max(budget // 2, 1)))
     return join_partitioned(labels, plans, stats.buckets)
+
+
+def default_buckets(plans: list[GroupPlan], label_rows: int) -> int:
+    """The partitioned engine's bucket count for these plans (what `build` picks): the
+    in-memory estimate over half the memory budget, at least 2. The distributed job's
+    default, so each of its bucket steps fits a worker like one of `build`'s buckets."""
+    size = estimated_peak(plans, label_rows)
+    return max(2, math.ceil(size / max(memory_budget_bytes() // 2, 1)))
