@@ -81,8 +81,10 @@ class TrainingSetPlan:
     """A training set ready to join (`FeatureStore.plan_training_set`).
 
     `original` is the entity frame as given; `labels` its prepared copy (ROW, join keys,
-    LABEL_TS), None when there are no label rows (nothing to join); `plans` one `GroupPlan`
-    per selected group, in selection order, the order `build` returns feature columns in."""
+    LABEL_TS), None when there are no label rows (nothing to join) or when the plan was
+    read back from a distributed job's work area (its labels are in the buckets); `plans`
+    one `GroupPlan` per selected group, in selection order (the order `build` returns
+    feature columns in), empty exactly when there are no label rows."""
 
     original: pl.DataFrame
     selection: Selection
@@ -93,7 +95,7 @@ class TrainingSetPlan:
     def assemble(self, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
         """The training set: the labels as given, then each group's feature columns (`frames`,
         from any engine); with no label rows, the labels with empty feature columns."""
-        if self.labels is None:
+        if not self.plans:
             return FeatureStore._empty_features(self.original, self.selection, self.names)
         return pl.concat([self.original, *frames], how="horizontal")
 
