@@ -27,7 +27,7 @@ def data_dir() -> Path:
     return home() / "data"
 
 
-def write_data(users: int = 30, n: int = 600, seed: int = 7) -> None:
+def write_data(users: int = 12, n: int = 600, seed: int = 7) -> None:
     rng = np.random.default_rng(seed)
     folder = data_dir()
     folder.mkdir(parents=True, exist_ok=True)

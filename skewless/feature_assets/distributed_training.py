@@ -183,7 +183,13 @@ def build_distributed_training_job(repo: FeatureRepository, service: FeatureServ
         groups = area.join(repo, item["bucket"])
         seconds = time.perf_counter() - started
         context.log.info(f"bucket {item['bucket']}: {groups} groups joined in {seconds:.2f} s")
-        return {**item, "host": socket.gethostname(), "pid": os.getpid(), "seconds": round(seconds, 3)}
+        return {
+            **item,
+            "joined": groups,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "seconds": round(seconds, 3),
+        }
 
     @dg.op(
         name="gather_training_set",
