@@ -3,8 +3,8 @@ group on two keys and a window group, with a feature service whose labels repeat
 
 Its data lives in `$SKEWLESS_HOME/data` (written by `write_data`), so the step processes of
 a multiprocess or Celery run, which import this module again, find the same files. `defs`
-is what `dagster job execute -m tests.distributed_repo` loads; `multiprocess_job` is the
-job for `dg.reconstructable` (executor from `SKEWLESS_EXECUTOR`, as deployed).
+is what `dagster job execute -m tests.distributed_repo` loads (executor from
+`SKEWLESS_EXECUTOR`, as deployed).
 """
 
 from __future__ import annotations
@@ -12,15 +12,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import polars as pl
 
 from skewless import Aggregation, Entity, Feature, FeatureGroup, FeatureRepository, FeatureService, FileSource
-from skewless.config import home
+from skewless.asset_keys import training_set_key
+from skewless.client.feature_store import FeatureStore
+from skewless.config import StoreConfig, home
+from skewless.feature_assets.definitions import build_definitions
 
 START = "2026-03-01"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 4
+JOB = "scorer_v1_distributed_training_set"
 
 
 def data_dir() -> Path:
@@ -107,20 +112,39 @@ def repository() -> FeatureRepository:
     return FeatureRepository(groups=[last, pair, windows], services=[service])
 
 
-def definitions():
-    from skewless.feature_assets.definitions import build_definitions
+def materialize_features(config: StoreConfig) -> None:
+    """The repository's feature partitions (offline only: training sets read nothing else)."""
+    defs = build_definitions(repository(), config)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(
+            list(defs.assets or []),
+            selection=dg.AssetSelection.key_prefixes(["features"]),
+            resources=defs.resources,
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": START,
+                "dagster/asset_partition_range_end": "2026-03-04",
+            },
+        ).success
 
-    return build_definitions(repository())
 
-
-def multiprocess_job():
-    from skewless.config import ExecutionConfig
-    from skewless.feature_assets.definitions import build_definitions
-
-    defs = build_definitions(
-        repository(), execution=ExecutionConfig(executor="multiprocess", max_concurrent=2)
+def in_memory(store: FeatureStore) -> pl.DataFrame:
+    service = store.repository.services[0]
+    assert service.labels is not None
+    labels = service.labels.scan().collect()
+    return store.get_training_dataset(
+        labels, service=service.ref, timestamp_column=service.labels.timestamp_field, engine="memory"
     )
-    return defs.resolve_job_def("scorer_v1_distributed_training_set")
+
+
+def materialization(instance: dg.DagsterInstance) -> dg.AssetMaterialization:
+    event = instance.get_latest_materialization_event(training_set_key(repository().services[0]))
+    assert event is not None and event.asset_materialization is not None
+    return event.asset_materialization
+
+
+def definitions():
+    return build_definitions(repository())
 
 
 def __getattr__(name: str):

@@ -22,25 +22,9 @@ from skewless.config import StoreConfig
 from skewless.feature_assets.definitions import build_definitions
 from skewless.feature_assets.distributed_training import distributed_job_name, run_distributed_training_set
 from tests import distributed_repo
+from tests.distributed_repo import JOB, in_memory, materialization, materialize_features
 
-JOB = "scorer_v1_distributed_training_set"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def materialize_features(config: StoreConfig) -> None:
-    """The repository's feature partitions (offline only: training sets read nothing else)."""
-    defs = build_definitions(distributed_repo.repository(), config)
-    with dg.instance_for_test() as instance:
-        assert dg.materialize(
-            list(defs.assets or []),
-            selection=dg.AssetSelection.key_prefixes(["features"]),
-            resources=defs.resources,
-            instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": distributed_repo.START,
-                "dagster/asset_partition_range_end": "2026-03-04",
-            },
-        ).success
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +49,6 @@ def home(materialized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return folder
 
 
-def in_memory(store: FeatureStore) -> pl.DataFrame:
-    service = store.repository.services[0]
-    assert service.labels is not None
-    labels = service.labels.scan().collect()
-    return store.get_training_dataset(
-        labels, service=service.ref, timestamp_column=service.labels.timestamp_field, engine="memory"
-    )
-
-
 def run_in_process(
     defs: dg.Definitions, instance: dg.DagsterInstance, buckets: int
 ) -> dg.ExecuteInProcessResult:
@@ -82,14 +57,6 @@ def run_in_process(
         run_config={"ops": {"prepare_training_set": {"config": {"buckets": buckets}}}},
         raise_on_error=False,
     )
-
-
-def materialization(instance: dg.DagsterInstance) -> dg.AssetMaterialization:
-    event = instance.get_latest_materialization_event(
-        training_set_key(distributed_repo.repository().services[0])
-    )
-    assert event is not None and event.asset_materialization is not None
-    return event.asset_materialization
 
 
 def test_job_matches_the_memory_engine_and_cleans_up(home: Path) -> None:

@@ -126,15 +126,12 @@ class WorkArea:
             raise ValueError(f"work area {self.prefix} has format {manifest.get('format')}, not {FORMAT}")
         return manifest
 
-    def plan(self, repo: FeatureRepository, manifest: dict[str, Any] | None = None) -> TrainingSetPlan:
-        """The plan the scatter step wrote, with the repository's group definitions (each step
-        runs the code location's own) and the labels as given (`labels` is None: they are in
-        the buckets)."""
+    def plans(self, repo: FeatureRepository, manifest: dict[str, Any] | None = None) -> list[GroupPlan]:
+        """The group plans the scatter step wrote, with the repository's group definitions
+        (each step runs the code location's own)."""
         manifest = manifest or self.manifest()
         store = self.store
-        selection = [(repo.group(n, v), list(feats)) for n, v, feats in manifest["selection"]]
-        names = {(n, v, f): out for n, v, f, out in manifest["names"]}
-        plans = [
+        return [
             GroupPlan(
                 repo.group(*p["group"]),
                 list(p["features"]),
@@ -147,11 +144,17 @@ class WorkArea:
             )
             for p in manifest["plans"]
         ]
-        data = store.read_bytes(self.key(ENTITIES))
+
+    def plan(self, repo: FeatureRepository, manifest: dict[str, Any] | None = None) -> TrainingSetPlan:
+        """The whole plan with the labels as given (`labels` is None: they are in the buckets)."""
+        manifest = manifest or self.manifest()
+        selection = [(repo.group(n, v), list(feats)) for n, v, feats in manifest["selection"]]
+        names = {(n, v, f): out for n, v, f, out in manifest["names"]}
+        data = self.store.read_bytes(self.key(ENTITIES))
         if data is None:
             raise FileNotFoundError(f"{self.key(ENTITIES)} is missing from the work area")
         original = pl.read_parquet(io.BytesIO(data))
-        return TrainingSetPlan(original, selection, names, None, plans)
+        return TrainingSetPlan(original, selection, names, None, self.plans(repo, manifest))
 
     # -- the three steps -------------------------------------------------------------------
 
@@ -173,8 +176,7 @@ class WorkArea:
 
     def join(self, repo: FeatureRepository, bucket: int) -> int:
         """Step 2: join one bucket of every group; returns the groups that had labels in it."""
-        manifest = self.manifest()
-        plans = self.plan(repo, manifest).plans
+        plans = self.plans(repo)  # not the labels as given: only the gather needs them
         joined = 0
         with _scratch() as local:
             for i in range(len(plans)):

@@ -16,7 +16,7 @@ from skewless.feature_assets.definitions import build_definitions
 from skewless.storage.offline import S3OfflineStore
 from tests import distributed_repo
 from tests.contract.offline.conftest import BUCKET
-from tests.test_distributed_training import JOB, in_memory, materialization, materialize_features
+from tests.distributed_repo import JOB, in_memory, materialization, materialize_features
 
 
 def test_distributed_job_on_s3(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
