@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import polars as pl
 
 from skewless.checks.schema import declared_violations
-from skewless.client.training_set import Engine, TrainingSetStats, build, plan_group
+from skewless.client.training_set import Engine, GroupPlan, TrainingSetStats, build, plan_group
 from skewless.compute.point_in_time import (
     LABEL_TS,
     ROW,
@@ -73,6 +74,30 @@ def convert(frame: pl.DataFrame, output: str) -> Any:
     raise RequestError(
         f"unknown output {output!r}: use 'polars', 'pandas', 'arrow', 'dicts', 'rows' or 'numpy'"
     )
+
+
+@dataclass
+class TrainingSetPlan:
+    """A training set ready to join (`FeatureStore.plan_training_set`).
+
+    `original` is the entity frame as given; `labels` its prepared copy (ROW, join keys,
+    LABEL_TS), None when there are no label rows (nothing to join) or when the plan was
+    read back from a distributed job's work area (its labels are in the buckets); `plans`
+    one `GroupPlan` per selected group, in selection order (the order `build` returns
+    feature columns in), empty exactly when there are no label rows."""
+
+    original: pl.DataFrame
+    selection: Selection
+    names: dict[tuple[str, int, str], str]
+    labels: pl.DataFrame | None
+    plans: list[GroupPlan]
+
+    def assemble(self, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+        """The training set: the labels as given, then each group's feature columns (`frames`,
+        from any engine); with no label rows, the labels with empty feature columns."""
+        if not self.plans:
+            return FeatureStore._empty_features(self.original, self.selection, self.names)
+        return pl.concat([self.original, *frames], how="horizontal")
 
 
 class FeatureStore:
@@ -211,6 +236,41 @@ class FeatureStore:
         what is stored and emits a `MissingPartitionsWarning` with the same text instead.
         The rule lives in `skewless.compute.coverage`.
         """
+        plan = self.plan_training_set(
+            entity_df,
+            features,
+            service,
+            timestamp_column,
+            full_feature_names,
+            partitions_from,
+            allow_missing,
+            _stacklevel=5,
+        )
+        if plan.labels is None:
+            return convert(plan.assemble([]), output)
+        self.last_training_stats = TrainingSetStats()
+        frames = build(plan.labels, plan.plans, engine, self.last_training_stats)
+        return convert(plan.assemble(frames), output)
+
+    def plan_training_set(
+        self,
+        entity_df: Any,
+        features: Sequence[str] | None = None,
+        service: str | None = None,
+        timestamp_column: str = "event_timestamp",
+        full_feature_names: bool = False,
+        partitions_from: date | None = None,
+        allow_missing: bool = False,
+        *,
+        _stacklevel: int = 4,
+    ) -> TrainingSetPlan:
+        """Everything `get_training_dataset` does before joining: the labels checked and
+        prepared (ROW, keys, LABEL_TS), coverage enforced, each group's partitions planned.
+
+        The one preparation both the client's engines and the distributed Dagster job
+        (`feature_assets.distributed_training`) join from, so they cannot drift; the
+        arguments mean what they mean there. `TrainingSetPlan.assemble` puts the joined
+        feature columns next to the labels."""
         original = labels = to_polars(entity_df, "entity_df")
         selection = self.select(features, service)
         names = self.output_names(selection, full_feature_names)
@@ -221,11 +281,11 @@ class FeatureStore:
         for group, _ in selection:
             labels = conform_keys(labels, group, "entity_df")
         if labels.height == 0:
-            return convert(self._empty_features(original, selection, names), output)
+            return TrainingSetPlan(original, selection, names, None, [])
         keys = sorted({k for group, _ in selection for k in group.entity.key_columns})
         base = labels.select(keys).with_columns(label_ts.alias(LABEL_TS)).with_row_index(ROW)
         label_days = label_ts.dt.date().unique().to_list()
-        self._check_coverage(selection, label_days, partitions_from, allow_missing)
+        self._check_coverage(selection, label_days, partitions_from, allow_missing, _stacklevel)
         plans = [
             plan_group(
                 self.offline,
@@ -240,12 +300,15 @@ class FeatureStore:
             for plan in plans:
                 if not plan.group.is_windowed:
                     plan.files = [f for f in plan.files if day_of(f) >= partitions_from]
-        self.last_training_stats = TrainingSetStats()
-        frames = build(base, plans, engine, self.last_training_stats)
-        return convert(pl.concat([original, *frames], how="horizontal"), output)
+        return TrainingSetPlan(original, selection, names, base, plans)
 
     def _check_coverage(
-        self, selection: Selection, label_days: list[date], since: date | None, allow_missing: bool
+        self,
+        selection: Selection,
+        label_days: list[date],
+        since: date | None,
+        allow_missing: bool,
+        stacklevel: int = 4,
     ) -> None:
         """Refuse (or, allowed, warn about) a training set built over unmaterialized days."""
         from skewless import asset_keys
@@ -270,7 +333,7 @@ class FeatureStore:
                     )
                 )
         if problems:
-            coverage.enforce("\n".join(problems), allow_missing, stacklevel=4)
+            coverage.enforce("\n".join(problems), allow_missing, stacklevel=stacklevel)
 
     @staticmethod
     def _empty_features(labels: pl.DataFrame, selection: Selection, names: dict) -> pl.DataFrame:

@@ -517,9 +517,7 @@ def build(
     """Feature columns for every label row (labels carry ROW, keys and LABEL_TS), per group."""
     if engine not in ("auto", "memory", "partitioned"):
         raise RequestError(f"unknown engine {engine!r}: use 'auto', 'memory' or 'partitioned'")
-    stamps = labels.get_column(LABEL_TS)
-    span = (stamps.min(), stamps.max()) if PRUNE_ROWS and labels.height else None
-    size = estimated_peak(plans, labels.height, span)
+    size = estimated_peak(plans, labels.height, _label_span(labels))
     budget = memory_budget_bytes()
     chosen = engine if engine != "auto" else ("partitioned" if size > budget else "memory")
     stats.engine = chosen
@@ -537,6 +535,27 @@ def build(
     if chosen == "memory":
         stats.buckets = 0
         return join_in_memory(labels, plans, PRUNE_ROWS)
-    # a bucket holds its share of what the in-memory join would (the fixed part is paid once)
-    stats.buckets = max(2, math.ceil((size - FIXED_BYTES) / max(budget // 2, 1)))
+    stats.buckets = _bucket_count(size, budget)
     return join_partitioned(labels, plans, stats.buckets, stats=stats, prune=PRUNE_ROWS)
+
+
+def _bucket_count(size: int, budget: int) -> int:
+    """A bucket holds its share of what the in-memory join would (the fixed part is paid
+    once per process), and at most half the budget."""
+    return max(2, math.ceil((size - FIXED_BYTES) / max(budget // 2, 1)))
+
+
+def _label_span(labels: pl.DataFrame) -> LabelSpan | None:
+    """The label times' range the estimate prunes rows by (None: no pruning)."""
+    if not PRUNE_ROWS or not labels.height:
+        return None
+    stamps = labels.get_column(LABEL_TS)
+    return (stamps.min(), stamps.max())
+
+
+def default_buckets(plans: list[GroupPlan], labels: pl.DataFrame) -> int:
+    """The partitioned engine's bucket count for these plans and labels (what `build`
+    picks): the distributed job's default, so each of its bucket steps fits a worker like
+    one of `build`'s buckets."""
+    size = estimated_peak(plans, labels.height, _label_span(labels))
+    return _bucket_count(size, memory_budget_bytes())

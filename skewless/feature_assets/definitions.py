@@ -20,6 +20,11 @@ from skewless.asset_keys import (
     training_set_key,
 )
 from skewless.config import ExecutionConfig, StoreConfig
+from skewless.feature_assets.distributed_training import (
+    WORK_IO,
+    WorkAreaIOManager,
+    build_distributed_training_job,
+)
 from skewless.feature_assets.lineage import build_registry_asset, service_specs
 from skewless.feature_assets.offline import build_offline_asset
 from skewless.feature_assets.online import build_online_asset
@@ -73,16 +78,20 @@ def feature_definitions(
 
 
 def training_definitions(repo: FeatureRepository) -> dg.Definitions:
-    """Per feature service with labels a training-set asset, and one job rebuilding them all."""
-    training = [build_training_set_asset(repo, s) for s in repo.services if s.labels is not None]
+    """Per feature service with labels a training-set asset and a distributed job that
+    materializes it with one step per bucket (`distributed_training`); one job rebuilding
+    every training set (in process, per asset)."""
+    labelled = [s for s in repo.services if s.labels is not None]
+    training = [build_training_set_asset(repo, s) for s in labelled]
     if not training:
         return dg.Definitions()
     job = dg.define_asset_job(
         name="training_sets",
-        selection=dg.AssetSelection.assets(*(training_set_key(s) for s in repo.services if s.labels)),
+        selection=dg.AssetSelection.assets(*(training_set_key(s) for s in labelled)),
         description="Rebuild every feature service's training set from its labels.",
     )
-    return dg.Definitions(assets=training, jobs=[job])
+    distributed = [build_distributed_training_job(repo, s) for s in labelled]
+    return dg.Definitions(assets=training, jobs=[job, *distributed])
 
 
 def serving_definitions(repo: FeatureRepository, checks: bool = True) -> dg.Definitions:
@@ -146,6 +155,7 @@ def store_resources(config: StoreConfig) -> dict[str, Any]:
             state_dir=config.state_dir, redis_url=config.redis_url, key_prefix=config.key_prefix
         ),
         "duckdb": DuckDBResource(database=str(Path(config.state_dir) / "offline.duckdb")),
+        WORK_IO: WorkAreaIOManager(root=config.offline_root),
     }
 
 

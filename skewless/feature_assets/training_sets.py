@@ -1,6 +1,7 @@
 """Training-set assets: a feature service's labels joined point-in-time with its features."""
 
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -11,6 +12,12 @@ from skewless.feature_assets.column_lineage import training_set_column_lineage
 from skewless.language.feature_service import FeatureService
 from skewless.repository import FeatureRepository
 from skewless.resources.stores import OfflineStoreResource
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from skewless.client.feature_store import FeatureStore
+    from skewless.storage.offline import Location
 
 
 class TrainingSetConfig(dg.Config):
@@ -69,22 +76,37 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
         stats = store.last_training_stats
         context.log.info(f"{service.ref}: {frame.height} rows with engine {stats.engine}")
         return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": frame.height,
-                "dagster/column_schema": dg.TableSchema(
-                    columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
-                ),
-                "dagster/column_lineage": training_set_column_lineage(
-                    repo, service, store.output_names(store.select(service=service.ref), False), offline_key
-                ),
-                "path": dg.MetadataValue.path(str(path)),
-                "engine": stats.engine,
-                "partitions_read": dg.MetadataValue.json(stats.groups),
-                "feature_versions": ", ".join(sorted(f"{n}:v{v}" for n, v in groups)),
-            }
+            metadata=training_set_metadata(repo, service, store, frame, path, stats.engine, stats.groups)
         )
 
     return _training_set
+
+
+def training_set_metadata(
+    repo: FeatureRepository,
+    service: FeatureService,
+    store: "FeatureStore",
+    frame: "pl.DataFrame",
+    path: "Location",
+    engine: str,
+    partitions_read: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    """A training set's materialization metadata, whichever job built it (this asset or the
+    distributed job): rows, schema, column lineage, path, engine, partitions read."""
+    groups = {(g.name, g.version) for ref in service.refs for g in [repo.resolve(ref)[0]]}
+    return {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
+        ),
+        "dagster/column_lineage": training_set_column_lineage(
+            repo, service, store.output_names(store.select(service=service.ref), False), offline_key
+        ),
+        "path": dg.MetadataValue.path(str(path)),
+        "engine": engine,
+        "partitions_read": dg.MetadataValue.json(partitions_read),
+        "feature_versions": ", ".join(sorted(f"{n}:v{v}" for n, v in groups)),
+    }
 
 
 def _code_version(service: FeatureService, groups: list) -> str:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -73,6 +74,7 @@ __all__ = [
     "OfflineStore",
     "S3OfflineStore",
     "S3Settings",
+    "atomic_copy",
     "atomic_write",
     "days_between",
     "dedupe_and_sort",
@@ -221,6 +223,25 @@ def atomic_write(target: Path, content: pl.DataFrame | bytes) -> Path:
     return target
 
 
+def atomic_copy(source: Path, target: Path) -> Path:
+    """`atomic_write` of a local file's bytes, streamed: same temp, mode, fsync and rename."""
+    private_dirs(target.parent)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    started = time.time()
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(source, "rb") as handle, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(handle, out, 8 * 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+        _fsync_dir(target.parent)
+    finally:
+        temp.unlink(missing_ok=True)
+    remove_stale_temps(target, started)
+    return target
+
+
 def parquet_bytes(frame: pl.DataFrame) -> bytes:
     """The bytes `atomic_write` would put in a file: same codec, same statistics."""
     buffer = io.BytesIO()
@@ -283,6 +304,54 @@ class OfflineStore(ABC):
     @abstractmethod
     def footer_rows(self, location: Location) -> int:
         """Rows of one Parquet file from its footer (no data read)."""
+
+    @abstractmethod
+    def put_file(self, key: str, source: Path) -> Location:
+        """Store the local file `source` (any content, streamed: never whole in memory) at
+        `key`, atomically like `write`."""
+
+    @abstractmethod
+    def get_file(self, key: str, target: Path) -> bool:
+        """Copy the file at `key` to the local path `target` (folders made, streamed);
+        False when it does not exist."""
+
+    @abstractmethod
+    def _delete_tree(self, prefix: str) -> int: ...
+
+    def delete_tree(self, prefix: str) -> int:
+        """Remove every file under the folder `prefix` (dot-named temps too); returns how many.
+        Refuses the root and anything that is not a plain relative key: one wrong argument
+        must not empty the store."""
+        parts = prefix.strip("/").split("/")
+        if not prefix.strip("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"refusing to delete {prefix!r}: not a folder key under the root")
+        return self._delete_tree("/".join(parts))
+
+    # -- folders of files (the distributed training set's work area) -----------------------
+
+    def upload_tree(self, local: Path, prefix: str) -> int:
+        """Every visible file under the local folder `local` to `prefix/<relative path>`,
+        whatever its name or format; returns how many. Dot-names are temps and skipped,
+        as `list_keys` skips them."""
+        count = 0
+        if not local.is_dir():
+            return 0
+        for folder, dirs, names in os.walk(local):
+            dirs[:] = sorted(d for d in dirs if layout.is_visible(d))
+            for name in sorted(n for n in names if layout.is_visible(n)):
+                path = Path(folder) / name
+                self.put_file(f"{prefix}/{path.relative_to(local).as_posix()}", path)
+                count += 1
+        return count
+
+    def download_tree(self, prefix: str, local: Path, keys: Sequence[str] | None = None) -> int:
+        """The files under `prefix` into the local folder `local` (same relative paths);
+        `keys` (from one `list_keys` of a wider prefix) saves the listing. Returns how many."""
+        base = prefix.rstrip("/") + "/"
+        wanted = self.list_keys(prefix) if keys is None else [k for k in keys if k.startswith(base)]
+        for key in wanted:
+            self.get_file(key, local / key[len(base) :])
+        return len(wanted)
 
     def key_of(self, location: Location) -> str:
         """The layout key of a location of this store (inverse of `location`)."""
@@ -516,6 +585,25 @@ class LocalOfflineStore(OfflineStore):
         with open(location, "rb") as handle:
             return pq.ParquetFile(handle).metadata.num_rows
 
+    def put_file(self, key: str, source: Path) -> Path:
+        return atomic_copy(Path(source), self.location(key))
+
+    def get_file(self, key: str, target: Path) -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(self.location(key), target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _delete_tree(self, prefix: str) -> int:
+        base = self.location(prefix)
+        if not base.is_dir():
+            return int(self.delete(prefix))
+        count = sum(len(names) for _, _, names in os.walk(base))
+        shutil.rmtree(base, ignore_errors=True)
+        return count
+
     # a local store keeps its folders, as before the interface: `in_use` is the folder
     def mark_in_use(self, group: FeatureGroup) -> None:
         private_dirs(Path(self.group_dir(group)))
@@ -702,6 +790,33 @@ class S3OfflineStore(OfflineStore):
                     raise
         raise AssertionError("unreachable")
 
+    def put_file(self, key: str, source: Path) -> str:
+        # streamed in parts: pyarrow sends one PUT, or a multipart upload past its part size,
+        # which S3 makes visible only once complete (never half an object)
+        with open(source, "rb") as handle, self.fs.open_output_stream(self._path(key)) as out:
+            shutil.copyfileobj(handle, out, _COPY_CHUNK)
+        return self.location(key)
+
+    def get_file(self, key: str, target: Path) -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.fs.open_input_stream(self._path(key)) as stream, open(target, "wb") as out:
+                shutil.copyfileobj(stream, out, _COPY_CHUNK)
+        except FileNotFoundError:
+            target.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _delete_tree(self, prefix: str) -> int:
+        import pyarrow.fs as pafs
+
+        base = self._path(prefix)
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = [info.path for info in infos if info.type == pafs.FileType.File]
+        if files:
+            self.fs.delete_dir_contents(base, missing_dir_ok=True)
+        return len(files) + int(self.delete(prefix))
+
     def arrow_dataset(self, files: Sequence[Location], group: FeatureGroup) -> Any:
         """A pyarrow dataset of a group's files with the Hive `date` column (DuckDB reads it
         through Arrow: its httpfs extension would have to be downloaded)."""
@@ -719,6 +834,7 @@ class S3OfflineStore(OfflineStore):
 
 
 _READ_ATTEMPTS = 20
+_COPY_CHUNK = 8 * 1024 * 1024
 
 
 def _whole_parquet(data: bytes) -> bool:

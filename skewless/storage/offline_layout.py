@@ -5,6 +5,7 @@
     <root>/_training_sets/<service>/v<N>/data.parquet         a training-set asset's output
     <root>/_registry/<stamp>/registry.json, features.parquet  registry snapshots
     <root>/_served/<service>/v<N>/log-<first>-<last>.parquet  the sampled served-vector log
+    <root>/_work/<run id>/...                                 a distributed job's scratch files
 
 Why one module: before, six modules each spelled some of these names (`date=` globs in the
 client, `_served` in the served asset, `_registry` in lineage, ...), so a second backend would
@@ -29,6 +30,7 @@ PARQUET = ".parquet"
 TRAINING_SETS = "_training_sets"
 REGISTRY = "_registry"
 SERVED = "_served"
+WORK = "_work"
 REGISTRY_JSON = "registry.json"
 REGISTRY_FEATURES = "features.parquet"
 IN_USE_MARKER = ".in-use"  # object stores have no folders: an empty object marks a version in use
@@ -79,6 +81,14 @@ def registry_key(stamp: str, file: str = "") -> str:
 
 def served_key(service: str, version: int) -> str:
     return f"{SERVED}/{service}/v{version}"
+
+
+def work_key(run_id: str) -> str:
+    """The scratch area of one run of a distributed job (the training-set buckets): files
+    every step reads and writes through the store, deleted when the run ends."""
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return f"{WORK}/{run_id}"
 
 
 def _entry_range_name(kind: str, first: str, last: str) -> str:

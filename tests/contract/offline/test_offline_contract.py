@@ -524,3 +524,49 @@ def test_stream_micro_batch_stores_pieces_on_the_backend(
         online = open_online_store(config)
         online.delete_all()
         online.close()
+
+
+def test_files_and_folders_round_trip_and_delete_tree(offline: OfflineStore, tmp_path: Path) -> None:
+    """The distributed training set's work area: whole folders of any files up and down
+    (streamed), then removed with one call that refuses to touch anything above its folder."""
+    local = tmp_path / "up"
+    (local / "g0" / "labels" / "00001").mkdir(parents=True)
+    (local / "g0" / "labels" / "00001" / "0.arrow").write_bytes(b"\x00\x01arrow")
+    (local / "g0" / "labels" / "00001" / "1.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 64)
+    (local / "g1" / "features").mkdir(parents=True)
+    (local / "g1" / "features" / "blob").write_bytes(b"")
+    (local / "g1" / "features" / ".x.tmp").write_bytes(b"temp")  # a writer's temp: never copied
+    work = layout.work_key("run-1")
+    assert work == "_work/run-1"
+    assert offline.upload_tree(local, f"{work}/buckets") == 3
+    offline.write("_work/run-2/keep.json", b"{}")  # another run's area
+    keys = offline.list_keys(work)
+    assert keys == [
+        f"{work}/buckets/g0/labels/00001/0.arrow",
+        f"{work}/buckets/g0/labels/00001/1.parquet",
+        f"{work}/buckets/g1/features/blob",
+    ]
+    down = tmp_path / "down"
+    assert offline.download_tree(f"{work}/buckets/g0", down) == 2
+    for name in ("0.arrow", "1.parquet"):
+        assert (down / "labels" / "00001" / name).read_bytes() == (
+            local / "g0" / "labels" / "00001" / name
+        ).read_bytes()
+    # one listing of the whole area serves several folders
+    again = tmp_path / "again"
+    assert offline.download_tree(f"{work}/buckets/g1", again, keys=keys) == 1
+    assert (again / "features" / "blob").read_bytes() == b""
+    assert offline.get_file(f"{work}/nothing", tmp_path / "nothing") is False
+    assert not (tmp_path / "nothing").exists()
+    single = tmp_path / "single.bin"
+    single.write_bytes(b"one")
+    assert str(offline.put_file(f"{work}/one.bin", single)).endswith(f"{work}/one.bin")
+    assert offline.read_bytes(f"{work}/one.bin") == b"one"
+
+    for bad in ("", "/", "_work/..", "../x", "a//b"):
+        with pytest.raises(ValueError):
+            offline.delete_tree(bad)
+    assert offline.delete_tree(work) == 4
+    assert offline.list_keys(work) == []
+    assert offline.list_keys("_work") == ["_work/run-2/keep.json"]
+    assert offline.delete_tree(work) == 0  # already gone: nothing to do
