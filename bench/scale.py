@@ -77,7 +77,7 @@ REPO = textwrap.dedent(
 
     import polars as pl
 
-    from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FileSource
+    from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureService, FileSource
     from skewless.feature_assets.definitions import build_definitions
 
     user = Entity("user", {{"user_id": pl.Int64}})
@@ -102,7 +102,13 @@ REPO = textwrap.dedent(
         ),
         features=[Feature("channel_upper", pl.String, default="NONE")],
     )
-    repository = FeatureRepository(groups=[stats, channel])
+    # the training set's labels: the distributed job builds the service's training set
+    training = FeatureService(
+        "scale_training",
+        {features!r},
+        labels=FileSource("scale_labels", {labels!r}, "label_ts", start_date={start!r}),
+    )
+    repository = FeatureRepository(groups=[stats, channel], services=[training])
     defs = build_definitions(repository)
     '''
 )
@@ -311,11 +317,21 @@ def main() -> int:
     generate(data_dir, size["days"], size["rows_per_day"], size["entities"], size["labels"])
     work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="skewless-bench-scale-"))
     url = resolve_redis(args.redis_url, work / "state")
+    if not args.redis_url and url.startswith("redis://"):
+        # millions of keys: a database of its own, so other clients' SCANs of db 0 stay fast
+        url = url.rsplit("/", 1)[0] + "/12"
     db_url = url.rsplit("/", 1)[0] + "/13" if url.startswith("redis://") else url
     module_dir = work / "code"
     module_dir.mkdir(exist_ok=True)
     repo_module = module_dir / "scale_repo.py"
-    repo_module.write_text(REPO.format(data=str(data_dir / "events"), start=START.isoformat()))
+    repo_module.write_text(
+        REPO.format(
+            data=str(data_dir / "events"),
+            labels=str(data_dir / "labels.parquet"),
+            start=START.isoformat(),
+            features=FEATURES,
+        )
+    )
     first, last = START, START + timedelta(days=size["days"] - 1)
     per_run = args.days_per_run or max(1, size["days"] // 8)
     result: dict[str, Any] = {
@@ -508,8 +524,66 @@ def training(
             out["training_partitioned_buckets"] = figures["buckets"]
         out["training_estimated_mb"] = figures["estimated_mb"]
         log(f"training set ({engine}): {figures['seconds']:.1f} s, {figures['max_rss_mb']} MiB")
+    from skewless.feature_assets.distributed_training import run_distributed_training_set
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(module_dir), str(ROOT)]),
+        "SKEWLESS_OFFLINE_ROOT": str(base / "offline"),
+        "SKEWLESS_REDIS_URL": url,  # never connected: training sets read the offline store only
+        "SKEWLESS_KEY_PREFIX": "skbench:scaletrain",
+        "SKEWLESS_CELERY_BROKER": broker,
+    }
+    for name, executor in (("multiprocess_2", "multiprocess"), ("celery_2", "celery")):
+        home = work / f"train-{name}"
+        (home / "dagster").mkdir(parents=True, exist_ok=True)
+        (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        run_env = {**env, "SKEWLESS_HOME": str(home / "state"), "DAGSTER_HOME": str(home / "dagster")}
+        log(f"training set: distributed job on {executor}, 2 workers")
+        try:
+            with PeakRSS() as rss:
+                done = run_distributed_training_set(
+                    "scale_repo",
+                    "scale_training_v1",
+                    home / "dagster",
+                    executor=executor,
+                    workers=2,
+                    env=run_env,
+                    working_directory=module_dir,
+                )
+        except Exception as exc:  # Celery that cannot start: a printed skip, not a silent pass
+            log(f"training set ({name}): skipped: {type(exc).__name__}: {exc}")
+            out[f"training_distributed_{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        if not done.ok:
+            (home / "failure.log").write_text(done.log)
+            log(f"training set ({name}): FAILED {done.status}; output in {home / 'failure.log'}")
+            out[f"training_distributed_{name}_error"] = f"run {done.status}"
+            out["training_identical"] = False
+            continue
+        target = work / f"train-distributed-{name}.parquet"
+        assert done.path is not None
+        shutil.copyfile(done.path, target)
+        frames[f"distributed_{name}"] = target
+        joins = [s for s in done.steps if "join" in s.step_key]
+        out[f"training_distributed_{name}_s"] = round(done.seconds, 2)
+        out[f"training_distributed_{name}_buckets"] = done.buckets
+        out[f"training_distributed_{name}_workers_used"] = len({s.worker for s in joins})
+        out[f"training_distributed_{name}_rss_mb"] = rss.summary()
+        out[f"training_distributed_{name}_max_rss_mb"] = max(rss.summary().values(), default=0.0)
+        log(
+            f"training set ({name}): {done.seconds:.1f} s, {done.buckets} buckets, join steps on "
+            f"{out[f'training_distributed_{name}_workers_used']} worker(s)"
+        )
     reference = pl.read_parquet(frames["memory"])
-    out["training_identical"] = all(pl.read_parquet(p).equals(reference) for p in frames.values())
+    out["training_compared"] = sorted(frames)
+    out["training_identical"] = out.get("training_identical", True) and all(
+        pl.read_parquet(p).equals(reference) for p in frames.values()
+    )
+    if "training_distributed_multiprocess_2_s" in out:
+        out["speedup_training_distributed_vs_memory"] = round(
+            out["training_memory_s"] / out["training_distributed_multiprocess_2_s"], 3
+        )
     return out
 
 

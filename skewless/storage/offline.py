@@ -210,7 +210,7 @@ def atomic_write(target: Path, content: pl.DataFrame | bytes) -> Path:
         # which is process-wide and would race other threads
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         if isinstance(content, pl.DataFrame):
-            content.write_parquet(temp, compression="zstd", statistics=True)
+            write_frame(content, temp)
         else:
             temp.write_bytes(content)
         with open(temp, "rb") as handle:
@@ -242,10 +242,21 @@ def atomic_copy(source: Path, target: Path) -> Path:
     return target
 
 
+ROW_GROUP_ROWS = 131_072
+
+
+def write_frame(frame: pl.DataFrame, target: Path | io.BytesIO) -> None:
+    """The one Parquet encoding of every stored frame: zstd, statistics, and a fixed row-group
+    size. Without one, Polars cuts row groups where the frame's chunks end, and those depend
+    on how the frame was computed (streaming morsels, threads, the machine's load), so the
+    same rows written by two workers differed byte for byte (seen on bench/scale.py large)."""
+    frame.write_parquet(target, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS)
+
+
 def parquet_bytes(frame: pl.DataFrame) -> bytes:
-    """The bytes `atomic_write` would put in a file: same codec, same statistics."""
+    """The bytes `atomic_write` would put in a file (`write_frame`)."""
     buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    write_frame(frame, buffer)
     return buffer.getvalue()
 
 
