@@ -330,3 +330,73 @@ def test_pushed_embedding_searchable_at_once_in_every_process(built) -> None:
             store.push("items", nan)
     finally:
         other.close()
+
+
+# ------------------------------------------------------------------------- HTTP
+def test_http_search_with_roles(
+    tmp_path: Path, store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from skewless.serving.http import AccessPolicy, create_app
+
+    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
+    repo = vector_repo(tmp_path / "data")
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert materialize(repo, store_config, instance).success
+    store = FeatureStore(repo, store_config)
+    try:
+        policy = AccessPolicy.from_json(
+            '{"keys": {"r": "reader", "n": "nobody"}, "roles": {"reader": {"groups": ["item_embeddings:v1"],'
+            ' "push": ["items"]}, "nobody": {"services": [], "groups": []}}}',
+            repo,
+        )
+        client = TestClient(create_app(store, policy))
+        query = unit(np.ones((1, DIM)))[0].tolist()
+        body = {"group": "item_embeddings:v1", "vector": query, "k": 4, "filter": {"country": ["FR", "DE"]}}
+        assert client.post("/features/search", json=body).status_code == 401
+        assert client.post("/features/search", json=body, headers={"X-API-Key": "n"}).status_code == 403
+        ok = client.post(
+            "/features/search", json={**body, "features": ["country"]}, headers={"X-API-Key": "r"}
+        )
+        assert ok.status_code == 200, ok.text
+        results = ok.json()["results"]
+        assert len(results) == 4 and {r["country"] for r in results} <= {"FR", "DE"}
+        assert [r["distance"] for r in results] == sorted(r["distance"] for r in results)
+        by_entity = client.post(
+            "/features/search",
+            json={"group": "item_embeddings:v1", "entity": {"item_id": 3}, "k": 2},
+            headers={"X-API-Key": "r"},
+        )
+        assert by_entity.status_code == 200 and len(by_entity.json()["results"]) == 2
+        # a vector pushed over HTTP (JSON lists) is searchable at once
+        now = datetime.now(UTC).isoformat()
+        pushed = client.post(
+            "/push",
+            json={
+                "source": "items",
+                "rows": [{"item_id": 500, "ts": now, "embedding": query, "country": "FR"}],
+            },
+            headers={"X-API-Key": "r"},
+        )
+        assert pushed.status_code == 200, pushed.text
+        top = client.post("/features/search", json={**body, "k": 1}, headers={"X-API-Key": "r"}).json()
+        assert top["results"][0]["item_id"] == 500
+        bad = client.post(
+            "/features/search",
+            json={"group": "item_embeddings:v1", "vector": [1.0]},
+            headers={"X-API-Key": "r"},
+        )
+        assert bad.status_code == 422 and "has 1 dimensions" in bad.json()["error"]
+        missing = client.post(
+            "/features/search", json={"group": "nope:v1", "vector": query}, headers={"X-API-Key": "r"}
+        )
+        assert missing.status_code in (403, 404)
+        assert (
+            client.post(
+                "/features/search", json={"group": "item_embeddings:v1"}, headers={"X-API-Key": "r"}
+            ).status_code
+            == 400
+        )
+    finally:
+        store.close()
