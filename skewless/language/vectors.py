@@ -68,7 +68,7 @@ class VectorIndex:
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     connectivity: int = 32
     expansion_add: int = 128
-    expansion_search: int = 64
+    expansion_search: int = 160
     min_recall: float = 0.95
     recall_k: int = 10
     recall_queries: int = 200
