@@ -400,3 +400,31 @@ def test_http_search_with_roles(
         )
     finally:
         store.close()
+
+
+def test_stream_micro_batch_updates_index(tmp_path: Path, store_config: StoreConfig) -> None:
+    """The stream path (push with direct=False, then the sensor's micro-batch) updates the
+    index like a direct push; an index built before any data is empty, then searchable."""
+    from skewless.sensors.microbatch import apply_rows
+    from skewless.vectors import index_store
+
+    repo = vector_repo(tmp_path / "data", item_events().head(0), stream=True)
+    group = repo.groups[0]
+    store = FeatureStore(repo, store_config)
+    try:
+        built = index_store.build(store.offline, group)
+        index_store.save(store.offline, group, built)
+        index_store.publish(store.offline, group, built)
+        query = unit(np.ones((1, DIM)))[0]
+        assert store.search("item_embeddings:v1", query, k=3).height == 0
+        rows = pl.DataFrame(
+            {"item_id": [41, 42], "ts": [datetime.now(UTC)] * 2, "embedding": np.stack([query, -query])},
+            schema_overrides={"ts": pl.Datetime("us", "UTC"), "embedding": pl.Array(pl.Float32, DIM)},
+        ).with_columns(pl.lit("FR").alias("country"))
+        store.push("items", rows, direct=False)
+        assert store.search("item_embeddings:v1", query, k=3).height == 0  # not applied yet
+        apply_rows(repo, store.offline, store.online, "items", rows)
+        found = store.search("item_embeddings:v1", query, k=3, features=["country"])
+        assert found["item_id"].to_list() == [41, 42] and found["country"].to_list() == ["FR", "FR"]
+    finally:
+        store.close()
