@@ -68,13 +68,14 @@ def test_demo_runs_twice_with_the_same_result(tmp_path: Path) -> None:
     # the runs are recorded on the instance in the state folder, so `make ui` shows them
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        # daily, training sets, views, stream, the blocked bad delivery, serving logs; x2
-        assert len(runs) == 12
+        # daily, training sets, views, stream, vector index, the blocked bad delivery, serving logs; x2
+        assert len(runs) == 14
         failed = [r for r in runs if not r.is_success]
         assert len(failed) == 2 and all(r.tags.get("skewless/demo") == "bad-delivery" for r in failed)
     assert "BLOCKED merchant_risk:v1: 6 schema violations" in first
     assert "offline partition unchanged: True; Redis unchanged and online asset not run: True" in first
     assert re.search(r"features/merchant_risk_v1_offline +drift ok, expectations ok, schema ok", first)
+    assert "merchants most like merchant 1" in first and "indexes/merchant_profile_v1_index" in first
     assert "online_offline_agreement ok" in first and "FAIL" not in first.split("a bad merchant")[0]
 
 
