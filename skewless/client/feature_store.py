@@ -529,6 +529,8 @@ class FeatureStore:
         `target` is text and the result ranks features by how well it matches their name,
         group, description, tags and owner (`limit` rows), as before vector search existed.
         """
+        if isinstance(vector, int) and not isinstance(vector, bool) and entity is None:
+            limit, vector = vector, None  # the catalog search's old signature: search(text, limit)
         if vector is not None or entity is not None:
             return self.vector_search(target, vector, entity=entity, k=k, filter=filter, features=features)
         return self.registry.search(target, limit)
