@@ -597,41 +597,47 @@ class FeatureStore:
             )
         handle = self.index_handle(group_ref)
         group = handle.group
-        searcher = handle.sync()
-        keys = group.entity.key_columns
-        exclude = None
-        if entity is not None:
-            missing = [c for c in keys if c not in entity]
-            if missing:
-                raise RequestError(f"entity for '{group.ref}' lacks join key(s) {missing}")
-            exclude = conform_keys(pl.DataFrame([{c: entity[c] for c in keys}]), group, "entity")
-            query = searcher.vector_of(exclude)
-            if query is None:
-                raise RequestError(f"entity {dict(entity)} has no embedding in the index of '{group.ref}'")
-        else:
-            try:
-                query = np.asarray(vector, dtype=np.float32).reshape(-1)
-            except (TypeError, ValueError):
-                raise RequestError(f"query vector for '{group.ref}' must be a list of numbers") from None
-        if query.shape[0] != searcher.dim:
-            raise RequestError(
-                f"query vector for '{group.ref}' has {query.shape[0]} dimensions, "
-                f"the index has {searcher.dim}"
-            )
-        if not np.isfinite(query).all():
-            raise RequestError(f"query vector for '{group.ref}' has NaN or infinite values")
-        names = set(searcher.rows.columns) | set(searcher.overlay.columns)
-        if filter is not None:
-            unknown = [c for c in filter.meta.root_names() if c not in names or c.startswith("_")]
-            if unknown:
-                usable = ", ".join(c for c in searcher.rows.columns if not c.startswith("_"))
+        # one search at a time per index: a concurrent push applied mid-search would swap
+        # the overlay under it (the HTTP server searches from several threads)
+        with handle.lock:
+            searcher = handle.sync()
+            keys = group.entity.key_columns
+            exclude = None
+            if entity is not None:
+                missing = [c for c in keys if c not in entity]
+                if missing:
+                    raise RequestError(f"entity for '{group.ref}' lacks join key(s) {missing}")
+                exclude = conform_keys(pl.DataFrame([{c: entity[c] for c in keys}]), group, "entity")
+                query = searcher.vector_of(exclude)
+                if query is None:
+                    raise RequestError(
+                        f"entity {dict(entity)} has no embedding in the index of '{group.ref}'"
+                    )
+            else:
+                try:
+                    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+                except (TypeError, ValueError):
+                    raise RequestError(f"query vector for '{group.ref}' must be a list of numbers") from None
+            if query.shape[0] != searcher.dim:
                 raise RequestError(
-                    f"filter names column(s) {unknown} the index of '{group.ref}' lacks (columns: {usable})"
+                    f"query vector for '{group.ref}' has {query.shape[0]} dimensions, "
+                    f"the index has {searcher.dim}"
                 )
-        try:
-            found = searcher.search(query, k + (1 if exclude is not None else 0), filter)
-        except pl.exceptions.PolarsError as exc:
-            raise RequestError(f"filter for '{group.ref}' failed: {str(exc).splitlines()[0]}") from None
+            if not np.isfinite(query).all():
+                raise RequestError(f"query vector for '{group.ref}' has NaN or infinite values")
+            names = set(searcher.rows.columns) | set(searcher.overlay.columns)
+            if filter is not None:
+                unknown = [c for c in filter.meta.root_names() if c not in names or c.startswith("_")]
+                if unknown:
+                    usable = ", ".join(c for c in searcher.rows.columns if not c.startswith("_"))
+                    raise RequestError(
+                        f"filter names column(s) {unknown} the index of '{group.ref}' lacks "
+                        f"(columns: {usable})"
+                    )
+            try:
+                found = searcher.search(query, k + (1 if exclude is not None else 0), filter)
+            except pl.exceptions.PolarsError as exc:
+                raise RequestError(f"filter for '{group.ref}' failed: {str(exc).splitlines()[0]}") from None
         result = found.keys.with_columns(pl.Series(DISTANCE, found.distance))
         if exclude is not None:
             result = result.join(exclude, on=keys, how="anti", maintain_order="left").head(k)
