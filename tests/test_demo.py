@@ -98,6 +98,7 @@ def test_demo_runs_on_object_storage_and_a_redis_cluster(tmp_path: Path) -> None
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "offline store s3://skewless-demo/offline" in out and "online store redis+cluster://" in out
     agreement = re.findall(r"online/(\S+)_online\s+online_freshness ok, online_offline_agreement ok", out)
-    assert len(agreement) == 7, out[-3000:]  # every group version agrees online and offline
+    assert len(agreement) == 8, out[-3000:]  # every group version agrees online and offline
+    assert "merchants most like merchant 1" in out  # the index on S3, its pushes on the cluster
     assert "BLOCKED merchant_risk:v1" in out and "offline partition unchanged: True" in out
     assert not list(tmp_path.glob("skewless-demo-scale-*")), "the demo's servers folder was not removed"
