@@ -20,6 +20,8 @@ _EXPORTS = {
     "FeatureGroup": "skewless.language",
     "FeatureService": "skewless.language",
     "FileSource": "skewless.language",
+    "Vector": "skewless.language",
+    "VectorIndex": "skewless.language",
     "FeatureRepository": "skewless.repository",
     "load_repository": "skewless.repository",
     "FeatureStore": "skewless.client.feature_store",
@@ -40,6 +42,8 @@ __all__ = [
     "FeatureStore",
     "FileSource",
     "StoreConfig",
+    "Vector",
+    "VectorIndex",
     "build_definitions",
     "load_repository",
 ]
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
         FeatureGroup,
         FeatureService,
         FileSource,
+        Vector,
+        VectorIndex,
     )
     from skewless.repository import FeatureRepository, load_repository
 

@@ -4,12 +4,13 @@ Every asset key skewless creates or looks up is built here, and every key read b
 asset graph is parsed here, so the scheme can change in one place.
 
 Scheme: `<layer>/<name>`, two components. The layer (`sources`, `features`, `online`,
-`training_sets`, `services`, `models`, `served`, `sql`, `registry`) groups the catalog and
+`training_sets`, `services`, `models`, `served`, `indexes`, `sql`, `registry`) groups the catalog and
 selects by prefix (`AssetSelection.key_prefixes(["features"])`); the name is what the asset
 graph labels a node with, so it says what the asset is on its own: versioned assets end in
 `_v<N>_<what>` — `features/user_last_txn_v2_offline`, `online/user_last_txn_v2_online`,
 `training_sets/fraud_model_v1_training_set`, `services/fraud_model_v1_service`,
-`served/fraud_model_v1_served_log` — while sources and models keep their own names.
+`served/fraud_model_v1_served_log`, `indexes/item_embeddings_v2_index` — while sources and
+models keep their own names.
 
 `*_path` functions return plain `list[str]` (no Dagster import: the client and the serving
 path must not pay for importing Dagster); `*_key` functions make the `dagster.AssetKey`.
@@ -34,6 +35,7 @@ MODELS = "models"
 SERVED = "served"
 SQL = "sql"
 REGISTRY = "registry"
+INDEXES = "indexes"
 
 # the name (last path component, what the asset graph labels a node with) ends with what the
 # asset is, so `user_last_txn_v2_offline` and `user_last_txn_v2_online` never look alike
@@ -43,6 +45,7 @@ SUFFIXES = {
     TRAINING_SETS: "training_set",
     SERVICES: "service",
     SERVED: "served_log",
+    INDEXES: "index",
 }
 _VERSIONED = re.compile(r"^(?P<name>.+)_v(?P<version>[0-9]+)_(?P<suffix>[a-z_]+)$")
 
@@ -66,6 +69,11 @@ def offline_path(group: FeatureGroup) -> list[str]:
 def online_path(group: FeatureGroup) -> list[str]:
     """`online/<group>_v<N>_online`: the latest values of a group version in Redis."""
     return _versioned(ONLINE, group.name, group.version)
+
+
+def index_path(group: FeatureGroup) -> list[str]:
+    """`indexes/<group>_v<N>_index`: the vector index over a group version's latest embeddings."""
+    return _versioned(INDEXES, group.name, group.version)
 
 
 def training_set_path(service: FeatureService) -> list[str]:
@@ -106,6 +114,10 @@ def offline_key(group: FeatureGroup) -> Any:
 
 def online_key(group: FeatureGroup) -> Any:
     return key(online_path(group))
+
+
+def index_key(group: FeatureGroup) -> Any:
+    return key(index_path(group))
 
 
 def training_set_key(service: FeatureService) -> Any:

@@ -185,7 +185,7 @@ def registry_command(args: argparse.Namespace) -> int:
             )
             cli_output.print_json(frame) if args.json else cli_output.print_frame(frame, "features")
         elif args.action == "search":
-            frame = store.search(args.text, args.limit)
+            frame = store.search(args.text, limit=args.limit)
             if args.json:
                 cli_output.print_json(frame)
             elif frame.is_empty():

@@ -226,9 +226,24 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
         print(online.select("user_id", "merchant_id", "last_amount", "last_channel", "segment", "risk_score"))
     print("   (the unknown user gets each feature's declared default, as training sets do)")
 
+    print("6. look-alike merchants: the vector index over merchant_profile:v1 (checked for recall)")
+    indexed = execute_in_location(instance, module, "defs", location, "vector_indexes", run_config=quiet)
+    if indexed.status != dagster.DagsterRunStatus.SUCCESS:
+        raise SystemExit("job vector_indexes failed; see the run in `make ui`")
+    similar = store.search(
+        "merchant_profile:v1",
+        entity={"merchant_id": 1},
+        k=4,
+        features=["category", "merchant_risk:v1:risk_score"],
+    )
+    print(f"   merchants most like merchant 1 ({similar['category'][0] if similar.height else '-'}):")
+    with pl.Config(tbl_rows=5, tbl_width_chars=120, tbl_hide_dataframe_shape=True, float_precision=4):
+        print(similar)
+    summary["look_alikes"] = similar["merchant_id"].to_list()
+
     from skewless.demo_checks import block_bad_delivery, log_and_check_skew, print_check_summary
 
-    print("6. data-quality checks: the latest result of every asset check (shown in `make ui` too)")
+    print("7. data-quality checks: the latest result of every asset check (shown in `make ui` too)")
     summary["checks"] = print_check_summary(defs, instance)
     print(
         f"   a bad merchant-risk delivery for {last}: scores of 1.7 (declared range [0, 1]), a null category"

@@ -68,13 +68,14 @@ def test_demo_runs_twice_with_the_same_result(tmp_path: Path) -> None:
     # the runs are recorded on the instance in the state folder, so `make ui` shows them
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        # daily, training sets, views, stream, the blocked bad delivery, serving logs; x2
-        assert len(runs) == 12
+        # daily, training sets, views, stream, vector index, the blocked bad delivery, serving logs; x2
+        assert len(runs) == 14
         failed = [r for r in runs if not r.is_success]
         assert len(failed) == 2 and all(r.tags.get("skewless/demo") == "bad-delivery" for r in failed)
     assert "BLOCKED merchant_risk:v1: 6 schema violations" in first
     assert "offline partition unchanged: True; Redis unchanged and online asset not run: True" in first
     assert re.search(r"features/merchant_risk_v1_offline +drift ok, expectations ok, schema ok", first)
+    assert "merchants most like merchant 1" in first and "indexes/merchant_profile_v1_index" in first
     assert "online_offline_agreement ok" in first and "FAIL" not in first.split("a bad merchant")[0]
 
 
@@ -97,6 +98,7 @@ def test_demo_runs_on_object_storage_and_a_redis_cluster(tmp_path: Path) -> None
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "offline store s3://skewless-demo/offline" in out and "online store redis+cluster://" in out
     agreement = re.findall(r"online/(\S+)_online\s+online_freshness ok, online_offline_agreement ok", out)
-    assert len(agreement) == 7, out[-3000:]  # every group version agrees online and offline
+    assert len(agreement) == 8, out[-3000:]  # every group version agrees online and offline
+    assert "merchants most like merchant 1" in out  # the index on S3, its pushes on the cluster
     assert "BLOCKED merchant_risk:v1" in out and "offline partition unchanged: True" in out
     assert not list(tmp_path.glob("skewless-demo-scale-*")), "the demo's servers folder was not removed"

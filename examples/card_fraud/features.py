@@ -1,4 +1,5 @@
-"""The card-fraud feature repository: three entities, four groups, one in two versions."""
+"""The card-fraud feature repository: three entities, six groups (two in two versions), one
+of them an embedding with a vector index."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from skewless import (
     FeatureGroup,
     FeatureService,
     FileSource,
+    Vector,
+    VectorIndex,
 )
 from skewless.config import home
 
@@ -169,6 +172,55 @@ merchant_risk = FeatureGroup(
     ttl="3d",
     owner="team:risk",
     description="Latest daily merchant risk score",
+)
+
+
+MERCHANT_CATEGORIES = [
+    "grocery",
+    "fuel",
+    "travel",
+    "electronics",
+    "restaurants",
+    "online",
+    "pharmacy",
+    "fashion",
+]
+PROFILE_DIM = len(MERCHANT_CATEGORIES) + 2
+
+
+def _merchant_profile(scores: pl.LazyFrame) -> pl.LazyFrame:
+    """A small merchant embedding from each daily score: the category (one-hot), the score and
+    a fixed per-merchant offset, scaled to unit length. A stand-in for a learned embedding,
+    computed in Polars, so the demo can show look-alike search with no model to download."""
+    parts = [(pl.col("category") == c).cast(pl.Float32) for c in MERCHANT_CATEGORIES]
+    parts += [
+        (pl.col("risk_score") * 4).cast(pl.Float32),
+        ((pl.col("merchant_id") * 7919 % 101) / 101).cast(pl.Float32),
+    ]
+    norm = pl.sum_horizontal([p * p for p in parts]).sqrt()
+    return scores.select(
+        "merchant_id",
+        "scored_at",
+        pl.concat_list([p / norm for p in parts]).alias("profile"),
+        "category",
+    )
+
+
+merchant_profile = FeatureGroup(
+    name="merchant_profile",
+    entity=merchant,
+    source=merchant_scores,
+    transformation=_merchant_profile,
+    features=[
+        Feature(
+            "profile", Vector(PROFILE_DIM, normalized=True), description="Merchant embedding (unit length)"
+        ),
+        Feature("category", pl.String, default="unknown", description="Merchant category, for filters"),
+    ],
+    index=VectorIndex("profile", metric="cosine", recall_queries=100),
+    freshness="2d",
+    owner="team:risk",
+    description="A merchant embedding and its vector index: look-alike merchants",
 )
 
 

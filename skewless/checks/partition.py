@@ -37,6 +37,8 @@ class DriftReferences(Protocol):
 def partition_check_names(group: FeatureGroup) -> list[str]:
     """The checks a group's offline asset declares (and always reports)."""
     names = ["schema"]
+    if group.vector_features:
+        names.append("vectors")
     if group.all_expectations():
         names.append("expectations")
     if group.drift is not None:
@@ -47,7 +49,12 @@ def partition_check_names(group: FeatureGroup) -> list[str]:
 def check_partitions(
     group: FeatureGroup, rows: pl.DataFrame, days: list[date], store: DriftReferences
 ) -> list[CheckOutcome]:
+    from skewless.checks.vectors import check_vectors
+
     outcomes = [validate_schema(group, rows)]
+    vectors = check_vectors(group, rows)
+    if vectors is not None:
+        outcomes.append(vectors)
     expectations = run_expectations(group, rows)
     if expectations is not None:
         outcomes.append(expectations)
@@ -59,7 +66,8 @@ def check_partitions(
 def drift_columns(group: FeatureGroup) -> dict[str, pl.DataType]:
     if group.is_windowed:
         return group.input_columns()
-    return {f.name: f.polars_dtype for f in group.features}
+    # embeddings have no univariate distribution to bin; the index asset scores their drift
+    return {f.name: f.polars_dtype for f in group.features if f.vector is None}
 
 
 def check_drift(

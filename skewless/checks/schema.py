@@ -78,6 +78,12 @@ def declared_violations(group: FeatureGroup, frame: pl.DataFrame) -> str | None:
             counts.append(
                 (~column.is_in(allowed.implode()) & column.is_not_null()).sum().alias(f"{feature.name}:isin")
             )
+    if group.vector_features:
+        from skewless.checks.vectors import check_vectors
+
+        vectors = check_vectors(group, frame)
+        if vectors is not None and not vectors.passed:
+            return vectors.description
     if not counts:
         return None
     found = frame.select(counts).row(0)

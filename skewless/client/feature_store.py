@@ -123,6 +123,7 @@ class FeatureStore:
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
         self._source_schemas: dict[str, pl.Schema] = {}  # push's reference, read once per source
         self.monitor = ServingMonitor(self.online, log_rate=self.config.serving_log_rate)
+        self._indexes: dict[str, Any] = {}  # group ref -> vectors.updates.IndexHandle
 
     @classmethod
     def from_repo(
@@ -427,9 +428,12 @@ class FeatureStore:
                     group, result, now=at, before=queued.pop("stream", None)
                 )
             else:
-                written[group.ref] = self.online.write_latest(group, latest_per_entity(group, result))[
-                    "written"
-                ]
+                latest = latest_per_entity(group, result)
+                written[group.ref] = self.online.write_latest(group, latest)["written"]
+                if group.index is not None:
+                    from skewless.vectors import updates
+
+                    updates.append(self.online, group, latest)  # searchable at once, everywhere
         return written
 
     def _source_schema(self, source: Source) -> pl.Schema | None:
@@ -569,9 +573,145 @@ class FeatureStore:
         """Every feature of every group version, with dtype, description, owner, consumers."""
         return self.registry.features()
 
-    def search(self, text: str, limit: int = 20) -> pl.DataFrame:
-        """Features ranked by how well `text` matches name, group, description, tags, owner."""
-        return self.registry.search(text, limit)
+    def search(
+        self,
+        target: str,
+        vector: Any = None,
+        *,
+        entity: Mapping[str, Any] | None = None,
+        k: int = 10,
+        filter: pl.Expr | None = None,
+        features: Sequence[str] | None = None,
+        limit: int = 20,
+    ) -> pl.DataFrame:
+        """Nearest neighbours in a group version's vector index, or a text search of the catalog.
+
+        With a query `vector` or an `entity` (a dict of join keys: its current embedding is
+        the query, and it is left out of the answer), `target` is an indexed group version
+        (`"item_embeddings:v2"`) and this is `vector_search` (see there). With neither,
+        `target` is text and the result ranks features by how well it matches their name,
+        group, description, tags and owner (`limit` rows), as before vector search existed.
+        """
+        if isinstance(vector, int) and not isinstance(vector, bool) and entity is None:
+            limit, vector = vector, None  # the catalog search's old signature: search(text, limit)
+        if vector is not None or entity is not None:
+            return self.vector_search(target, vector, entity=entity, k=k, filter=filter, features=features)
+        return self.registry.search(target, limit)
+
+    def index_handle(self, group_ref: str) -> Any:
+        """The process's handle on a group version's published index (loaded on first use)."""
+        from pathlib import Path
+
+        from skewless.vectors.updates import IndexHandle
+
+        parsed = FeatureRef.parse(group_ref)
+        if parsed.feature is not None:
+            raise RequestError(
+                f"search a group version ('{parsed.group_ref}'), not a feature ('{group_ref}')"
+            )
+        try:
+            group = self.repository.group(parsed.group, parsed.version)
+        except DefinitionError as exc:
+            raise RequestError(str(exc)) from None
+        if group.index is None:
+            indexed = ", ".join(g.ref for g in self.repository.groups if g.index is not None) or "none"
+            raise RequestError(
+                f"feature group '{group.ref}' has no VectorIndex (indexed group versions: {indexed})"
+            )
+        handle = self._indexes.get(group.ref)
+        if handle is None:
+            handle = IndexHandle(self.offline, self.online, group, Path(self.config.state_dir) / "cache")
+            self._indexes[group.ref] = handle
+        return handle
+
+    def vector_search(
+        self,
+        group_ref: str,
+        vector: Any = None,
+        *,
+        entity: Mapping[str, Any] | None = None,
+        k: int = 10,
+        filter: pl.Expr | None = None,
+        features: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        """The `k` entities nearest to `vector` (or to `entity`'s current embedding) in the
+        index of `group_ref`, nearest first: join keys, `distance` (1 - cosine, -inner
+        product or L2 distance, by the index's metric) and the requested `features`.
+
+        `filter` is a Polars expression over the group's scalar features
+        (`pl.col("country") == "FR"`), as of the index build plus every push since; when at
+        least k entities match it, k are returned (see `vectors.engine` for how). `features`
+        are names of the group's features or references `group:vN:feature` of any group of
+        the same entity, read from the online store in one round trip, with the same TTL and
+        default rules as `get_online_features`. Pushed embeddings are searchable as soon as
+        the push returns, in every process.
+        """
+        import numpy as np
+
+        from skewless.vectors.engine import DISTANCE
+
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
+            raise RequestError(f"k must be an integer in 1..10000, got {k!r}")
+        if (vector is None) == (entity is None):
+            raise RequestError("pass exactly one of a query vector or entity={join keys}")
+        if filter is not None and not isinstance(filter, pl.Expr):
+            raise RequestError(
+                f"filter must be a Polars expression such as pl.col('country') == 'FR', got {filter!r}"
+            )
+        handle = self.index_handle(group_ref)
+        group = handle.group
+        # one search at a time per index: a concurrent push applied mid-search would swap
+        # the overlay under it (the HTTP server searches from several threads)
+        with handle.lock:
+            searcher = handle.sync()
+            keys = group.entity.key_columns
+            exclude = None
+            if entity is not None:
+                missing = [c for c in keys if c not in entity]
+                if missing:
+                    raise RequestError(f"entity for '{group.ref}' lacks join key(s) {missing}")
+                exclude = conform_keys(pl.DataFrame([{c: entity[c] for c in keys}]), group, "entity")
+                query = searcher.vector_of(exclude)
+                if query is None:
+                    raise RequestError(
+                        f"entity {dict(entity)} has no embedding in the index of '{group.ref}'"
+                    )
+            else:
+                try:
+                    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+                except (TypeError, ValueError):
+                    raise RequestError(f"query vector for '{group.ref}' must be a list of numbers") from None
+            if query.shape[0] != searcher.dim:
+                raise RequestError(
+                    f"query vector for '{group.ref}' has {query.shape[0]} dimensions, "
+                    f"the index has {searcher.dim}"
+                )
+            if not np.isfinite(query).all():
+                raise RequestError(f"query vector for '{group.ref}' has NaN or infinite values")
+            names = set(searcher.rows.columns) | set(searcher.overlay.columns)
+            if filter is not None:
+                unknown = [c for c in filter.meta.root_names() if c not in names or c.startswith("_")]
+                if unknown:
+                    usable = ", ".join(c for c in searcher.rows.columns if not c.startswith("_"))
+                    raise RequestError(
+                        f"filter names column(s) {unknown} the index of '{group.ref}' lacks "
+                        f"(columns: {usable})"
+                    )
+            try:
+                found = searcher.search(query, k + (1 if exclude is not None else 0), filter)
+            except pl.exceptions.PolarsError as exc:
+                raise RequestError(f"filter for '{group.ref}' failed: {str(exc).splitlines()[0]}") from None
+        result = found.keys.with_columns(pl.Series(DISTANCE, found.distance))
+        if exclude is not None:
+            result = result.join(exclude, on=keys, how="anti", maintain_order="left").head(k)
+        if not features:
+            return result
+        refs = [
+            f if ":" in f else f"{group.ref}:{f}"
+            for f in ([features] if isinstance(features, str) else features)
+        ]
+        values = self.get_online_features(result.select(keys), features=refs)
+        return pl.concat([result, values.drop(keys)], how="horizontal")
 
     def describe(self, target: str) -> dict[str, Any]:
         """Definition, schema, freshness, last materialization and consumers of `group`,

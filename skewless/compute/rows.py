@@ -64,6 +64,11 @@ def transform_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, en
         from skewless.compute.windows import event_rows
 
         return event_rows(group, frame, start, end)
+    vector_lists: list[str] = []
+    if group.vector_features:
+        from skewless.checks.vectors import prepare_vectors
+
+        frame, schema, vector_lists = prepare_vectors(group, frame, schema)
     check_output_schema(group, schema, time_columns=time_columns)
     keys = group.entity.key_columns
     columns = [*keys, *time_columns, *group.feature_names]
@@ -79,6 +84,10 @@ def transform_rows(group: FeatureGroup, frame: pl.LazyFrame, start: datetime, en
             f"feature group '{group.ref}': computing rows failed: {_first_line(exc)}"
         ) from exc
     check_rows(group, result)
+    if vector_lists:
+        from skewless.checks.vectors import finish_vectors
+
+        result = finish_vectors(group, result, vector_lists)
     outside = result.filter((pl.col(EVENT_TIMESTAMP) < start) | (pl.col(EVENT_TIMESTAMP) >= end)).height
     if outside:
         raise TransformationError(

@@ -20,6 +20,7 @@ from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
 
 DESCRIPTIONS = {
     "schema": "Declared dtypes, nullability, ranges and allowed values (pandera); blocks the write",
+    "vectors": "Vector features: finite values, unit norm when declared normalized; blocks the write",
     "expectations": "The group's Great Expectations suite; blocks the write",
     "drift": (
         "PSI / KS of each new partition against the reference; above the error threshold blocks the write"

@@ -12,6 +12,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from skewless.asset_keys import (
+    index_key,
     offline_key,
     online_key,
     registry_snapshot_key,
@@ -25,6 +26,7 @@ from skewless.feature_assets.distributed_training import (
     WorkAreaIOManager,
     build_distributed_training_job,
 )
+from skewless.feature_assets.indexes import build_index_asset
 from skewless.feature_assets.lineage import build_registry_asset, service_specs
 from skewless.feature_assets.offline import build_offline_asset
 from skewless.feature_assets.online import build_online_asset
@@ -63,6 +65,8 @@ def feature_definitions(
         assets.append(build_offline_asset(group, partitions, checks, partitions_per_run))
         assets.append(build_online_asset(repo, group, partitions, checks, partitions_per_run))
         by_start[start] += [offline_key(group), online_key(group)]
+        if group.index is not None:
+            assets.append(build_index_asset(group, checks))
     jobs, schedules = [], []
     for i, (start, keys) in enumerate(sorted(by_start.items())):
         name = "daily_features" if i == 0 else f"daily_features_from_{start.isoformat().replace('-', '_')}"
@@ -74,6 +78,15 @@ def feature_definitions(
         )
         jobs.append(job)
         schedules.append(dg.build_schedule_from_partitioned_job(job, hour_of_day=0, minute_of_hour=30))
+    indexed = [index_key(g) for g in repo.groups if g.index is not None]
+    if indexed:
+        job = dg.define_asset_job(
+            name="vector_indexes",
+            selection=dg.AssetSelection.assets(*indexed),
+            description="Rebuild every vector index from its group's offline partitions, checked for recall.",
+        )
+        jobs.append(job)
+        schedules.append(dg.ScheduleDefinition(job=job, cron_schedule="30 1 * * *"))
     return dg.Definitions(assets=assets, jobs=jobs, schedules=schedules)
 
 

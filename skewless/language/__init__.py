@@ -10,6 +10,7 @@ from skewless.language.feature_group import Feature, FeatureGroup
 from skewless.language.feature_service import FeatureRef, FeatureService
 from skewless.language.quality import Drift, Expectation
 from skewless.language.source import DuckDBSource, FileSource, Source
+from skewless.language.vectors import Vector, VectorIndex
 
 __all__ = [
     "Aggregation",
@@ -23,4 +24,6 @@ __all__ = [
     "FeatureService",
     "FileSource",
     "Source",
+    "Vector",
+    "VectorIndex",
 ]

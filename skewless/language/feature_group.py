@@ -17,6 +17,7 @@ from skewless.language.durations import parse_duration
 from skewless.language.entity import Entity, check_name
 from skewless.language.quality import Drift, Expectation
 from skewless.language.source import Source
+from skewless.language.vectors import Vector, VectorIndex
 
 Transformation = Callable[[pl.LazyFrame], pl.LazyFrame]
 
@@ -62,9 +63,15 @@ class Feature:
     max_value: Any = None
     allowed_values: Sequence[Any] | None = None
     expectations: Sequence[Expectation] = ()
+    vector: Vector | None = field(init=False, default=None, compare=False)
+    """Set when `dtype` is a `Vector(...)`: the embedding's checks (the dtype becomes
+    `pl.Array(pl.Float32, dim)`)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature")
+        if isinstance(self.dtype, Vector):
+            object.__setattr__(self, "vector", self.dtype)
+            object.__setattr__(self, "dtype", self.dtype.dtype)
         try:
             object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
         except TypeError:
@@ -114,6 +121,7 @@ class FeatureGroup:
     expectations: Sequence[Expectation] = ()
     freshness: str | timedelta | None = None
     drift: Drift | None = None
+    index: VectorIndex | None = None
     _ttl: timedelta | None = field(init=False, repr=False, compare=False, default=None)
     _freshness: timedelta | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -187,6 +195,26 @@ class FeatureGroup:
                 raise DefinitionError(f"{where}: tag {tag!r} must match [A-Za-z0-9_.-]{{1,63}}")
         object.__setattr__(self, "tags", tags)
         self._check_quality(where)
+        self._check_index(where)
+
+    def _check_index(self, where: str) -> None:
+        if self.index is None:
+            return
+        if not isinstance(self.index, VectorIndex):
+            raise DefinitionError(
+                f"{where}: index must be a VectorIndex(...), got {type(self.index).__name__}"
+            )
+        names = [f.name for f in self.features if f.vector is not None]
+        if self.index.feature not in names:
+            raise DefinitionError(
+                f"{where}: VectorIndex names feature '{self.index.feature}', which is not a Vector "
+                f"feature of the group (Vector features: {', '.join(names) or 'none'})"
+            )
+
+    @property
+    def vector_features(self) -> list[Feature]:
+        """The features declared with a `Vector(...)` dtype."""
+        return [f for f in self.features if f.vector is not None]
 
     def _check_quality(self, where: str) -> None:
         object.__setattr__(self, "_freshness", parse_duration(self.freshness, what=f"{where} freshness"))

@@ -152,9 +152,12 @@ def _apply(
             if group.is_windowed:
                 stats[f"{group.ref} events"] = online.write_events(group, result, now=at)
             else:
-                stats[f"{group.ref} keys"] = online.write_latest(group, latest_per_entity(group, result))[
-                    "written"
-                ]
+                latest = latest_per_entity(group, result)
+                stats[f"{group.ref} keys"] = online.write_latest(group, latest)["written"]
+                if group.index is not None:
+                    from skewless.vectors import updates
+
+                    updates.append(online, group, latest)
             _crash_point("after_online")
             name = piece or rows_piece(rows)
             stats[f"{group.ref} days"] = append_offline(offline, group, result, name)

@@ -402,6 +402,73 @@ async def read_body(request: Request, limit: int) -> bytes:
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+MAX_K = 1000
+
+
+@dataclass
+class SearchRequest:
+    group: str
+    vector: list[float] | None
+    entity: dict[str, Any] | None
+    k: int
+    filter: dict[str, Any]
+    features: list[str]
+
+
+def parse_search(body: bytes) -> SearchRequest:
+    """`POST /features/search`: `{"group": "g:vN", "vector": [...] | "entity": {...}, "k": 10,
+    "filter": {"country": "FR" | ["FR", "DE"]}, "features": ["country", "g:vN:f"]}`.
+
+    JSON cannot carry a Polars expression, so `filter` is equality (a value) or membership
+    (a list) per scalar column, all of them required (AND): what look-alike queries use."""
+    payload = json_object(body, {"group", "vector", "entity", "k", "filter", "features"})
+    group = payload.get("group")
+    if not isinstance(group, str):
+        raise HTTPError(400, "'group' is required: the indexed group version, e.g. 'item_embeddings:v2'")
+    try:
+        group = FeatureRef.parse(group).group_ref
+    except DefinitionError as exc:
+        raise HTTPError(400, f"'group': {exc}") from None
+    vector, entity = payload.get("vector"), payload.get("entity")
+    if (vector is None) == (entity is None):
+        raise HTTPError(400, "pass exactly one of 'vector' (a list of numbers) or 'entity' (its join keys)")
+    if vector is not None and (
+        not isinstance(vector, list)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vector)
+    ):
+        raise HTTPError(400, "'vector' must be a list of numbers")
+    if entity is not None and not isinstance(entity, dict):
+        raise HTTPError(400, "'entity' must be an object of join keys, e.g. {\"item_id\": 7}")
+    k = payload.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise HTTPError(400, f"'k' must be an integer in 1..{MAX_K}")
+    filters = payload.get("filter") or {}
+    if not isinstance(filters, dict):
+        raise HTTPError(400, "'filter' must be an object: {\"column\": value or [values]}")
+    features = payload.get("features") or []
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise HTTPError(400, "'features' must be a list of feature names or 'group:vN:feature' strings")
+    return SearchRequest(group, vector, entity, k, filters, features)
+
+
+def filter_expression(filters: dict[str, Any]) -> pl.Expr | None:
+    """The JSON filter as one Polars expression (None without any)."""
+    parts = []
+    for column, value in filters.items():
+        if isinstance(value, list):
+            parts.append(pl.col(column).is_in(pl.Series(value).implode()))
+        elif value is None or isinstance(value, dict):
+            raise HTTPError(400, f"'filter.{column}' must be a value or a list of values")
+        else:
+            parts.append(pl.col(column) == value)
+    if not parts:
+        return None
+    expr = parts[0]
+    for part in parts[1:]:
+        expr = expr & part
+    return expr
+
+
 def _responses(*codes: str) -> dict[str, Any]:
     return {c: {"description": c, "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
@@ -479,6 +546,41 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "200": {"description": "rows accepted; keys/events written per group version"},
+                    **_responses("400", "401", "403", "404", "408", "413", "422", "503"),
+                },
+            }
+        },
+        "/features/search": {
+            "post": {
+                "summary": "Nearest entities in a group version's vector index (FeatureStore.search)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["group"],
+                                "properties": {
+                                    "group": {"type": "string", "example": "item_embeddings:v2"},
+                                    "vector": {"type": "array", "items": {"type": "number"}},
+                                    "entity": {
+                                        "type": "object",
+                                        "description": "join keys; use its embedding",
+                                    },
+                                    "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                                    "filter": {
+                                        "type": "object",
+                                        "description": "column: value or [values]; all must hold",
+                                    },
+                                    "features": {"type": "array", "items": {"type": "string"}},
+                                },
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "results nearest first: join keys, distance, features"},
                     **_responses("400", "401", "403", "404", "408", "413", "422", "503"),
                 },
             }
@@ -587,6 +689,17 @@ def push_frame(store: FeatureStore, request: PushRequest) -> pl.DataFrame:
         if name not in frame.columns or frame.schema[name] == dtype:
             continue
         actual = frame.schema[name]
+        if isinstance(dtype, pl.Array) and isinstance(actual, pl.List) and actual.inner.is_numeric():
+            # JSON has no fixed-size arrays: a vector arrives as a list of numbers
+            values = frame.get_column(name)
+            lengths = values.list.len()
+            if (lengths.fill_null(dtype.size) != dtype.size).any():
+                raise RequestError(
+                    f"rows: column '{name}' holds lists of {sorted(set(lengths.drop_nulls()))[:5]} values, "
+                    f"the source's {dtype} needs {dtype.size}"
+                )
+            casts.append(values.cast(pl.List(dtype.inner)).list.to_array(dtype.size))
+            continue
         numeric = dtype.is_integer() or dtype.is_float()
         if ((actual.is_integer() or actual == pl.Null) and (numeric or actual == pl.Null)) or (
             actual == pl.Float64 and dtype == pl.Float32
@@ -810,6 +923,50 @@ def create_app(
             requests_total.labels("push", "500").inc()
             return json_response({"error": "internal error (logged by the server)"}, 500)
 
+    async def search_endpoint(request: Request) -> Response:
+        """`FeatureStore.search` over HTTP. With a policy, the key's role must be allowed to read
+        the indexed group and every group the requested features come from."""
+        deadline = time.monotonic() + timeout
+        try:
+            role = authorize(request)
+            body = await body_within(request, deadline)
+            search = parse_search(body)
+            refs = [f if ":" in f else f"{search.group}:{f}" for f in search.features]
+            if role is not None:
+                for ref in [search.group, *(FeatureRef.parse(r).group_ref for r in refs)]:
+                    if not role.may_read_group(ref):
+                        raise HTTPError(403, f"this key may not read feature group '{ref}'")
+            expr = filter_expression(search.filter)
+
+            def work() -> pl.DataFrame:
+                try:
+                    return store.search(
+                        search.group,
+                        search.vector,
+                        entity=search.entity,
+                        k=search.k,
+                        filter=expr,
+                        features=refs or None,
+                    )
+                except OnlineStoreError as exc:
+                    raise unavailable(exc, "search") from None
+
+            found = await with_deadline(deadline, work, "search")
+            requests_total.labels("search", "200").inc()
+            return json_response({"group": search.group, "results": found.to_dicts()})
+        except HTTPError as exc:
+            requests_total.labels("search", str(exc.status)).inc()
+            return json_response({"error": exc.message}, exc.status)
+        except SkewlessError as exc:
+            text = str(exc)
+            status = 404 if ("unknown feature group" in text or "has no VectorIndex" in text) else 422
+            requests_total.labels("search", str(status)).inc()
+            return json_response({"error": text}, status)
+        except Exception:
+            log.exception("search failed")
+            requests_total.labels("search", "500").inc()
+            return json_response({"error": "internal error (logged by the server)"}, 500)
+
     def ping() -> None:
         """PING on a client of the store's own whose socket timeout is the request deadline
         (`OnlineStore.probe`): the store's client retries and waits far longer, which made
@@ -863,6 +1020,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/features/online", online_endpoint, methods=["POST"]),
+            Route("/features/search", search_endpoint, methods=["POST"]),
             Route("/push", push_endpoint, methods=["POST"]),
             Route("/features", listing, methods=["GET"]),
             Route("/health", health, methods=["GET"]),

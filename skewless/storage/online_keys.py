@@ -10,6 +10,7 @@ one silently made the others read nothing.
     <prefix>:{<entity>:<k1>|<k2>}:<group>:v<N>:ids        window state (event id -> member)
     <prefix>:{<entity>:<k1>|<k2>}:<group>:v<N>:tiles      window state (tile cache, `_gen`)
     <prefix>:_meta:<group>:v<N>                           freshness marker (a hash)
+    <prefix>:_vindex:<group>:v<N>                         pushed embeddings (stream) for the index
     <prefix>:stream:<source>                              stream of a stream source
     <prefix>:stream:<source>:schema / :applied            its schema and micro-batch cursor
     <prefix>:stream:_served:<service>:v<N>                served-vector log of a service
@@ -138,6 +139,12 @@ def window_keys(base: str) -> tuple[str, str, str]:
 def meta_key(prefix: str, name: str, version: int) -> str:
     """The freshness marker of a group version: newest event time written and when."""
     return f"{prefix}:_meta:{name}:v{version}"
+
+
+def vector_updates_key(prefix: str, name: str, version: int) -> str:
+    """The stream of pushed latest rows of a group version with a vector index: every serving
+    process applies its new entries to its loaded index before searching."""
+    return f"{prefix}:_vindex:{name}:v{version}"
 
 
 # ---------------------------------------------------------------------- streams
