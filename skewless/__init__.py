@@ -20,6 +20,7 @@ _EXPORTS = {
     "FeatureGroup": "skewless.language",
     "FeatureService": "skewless.language",
     "FileSource": "skewless.language",
+    "Role": "skewless.language",
     "FeatureRepository": "skewless.repository",
     "load_repository": "skewless.repository",
     "FeatureStore": "skewless.client.feature_store",
@@ -39,6 +40,7 @@ __all__ = [
     "FeatureService",
     "FeatureStore",
     "FileSource",
+    "Role",
     "StoreConfig",
     "build_definitions",
     "load_repository",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
         FeatureGroup,
         FeatureService,
         FileSource,
+        Role,
     )
     from skewless.repository import FeatureRepository, load_repository
 

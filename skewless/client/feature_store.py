@@ -7,6 +7,7 @@ training and serving from drifting apart.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -85,15 +86,25 @@ class FeatureStore:
         *,
         offline: OfflineStore | None = None,
         online: OnlineStore | None = None,
+        role: str | None = None,
     ) -> None:
         """Stores handed in are used as they are (Dagster assets and checks pass their
         resources' stores, so a run opens one connection pool); the others are opened from
-        `config` (default: the environment, anchored at the repository's state folder)."""
+        `config` (default: the environment, anchored at the repository's state folder).
+
+        `role` (else `config.role`, i.e. `SKEWLESS_ROLE`): a role of the repository; the
+        online store then connects as that role's Redis ACL user (`skewless roles apply`
+        creates it), so what the role may not read is refused by Redis itself. The client
+        does not check access in Python first: the server's answer is the rule."""
         self.repository = repository
         # the repository's own state folder (anchored at load), not the current folder's
         self.config = config or StoreConfig.from_env(repository.state_dir)
+        if role is not None and role != self.config.role:
+            self.config = dataclasses.replace(self.config, role=role)
+        self.role = repository.role(self.config.role) if self.config.role else None
         self.offline = offline if offline is not None else open_offline_store(self.config)
-        self.online = online if online is not None else open_online_store(self.config)
+        self.online = online if online is not None else open_online_store(self.config, self.role)
+        self._writer: OnlineStore | None = None
         self.last_training_stats = TrainingSetStats()
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
         self._source_schemas: dict[str, pl.Schema] = {}  # push's reference, read once per source
@@ -117,12 +128,24 @@ class FeatureStore:
         """A repository with stores chosen by `config` (backends by URL: see `skewless.storage`)."""
         return cls.from_repo(target, config)
 
+    @property
+    def writer(self) -> OnlineStore:
+        """The online store writes go through: a role that writes has a writer user of its
+        own (its reader may not write, see `storage.acl`); otherwise the one store."""
+        if self.role is None or self.role.admin or not self.role.write:
+            return self.online
+        if self._writer is None:
+            self._writer = open_online_store(self.config, self.role, write=True)
+        return self._writer
+
     def close(self) -> None:
         try:
             if self.monitor.log_rate:
                 self.monitor.flush()
         finally:
             self.online.close()
+            if self._writer is not None:
+                self._writer.close()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -342,6 +365,7 @@ class FeatureStore:
             violation = declared_violations(group, result)
             if violation is not None:
                 raise RequestError(f"rows pushed to source '{source}' break {violation}")
+        online = self.writer
         for group, _ in computed:
             self.offline.mark_in_use(group)  # values of these definitions exist now (lock file)
         if src.stream:
@@ -349,9 +373,9 @@ class FeatureStore:
 
             # with a window group to write directly, the append rides in its round trip
             if direct and computed[0][0].is_windowed:
-                queued = {"stream": lambda: streams.append_commands(self.online, source, checked)}
+                queued = {"stream": lambda: streams.append_commands(online, source, checked)}
             else:
-                streams.append(self.online, source, checked)
+                streams.append(online, source, checked)
                 queued = {}
         else:
             queued = {}
@@ -360,13 +384,11 @@ class FeatureStore:
             return written
         for group, result in computed:
             if group.is_windowed:
-                written[group.ref] = self.online.write_events(
+                written[group.ref] = online.write_events(
                     group, result, now=at, before=queued.pop("stream", None)
                 )
             else:
-                written[group.ref] = self.online.write_latest(group, latest_per_entity(group, result))[
-                    "written"
-                ]
+                written[group.ref] = online.write_latest(group, latest_per_entity(group, result))["written"]
         return written
 
     def _source_schema(self, source: Source) -> pl.Schema | None:
