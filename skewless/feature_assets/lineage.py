@@ -92,3 +92,4 @@ def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
         )
 
     return _registry
+

@@ -58,19 +58,8 @@ SMALL_ENTRY = 32  # up to this many rows of plain dtypes, an entry is JSON colum
 _PLAIN: dict[str, pl.DataType] = {
     str(d): d
     for d in (
-        pl.Int8(),
-        pl.Int16(),
-        pl.Int32(),
-        pl.Int64(),
-        pl.UInt8(),
-        pl.UInt16(),
-        pl.UInt32(),
-        pl.UInt64(),
-        pl.Float32(),
-        pl.Float64(),
-        pl.String(),
-        pl.Boolean(),
-        pl.Date(),
+        pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64(), pl.UInt8(), pl.UInt16(), pl.UInt32(),
+        pl.UInt64(), pl.Float32(), pl.Float64(), pl.String(), pl.Boolean(), pl.Date(),
         pl.Datetime("us", "UTC"),
     )
 }
