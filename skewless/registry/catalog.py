@@ -166,6 +166,20 @@ class Registry:
                 }
                 for s in self.repo.services
             ],
+            # roles as declared and resolved to group versions (the Redis users they become
+            # are `skewless roles`: they depend on the deployment's key prefix)
+            "roles": [
+                {
+                    "name": r.name,
+                    "description": r.description,
+                    "admin": r.admin,
+                    "read": list(r.read),
+                    "write": list(r.write),
+                    "reads": self.repo.access(r.name).group_refs,
+                    "writes": [g.ref for g in self.repo.access(r.name).write_groups],
+                }
+                for r in self.repo.roles
+            ],
         }
 
     # ----------------------------------------------------------------- search

@@ -148,7 +148,7 @@ class OnlineStore(ABC):
         ref = group if isinstance(group, str) else group.ref
         who = f"role '{self.role}'" if self.role else "this store's Redis user"
         return AccessDenied(
-            f"{who} may not {action} feature group '{ref}': Redis refused it ({exc})",
+            f"{who} may not {action} feature group '{ref}': Redis refused it (NOPERM {exc})",
             role=self.role,
             groups=[ref],
         )
