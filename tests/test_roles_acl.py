@@ -312,3 +312,116 @@ def test_a_role_without_a_password_is_told_how_to_get_one(tmp_path: Path) -> Non
     config = StoreConfig(str(tmp_path / "o"), "redis://127.0.0.1:1/0", str(tmp_path / "s"))
     with contextlib.suppress(Exception), pytest.raises(Exception, match="skewless roles apply"):
         FeatureStore(repo, config, role="fraud_analyst")
+
+
+# ----------------------------------------------------------------- the HTTP server
+def _client(deployment: Deployment, repo: FeatureRepository | None = None):  # type: ignore[no-untyped-def]
+    import json
+
+    from starlette.testclient import TestClient
+
+    from skewless.serving.http import AccessPolicy, create_app
+
+    repo = repo or deployment.repo
+    keys = {"key-analyst-0001": "fraud_analyst", "key-profile-0002": "profile_reader", "key-ops-00003": "ops"}
+    policy = AccessPolicy.from_json(json.dumps({"keys": keys}), repo)
+    store = FeatureStore(repo, deployment.config)
+    return TestClient(create_app(store, policy)), store
+
+
+def test_http_tokens_read_as_their_roles_redis_user(deployment: Deployment) -> None:
+    client, store = _client(deployment)
+    analyst, profile = {"X-API-Key": "key-analyst-0001"}, {"Authorization": "Bearer key-profile-0002"}
+    body = {
+        "service": "fraud_model:v1",
+        "entities": [{"user_id": 1, "merchant_id": "m1"}],
+        "full_feature_names": True,
+    }
+    try:
+        ok = client.post("/features/online", json=body, headers=analyst)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["results"][0]["user_txn__v2__amount"] == 10.0
+        denied = client.post("/features/online", json=body, headers=profile)
+        assert denied.status_code == 403 and "fraud_model:v1" in denied.json()["error"]
+        by_group = {"features": ["user_txn:v1:amount"], "entities": [{"user_id": 1}]}
+        denied = client.post("/features/online", json=by_group, headers=analyst)
+        assert denied.status_code == 403 and "user_txn:v1" in denied.json()["error"]
+        listing = client.get("/features", headers=profile).json()
+        assert [g["name"] for g in listing["groups"]] == ["user_profile:v2"] and listing["services"] == []
+        listing = client.get("/features", headers=analyst).json()
+        assert [s["name"] for s in listing["services"]] == ["fraud_model:v1"]
+        assert {g["name"] for g in listing["groups"]} == {
+            "user_txn:v2",
+            "user_profile:v2",
+            "merchant_risk:v1",
+        }
+        # /metrics: the analyst's traffic on fraud_model is not the profile reader's business
+        analyst_metrics = client.get("/metrics", headers=analyst).text
+        profile_metrics = client.get("/metrics", headers=profile).text
+        assert 'target="fraud_model:v1"' in analyst_metrics and 'group="user_txn:v2"' in analyst_metrics
+        assert "fraud_model" not in profile_metrics and "user_txn" not in profile_metrics
+        assert "merchant_risk" in client.get("/metrics", headers={"X-API-Key": "key-ops-00003"}).text
+    finally:
+        store.close()
+        client.close()
+
+
+def test_http_403_comes_from_redis_when_the_grants_were_not_applied(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The server's repository grants the profile reader more than was applied to Redis
+    (roles changed, `skewless roles apply` not yet run): our check passes, Redis refuses,
+    and the 403 names the role and the group — the store's rule, not only our code's."""
+    wider = repository(tmp_path)
+    wider = FeatureRepository(
+        groups=wider.groups,
+        services=wider.services,
+        roles=[
+            r if r.name != "profile_reader" else Role("profile_reader", read=["user_*:v2"])
+            for r in wider.roles
+        ],
+        name="acl_test",
+    )
+    client, store = _client(deployment, wider)
+    try:
+        body = {"features": ["user_txn:v2:amount"], "entities": [{"user_id": 1}]}
+        refused = client.post("/features/online", json=body, headers={"X-API-Key": "key-profile-0002"})
+        assert refused.status_code == 403, refused.text
+        error = refused.json()["error"]
+        assert "role 'profile_reader'" in error and "'user_txn:v2'" in error and "NOPERM" in error
+    finally:
+        store.close()
+        client.close()
+
+
+def test_roles_cli_shows_and_applies(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from skewless.cli import main
+
+    module = tmp_path / "repo_roles.py"
+    module.write_text(
+        "import polars as pl\n"
+        "from skewless import Entity, Feature, FeatureGroup, FileSource, Role\n"
+        "src = FileSource('s', 'none.parquet', 'ts')\n"
+        "g = FeatureGroup('g', Entity('e', {'id': pl.Int64}), src, [Feature('x', pl.Float64)])\n"
+        "reader = Role('reader', read=['g'])\n"
+    )
+    monkeypatch.setenv("SKEWLESS_REDIS_URL", deployment.url)
+    monkeypatch.setenv("SKEWLESS_KEY_PREFIX", deployment.config.key_prefix + "cli")
+    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "state"))
+    assert main(["roles", "--repo", str(module)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "role reader" in out
+        and "reads    g:v1" in out
+        and "~" + deployment.config.key_prefix + "cli:{e:*}:g:v1" in out
+    )
+    admin = redis.Redis.from_url(deployment.url)
+    try:
+        assert main(["roles", "apply", "--repo", str(module)]) == 0
+        user = deployment.config.key_prefix + "cli.reader"
+        assert admin.execute_command("ACL", "GETUSER", user) is not None
+    finally:
+        admin.execute_command("ACL", "DELUSER", deployment.config.key_prefix + "cli.reader")
+        admin.close()
