@@ -78,12 +78,15 @@ class Registry:
             "owner": group.owner,
             "tags": dict(group.tags),  # type: ignore[arg-type]
             "ttl": format_duration(group.time_to_live),
+            "retention": format_duration(group.retention_period),
             "freshness": format_duration(group.freshness_limit),
             "fingerprint": fingerprint(group),
             "features": [self.feature_entry(group, f.name) for f in group.features],
             "expectations": [e.describe() for e in group.all_expectations()],
             "drift": None if group.drift is None else {"warn": group.drift.warn, "error": group.drift.error},
             "consumers": self.consumers(group),
+            # who may read it (the roles whose Redis users hold its key patterns)
+            "readable_by": [r.name for r in self.repo.roles if self.repo.access(r.name).may_read(group)],
         }
 
     def feature_entry(self, group: FeatureGroup, name: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,18 @@ class OfflineStore(ABC):
         piece without the partition it was merged into). Returns the files removed."""
         removed = self.delete_pieces(self.pieces(group, day))
         return removed + int(self.delete(layout.partition_key(group.name, group.version, day)))
+
+    def delete_expired(self, group: FeatureGroup, now: datetime) -> list[date]:
+        """Delete the days (partitions and pieces) the group's `retention=` no longer keeps at
+        `now`; returns them. Each day goes as a whole (`delete_partition`), oldest first, so
+        an interrupted pass leaves a contiguous history and the next pass finishes it."""
+        first_kept = group.first_retained_day(now)
+        if first_kept is None:
+            return []
+        expired = [day for day in self.partitions(group) if day < first_kept]
+        for day in expired:
+            self.delete_partition(group, day)
+        return expired
 
     def piece_path(self, group: FeatureGroup, day: date, name: str) -> Location:
         return self.location(layout.piece_key(group.name, group.version, day, name))
