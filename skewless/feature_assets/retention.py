@@ -8,8 +8,6 @@ drops it itself. The offline asset also refuses to write days already past reten
 backfill cannot bring deleted history back (`feature_assets/offline.py`).
 """
 
-from __future__ import annotations
-
 from datetime import UTC, datetime
 
 import dagster as dg
