@@ -108,7 +108,10 @@ class FeatureStore:
         self.last_training_stats = TrainingSetStats()
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
         self._source_schemas: dict[str, pl.Schema] = {}  # push's reference, read once per source
-        self.monitor = ServingMonitor(self.online, log_rate=self.config.serving_log_rate)
+        # a role's Redis user may not append to the served-vector log (only its groups' keys):
+        # a process of a non-admin role does not log; the HTTP server logs as itself
+        log_rate = self.config.serving_log_rate if self.role is None or self.role.admin else 0.0
+        self.monitor = ServingMonitor(self.online, log_rate=log_rate)
 
     @classmethod
     def from_repo(
