@@ -250,6 +250,26 @@ def roles_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def erase_command(args: argparse.Namespace) -> int:
+    """`skewless erase --entity user -k user_id=7`: every stored value of those entities,
+    offline and online, removed; their keys kept on the erasure list (see FeatureStore.erase)."""
+    from skewless.client.feature_store import FeatureStore
+
+    store = FeatureStore.from_repo(args.repo)
+    try:
+        done = store.erase(args.entity, [_entity(k) for k in args.key])
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(done))
+    else:
+        print(
+            f"erased {done['entities']} {args.entity} entities: {done['rows_removed']} offline rows in "
+            f"{done['files_rewritten']} files, {done['keys_deleted']} Redis keys; kept on the erasure list"
+        )
+    return 0
+
+
 def _retire(store: object, target: str, quiet: bool) -> dict:
     if quiet:
         return store.retire(target)  # type: ignore[attr-defined]
@@ -327,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     roles.add_argument("action", nargs="?", choices=["show", "apply"], default="show")
     roles.add_argument("--repo", default=DEFAULT_REPO)
     roles.add_argument("--json", action="store_true")
+    erase = sub.add_parser("erase", help="remove an entity's values from every store (right to be forgotten)")
+    erase.add_argument("--entity", required=True, help="the entity name, e.g. user")
+    erase.add_argument(
+        "--key", "-k", action="append", required=True, help="join keys key=value[,...]; repeatable"
+    )
+    erase.add_argument("--repo", default=DEFAULT_REPO)
+    erase.add_argument("--json", action="store_true")
     impact = sub.add_parser("impact", help="everything downstream of a source or group version")
     impact.add_argument("target", help="source, group, group:vN or group:vN:feature")
     impact.add_argument("--repo", default=DEFAULT_REPO)
@@ -374,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             return info_command(args)
         elif args.command == "roles":
             return roles_command(args)
+        elif args.command == "erase":
+            return erase_command(args)
         elif args.command == "impact":
             import warnings
 

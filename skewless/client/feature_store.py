@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
@@ -363,6 +364,8 @@ class FeatureStore:
             computed.append(
                 (group, fast if fast is not None else transform_rows(group, checked.lazy(), start, end))
             )
+        # erased entities (`erase`) are not stored again by a push either
+        computed = [(g, self.offline.without_erased(g, result, max_age_s=5.0)) for g, result in computed]
         for group, result in computed:
             # the declared constraints hold on every write path, not only the batch one
             violation = declared_violations(group, result)
@@ -393,6 +396,64 @@ class FeatureStore:
             else:
                 written[group.ref] = online.write_latest(group, latest_per_entity(group, result))["written"]
         return written
+
+    def erase(self, entity: str, keys: Any) -> dict[str, int]:
+        """Remove every stored value of some entities (the right to be forgotten).
+
+        `keys`: the entity's join-key columns (any table form), one row per entity. In order:
+        the keys are added to the entity's erasure list (`<offline root>/_erasures/`), which
+        every later materialization, micro-batch and push consults, so a backfill from
+        sources that still hold the entity never brings it back; then every offline file that
+        holds them — each group version's partitions and pieces, training sets and served
+        logs with the key columns, a stream source's pushed rows — is rewritten without
+        them (atomically, file by file); then their Redis keys in every group version are
+        deleted. Safe to repeat. Not covered (yet): the raw source files (the user's own
+        data: filtered at every read instead), entries still in Redis Streams, the audit log.
+        """
+        import glob
+
+        from skewless.storage.offline import atomic_write
+
+        groups = [g for g in self.repository.groups if g.entity.name == entity]
+        if not groups:
+            known = ", ".join(sorted(e.name for e in self.repository.entities))
+            raise RequestError(f"erase: unknown entity '{entity}' (known: {known})")
+        columns = groups[0].entity.key_columns
+        frame = conform_keys(to_polars(keys, "erase keys"), groups[0], "erase keys").select(columns)
+        if frame.is_empty():
+            raise RequestError(f"erase: no keys of entity '{entity}' given")
+        nulls = [c for c in columns if frame.get_column(c).null_count()]
+        if nulls:
+            raise RequestError(f"erase: join key column(s) {', '.join(nulls)} hold nulls")
+        frame = frame.unique()
+        self.offline.record_erasure(entity, frame)
+        files = rows = 0
+        for group in groups:
+            f, r = self.offline.erase_rows(self.offline.files(group), frame)
+            files, rows = files + f, rows + r
+        for service in self.repository.services:
+            found = self.offline.served_logs(service.name, service.version)
+            if self.offline.has_training_set(service.name, service.version):
+                found.append(self.offline.training_set_path(service.name, service.version))
+            f, r = self.offline.erase_rows(found, frame)
+            files, rows = files + f, rows + r
+        for source in {g.source.name: g.source for g in groups}.values():
+            pushed = getattr(source, "pushed_dir", None)
+            for path in sorted(glob.glob(f"{pushed}/*.parquet")) if pushed is not None else []:
+                data = pl.read_parquet(path)
+                if set(columns) <= set(data.columns):
+                    cast = frame.select([pl.col(c).cast(data.schema[c]) for c in columns])
+                    kept = data.join(cast, on=columns, how="anti", nulls_equal=False)
+                    if kept.height < data.height:
+                        atomic_write(Path(path), kept)
+                        files, rows = files + 1, rows + data.height - kept.height
+        keys_deleted = sum(self.writer.erase(group, frame) for group in groups)
+        return {
+            "entities": frame.height,
+            "files_rewritten": files,
+            "rows_removed": rows,
+            "keys_deleted": keys_deleted,
+        }
 
     def _source_schema(self, source: Source) -> pl.Schema | None:
         """The schema pushed rows are normalised to: the source's own, as a scan sees it.

@@ -90,6 +90,8 @@ def build_offline_asset(
             for name in partition_check_names(group)[1:]:
                 yield to_check_result(CheckOutcome(name, passed=False, description="not run: schema failed"))
             raise
+        # erased entities (`FeatureStore.erase`) stay erased whatever the source still holds
+        rows = store.without_erased(group, rows)
         outcomes = check_partitions(group, rows, days, store) if checks else []
         for outcome in outcomes:
             yield to_check_result(outcome)

@@ -5,6 +5,7 @@
     <root>/_training_sets/<service>/v<N>/data.parquet         a training-set asset's output
     <root>/_registry/<stamp>/registry.json, features.parquet  registry snapshots
     <root>/_served/<service>/v<N>/log-<first>-<last>.parquet  the sampled served-vector log
+    <root>/_erasures/<entity>/<stamp>-<id>.parquet            erased entities' join keys
 
 Why one module: before, six modules each spelled some of these names (`date=` globs in the
 client, `_served` in the served asset, `_registry` in lineage, ...), so a second backend would
@@ -29,6 +30,7 @@ PARQUET = ".parquet"
 TRAINING_SETS = "_training_sets"
 REGISTRY = "_registry"
 SERVED = "_served"
+ERASURES = "_erasures"
 REGISTRY_JSON = "registry.json"
 REGISTRY_FEATURES = "features.parquet"
 IN_USE_MARKER = ".in-use"  # object stores have no folders: an empty object marks a version in use
@@ -79,6 +81,15 @@ def registry_key(stamp: str, file: str = "") -> str:
 
 def served_key(service: str, version: int) -> str:
     return f"{SERVED}/{service}/v{version}"
+
+
+def erasures_key(entity: str) -> str:
+    return f"{ERASURES}/{entity}"
+
+
+def erasure_key(entity: str, stamp: str) -> str:
+    """One erasure request's keys: a file per request, so two at once never lose one."""
+    return f"{erasures_key(entity)}/{stamp}{PARQUET}"
 
 
 def _entry_range_name(kind: str, first: str, last: str) -> str:

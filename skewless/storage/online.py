@@ -440,6 +440,22 @@ class OnlineStore(ABC):
             raise self._unreachable(f"retiring '{name}:v{version}'", exc) from exc
         return deleted
 
+    def erase(self, group: FeatureGroup, keys: pl.DataFrame) -> int:
+        """Delete one group version's keys of the entities in `keys` (their join-key columns):
+        the value key of a row group, the three window-state keys of a window group; UNLINK
+        in batches of 1,000. Returns the keys that existed."""
+        base = K.entity_keys(group, self.key_prefix, keys)
+        found = [b + suffix for b in base for suffix in K.WINDOW_SUFFIXES] if group.is_windowed else base
+        deleted = 0
+        try:
+            for start in range(0, len(found), 1000):
+                deleted += self.unlink(found[start : start + 1000])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"erasing entities of '{group.ref}'", exc) from exc
+        except redis.exceptions.NoPermissionError as exc:
+            raise self.denied("erase", group, exc) from None
+        return deleted
+
     def delete_all(self) -> int:
         """Delete every key under this store's prefix (never a FLUSHDB: the server may be shared)."""
         deleted = 0
