@@ -20,7 +20,7 @@ from skewless.feature_assets.retention import RETENTION_JOB
 from skewless.registry.catalog import Registry
 from skewless.storage.offline import OfflineStore
 from skewless.storage.online import OnlineStore
-from tests.helpers import make_events, materialize_days, small_repo
+from tests.helpers import expected_rows, make_events, materialize_days, small_repo
 
 USER = Entity("user", {"user_id": pl.Int64})
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
@@ -72,10 +72,9 @@ def test_the_retention_asset_runs_on_its_schedule_and_backfills_skip_expired_day
     keep = base.groups[0]
     days = [date(2026, 3, 1) + timedelta(days=i) for i in range(4)]
     with dg.instance_for_test() as instance:
-        assert materialize_days(
-            base, store_config, instance, "2026-03-01", "2026-03-04", with_checks=False
-        ).success
         store = OfflineStore(store_config.offline_root)
+        for day in days:  # what a materialization stored months ago
+            store.write_partition(keep, day, expected_rows(events, day.isoformat()))
         assert store.partitions(keep) == days
         # the same group version, now with a retention: its history lies months in the past
         old = replace(keep, retention="30d")

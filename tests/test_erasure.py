@@ -1,0 +1,95 @@
+"""Erasure (right to be forgotten): no trace of an entity in either store, and no way back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from skewless.client.feature_store import FeatureStore
+from skewless.compute.rows import latest_per_entity
+from skewless.config import StoreConfig
+from skewless.errors import RequestError
+from tests.helpers import expected_rows, make_events, materialize_days, small_repo
+
+DAYS = ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]
+
+ERASED = [3, 5]
+
+
+def _offline_users(root: Path) -> set[int]:
+    """Every user id in every Parquet file under the offline root (whatever its role), but
+    the erasure list itself: it must hold the erased keys to keep them out of backfills."""
+    found: set[int] = set()
+    for path in root.rglob("*.parquet"):
+        if "_erasures" in path.parts:
+            continue
+        frame = pl.read_parquet(path)
+        if "user_id" in frame.columns:
+            found |= set(frame["user_id"].to_list())
+    return found
+
+
+def _online_users(store: FeatureStore) -> set[int]:
+    keys = [k.decode() for k in store.online.keys(None)]
+    return {int(k.split("{user:", 1)[1].split("}", 1)[0]) for k in keys if "{user:" in k}
+
+
+def test_erase_leaves_no_trace_and_a_backfill_does_not_bring_it_back(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    events = make_events()
+    repo = small_repo(tmp_path / "data", events)
+    group = repo.groups[0]
+    with dg.instance_for_test() as instance:
+        with FeatureStore(repo, store_config) as store:
+            # what a materialization stores (the independent computation of test_materialize)
+            days = [expected_rows(events, day) for day in DAYS]
+            for day, rows in zip(DAYS, days, strict=True):
+                store.offline.write_partition(group, datetime.fromisoformat(day).date(), rows)
+            store.online.write_latest(group, latest_per_entity(group, pl.concat(days)))
+            root = Path(store_config.offline_root)
+            assert set(ERASED) <= _offline_users(root) and set(ERASED) <= _online_users(store)
+            before_others = _offline_users(root) - set(ERASED)
+            done = store.erase("user", [{"user_id": u} for u in ERASED])
+            assert done["entities"] == 2 and done["keys_deleted"] == 2 and done["rows_removed"] > 0
+            assert not set(ERASED) & _offline_users(root)
+            assert not set(ERASED) & _online_users(store)
+            assert _offline_users(root) == before_others  # everyone else untouched
+            row = store.get_online_features(
+                [{"user_id": 3}, {"user_id": 4}], service="svc:v1", output="dicts"
+            )
+            assert row[0]["amount"] == 0.0 and row[1]["amount"] != 0.0  # erased: the default
+            # a push of the erased user's events stores nothing for it
+            pushed = (
+                events.filter(pl.col("user_id") == 3)
+                .head(1)
+                .with_columns(pl.lit(datetime.now(UTC)).alias("ts"))
+            )
+            store.push("events", pushed)
+            assert not set(ERASED) & _online_users(store)
+            assert store.erase("user", {"user_id": [3]})["rows_removed"] == 0  # repeatable
+            # the erasure list holds the join keys and nothing else of the entity
+            listed = pl.concat([pl.read_parquet(p) for p in (root / "_erasures" / "user").glob("*.parquet")])
+            assert listed.columns == ["user_id"] and set(listed["user_id"]) == set(ERASED)
+        # the source still holds them: a backfill must leave them out
+        assert materialize_days(
+            repo, store_config, instance, "2026-03-01", "2026-03-04", with_checks=False
+        ).success
+        with FeatureStore(repo, store_config) as store:
+            assert not set(ERASED) & _offline_users(Path(store_config.offline_root) / "user_stats")
+            assert not set(ERASED) & _online_users(store)
+
+
+def test_erase_refuses_unknown_entities_and_bad_keys(tmp_path: Path, store_config: StoreConfig) -> None:
+    repo = small_repo(tmp_path / "data")
+    with FeatureStore(repo, store_config) as store:
+        with pytest.raises(RequestError, match="unknown entity 'merchant'"):
+            store.erase("merchant", [{"merchant_id": 1}])
+        with pytest.raises(RequestError, match="no join key column 'user_id'"):
+            store.erase("user", [{"id": 1}])
+        with pytest.raises(RequestError, match="hold nulls"):
+            store.erase("user", {"user_id": [1, None]})
