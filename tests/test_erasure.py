@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,11 +15,25 @@ from skewless.client.feature_store import FeatureStore
 from skewless.compute.rows import latest_per_entity
 from skewless.config import StoreConfig
 from skewless.errors import RequestError
-from tests.helpers import expected_rows, make_events, materialize_days, small_repo
+from skewless.storage.online_keys import entity_keys
+from tests.helpers import RUN, delete_entity_keys, expected_rows, make_events, materialize_days, small_repo
 
 DAYS = ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]
 
 ERASED = [3, 5]
+
+
+@pytest.fixture
+def quick_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
+    """`store_config` whose clean-up deletes this test's keys by name, not by SCAN."""
+    config = StoreConfig(
+        offline_root=str(tmp_path / "offline"),
+        redis_url=redis_url,
+        state_dir=str(tmp_path / "state"),
+        key_prefix=f"sktest:{RUN}:{uuid.uuid4().hex[:8]}",
+    )
+    yield config
+    delete_entity_keys(config, small_repo(tmp_path / "keys").groups)
 
 
 def _offline_users(root: Path) -> set[int]:
@@ -34,24 +50,32 @@ def _offline_users(root: Path) -> set[int]:
 
 
 def _online_users(store: FeatureStore) -> set[int]:
-    keys = [k.decode() for k in store.online.keys(None)]
-    return {int(k.split("{user:", 1)[1].split("}", 1)[0]) for k in keys if "{user:" in k}
+    """Users with any key of this prefix in Redis: every key the layout could give one of the
+    test's users (1..30) and every version, asked directly (a SCAN of a shared server takes
+    minutes)."""
+    group = store.repository.groups[0]
+    users = list(range(1, 31))
+    keys = entity_keys(group, store.online.key_prefix, pl.DataFrame({"user_id": users}))
+    found = store.online.client.pipeline(transaction=False)
+    for key in keys:
+        found.exists(key)
+    return {u for u, hit in zip(users, found.execute(), strict=True) if hit}
 
 
 def test_erase_leaves_no_trace_and_a_backfill_does_not_bring_it_back(
-    tmp_path: Path, store_config: StoreConfig
+    tmp_path: Path, quick_config: StoreConfig
 ) -> None:
     events = make_events()
     repo = small_repo(tmp_path / "data", events)
     group = repo.groups[0]
     with dg.instance_for_test() as instance:
-        with FeatureStore(repo, store_config) as store:
+        with FeatureStore(repo, quick_config) as store:
             # what a materialization stores (the independent computation of test_materialize)
             days = [expected_rows(events, day) for day in DAYS]
             for day, rows in zip(DAYS, days, strict=True):
                 store.offline.write_partition(group, datetime.fromisoformat(day).date(), rows)
             store.online.write_latest(group, latest_per_entity(group, pl.concat(days)))
-            root = Path(store_config.offline_root)
+            root = Path(quick_config.offline_root)
             assert set(ERASED) <= _offline_users(root) and set(ERASED) <= _online_users(store)
             before_others = _offline_users(root) - set(ERASED)
             done = store.erase("user", [{"user_id": u} for u in ERASED])
@@ -77,16 +101,16 @@ def test_erase_leaves_no_trace_and_a_backfill_does_not_bring_it_back(
             assert listed.columns == ["user_id"] and set(listed["user_id"]) == set(ERASED)
         # the source still holds them: a backfill must leave them out
         assert materialize_days(
-            repo, store_config, instance, "2026-03-01", "2026-03-04", with_checks=False
+            repo, quick_config, instance, "2026-03-01", "2026-03-04", with_checks=False
         ).success
-        with FeatureStore(repo, store_config) as store:
-            assert not set(ERASED) & _offline_users(Path(store_config.offline_root) / "user_stats")
+        with FeatureStore(repo, quick_config) as store:
+            assert not set(ERASED) & _offline_users(Path(quick_config.offline_root) / "user_stats")
             assert not set(ERASED) & _online_users(store)
 
 
-def test_erase_refuses_unknown_entities_and_bad_keys(tmp_path: Path, store_config: StoreConfig) -> None:
+def test_erase_refuses_unknown_entities_and_bad_keys(tmp_path: Path, quick_config: StoreConfig) -> None:
     repo = small_repo(tmp_path / "data")
-    with FeatureStore(repo, store_config) as store:
+    with FeatureStore(repo, quick_config) as store:
         with pytest.raises(RequestError, match="unknown entity 'merchant'"):
             store.erase("merchant", [{"merchant_id": 1}])
         with pytest.raises(RequestError, match="no join key column 'user_id'"):

@@ -3,7 +3,8 @@ retention asset (and never rewritten by a backfill); online values expire by TTL
 
 from __future__ import annotations
 
-import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,11 +20,25 @@ from skewless.feature_assets.definitions import build_definitions
 from skewless.feature_assets.retention import RETENTION_JOB
 from skewless.registry.catalog import Registry
 from skewless.storage.offline import OfflineStore
-from skewless.storage.online import OnlineStore
-from tests.helpers import expected_rows, make_events, materialize_days, small_repo
+from skewless.storage.online import open_online_store
+from skewless.storage.online_keys import entity_keys
+from tests.helpers import RUN, delete_entity_keys, expected_rows, make_events, materialize_days, small_repo
 
 USER = Entity("user", {"user_id": pl.Int64})
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def quick_config(tmp_path: Path, redis_url: str) -> Iterator[StoreConfig]:
+    """`store_config` whose clean-up deletes this test's keys by name, not by SCAN."""
+    config = StoreConfig(
+        offline_root=str(tmp_path / "offline"),
+        redis_url=redis_url,
+        state_dir=str(tmp_path / "state"),
+        key_prefix=f"sktest:{RUN}:{uuid.uuid4().hex[:8]}",
+    )
+    yield config
+    delete_entity_keys(config, [*small_repo(tmp_path / "keys").groups, _ttl_group(tmp_path)])
 
 
 def _group(tmp: Path, retention: str | None = "3d") -> FeatureGroup:
@@ -65,21 +80,21 @@ def test_delete_expired_removes_whole_days_past_retention(tmp_path: Path) -> Non
 
 
 def test_the_retention_asset_runs_on_its_schedule_and_backfills_skip_expired_days(
-    tmp_path: Path, store_config: StoreConfig
+    tmp_path: Path, quick_config: StoreConfig
 ) -> None:
     events = make_events()
     base = small_repo(tmp_path / "data", events)
     keep = base.groups[0]
     days = [date(2026, 3, 1) + timedelta(days=i) for i in range(4)]
     with dg.instance_for_test() as instance:
-        store = OfflineStore(store_config.offline_root)
+        store = OfflineStore(quick_config.offline_root)
         for day in days:  # what a materialization stored months ago
             store.write_partition(keep, day, expected_rows(events, day.isoformat()))
         assert store.partitions(keep) == days
         # the same group version, now with a retention: its history lies months in the past
         old = replace(keep, retention="30d")
         repo = FeatureRepository(groups=[old], services=base.services)
-        defs = build_definitions(repo, store_config)
+        defs = build_definitions(repo, quick_config)
         assert defs.resolve_job_def(RETENTION_JOB) is not None
         assert any(s.cron_schedule == "0 2 * * *" for s in defs.schedules or [])
         retention = next(a for a in defs.assets or [] if "lifecycle" in a.key.path)  # type: ignore[union-attr]
@@ -89,14 +104,20 @@ def test_the_retention_asset_runs_on_its_schedule_and_backfills_skip_expired_day
         meta = result.asset_materializations_for_node(retention.node_def.name)[0].metadata
         assert meta["partitions_deleted"].value == 4
         # a backfill of those days writes nothing: deleted history stays deleted
-        again = materialize_days(repo, store_config, instance, "2026-03-01", "2026-03-04", with_checks=False)
+        again = materialize_days(repo, quick_config, instance, "2026-03-01", "2026-03-04", with_checks=False)
         assert again.success
         assert store.partitions(old) == []
 
 
-def test_online_values_expire_with_the_group_ttl(online_store: OnlineStore, tmp_path: Path) -> None:
-    source = FileSource("ev", str(tmp_path / "ev.parquet"), "ts")
-    group = FeatureGroup("t", USER, source, [Feature("x", pl.Float64)], ttl="1h")
+def _ttl_group(tmp: Path) -> FeatureGroup:
+    return FeatureGroup(
+        "t", USER, FileSource("ev", str(tmp / "ev.parquet"), "ts"), [Feature("x", pl.Float64)], ttl="1h"
+    )
+
+
+def test_online_values_expire_with_the_group_ttl(quick_config: StoreConfig, tmp_path: Path) -> None:
+    group = _ttl_group(tmp_path)
+    online_store = open_online_store(quick_config)
     now = datetime.now(UTC)
     frame = pl.DataFrame(
         {
@@ -107,8 +128,9 @@ def test_online_values_expire_with_the_group_ttl(online_store: OnlineStore, tmp_
     ).with_columns(pl.col("event_timestamp").dt.cast_time_unit("us"))
     written = online_store.write_latest(group, frame)
     assert written["written"] == 1 and written["expired"] == 1  # already past its TTL: not stored
-    (key,) = [k.decode() for k in online_store.keys(group)]
+    key, gone = entity_keys(group, online_store.key_prefix, frame)
+    assert not online_store.client.exists(gone)
     remaining_ms = online_store.client.pttl(key)
     # expires at event time + ttl: about 30 minutes from now, enforced by Redis itself
     assert 29 * 60_000 < remaining_ms <= 30 * 60_000 + 5_000
-    assert time.time() > 0
+    online_store.close()

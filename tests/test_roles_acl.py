@@ -26,6 +26,7 @@ from skewless.language.role import Role
 from skewless.registry.roles import apply_roles, describe_roles
 from skewless.storage import acl
 from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from skewless.storage.online_keys import WINDOW_SUFFIXES, entity_keys, meta_key
 from tests.helpers import RUN
 
 USER = Entity("user", {"user_id": pl.Int64})
@@ -117,9 +118,16 @@ def deployment(
         mine = [u for u in users if u.startswith(config.key_prefix + ".")]
         if mine:
             admin.execute_command("ACL", "DELUSER", *mine)
-        keys = list(admin.scan_iter(match=f"{config.key_prefix}:*", count=1000))
-        if keys:
-            admin.unlink(*keys)
+        # by name: a SCAN of a shared server holding millions of keys takes many seconds
+        keys = []
+        for group in repo.groups:
+            ids = pl.DataFrame(
+                {"merchant_id": ["m1"]} if group.entity.name == "merchant" else {"user_id": [1, 2, 9]}
+            )
+            base = entity_keys(group, config.key_prefix, ids)
+            keys += [b + x for b in base for x in WINDOW_SUFFIXES] if group.is_windowed else base
+            keys.append(meta_key(config.key_prefix, group.name, group.version))
+        admin.unlink(*keys)
         admin.close()
 
 
