@@ -117,3 +117,34 @@ def test_erase_refuses_unknown_entities_and_bad_keys(tmp_path: Path, quick_confi
             store.erase("user", [{"id": 1}])
         with pytest.raises(RequestError, match="hold nulls"):
             store.erase("user", {"user_id": [1, None]})
+
+
+def test_erase_reaches_versions_removed_from_the_code(tmp_path: Path, quick_config: StoreConfig) -> None:
+    """A version dropped from the code (in the lock file, retired or not) keeps its partitions
+    (and, until retired, its keys): erasure must reach those too."""
+    import json
+    from dataclasses import replace
+
+    from skewless.registry.lock import entry_for
+
+    events = make_events()
+    repo = small_repo(tmp_path / "data", events)
+    current = repo.groups[0]
+    old = replace(current, version=7)
+    lock = tmp_path / "skewless.lock.json"
+    lock.write_text(
+        json.dumps({"groups": {current.ref: entry_for(current)}, "retired": {old.ref: entry_for(old)}})
+    )
+    repo.lock_path = lock
+    with FeatureStore(repo, quick_config) as store:
+        store.offline.write_partition(old, datetime(2026, 3, 1).date(), expected_rows(events, "2026-03-01"))
+        store.online.write_latest(old, latest_per_entity(old, expected_rows(events, "2026-03-01")))
+        key = entity_keys(old, quick_config.key_prefix, pl.DataFrame({"user_id": [3]}))[0]
+        assert store.online.client.exists(key)
+        done = store.erase("user", [{"user_id": 3}])
+        assert done["rows_removed"] > 0 and done["keys_deleted"] >= 1
+        assert not store.online.client.exists(key)
+        assert 3 not in set(store.offline.scan(old).collect()["user_id"])
+        store.online.unlink(
+            entity_keys(old, quick_config.key_prefix, pl.DataFrame({"user_id": list(range(1, 31))}))
+        )

@@ -448,12 +448,42 @@ class FeatureStore:
                         atomic_write(Path(path), kept)
                         files, rows = files + 1, rows + data.height - kept.height
         keys_deleted = sum(self.writer.erase(group, frame) for group in groups)
+        # versions removed from the code (still in the lock file, retired or not) keep files
+        f, r, k = self._erase_removed_versions(entity, frame)
+        files, rows, keys_deleted = files + f, rows + r, keys_deleted + k
         return {
             "entities": frame.height,
             "files_rewritten": files,
             "rows_removed": rows,
             "keys_deleted": keys_deleted,
         }
+
+    def _erase_removed_versions(self, entity: str, frame: pl.DataFrame) -> tuple[int, int, int]:
+        """`erase` for group versions of `entity` the lock file remembers but the code no longer
+        defines: their partitions stay after retirement, and until retired their keys too."""
+        from skewless.registry.lock import read_lock
+        from skewless.storage import online_keys as K
+
+        path = self.repository.lock_path
+        if path is None or not path.is_file():
+            return 0, 0, 0
+        data = read_lock(path)
+        defined = {g.ref for g in self.repository.groups}
+        files = rows = deleted = 0
+        for ref, entry in {**data.get("retired", {}), **data.get("groups", {})}.items():
+            if ref in defined or entry.get("entity") != entity:
+                continue
+            name, version = ref.rsplit(":v", 1)
+            f, r = self.offline.erase_rows(self.offline.version_files(name, int(version)), frame)
+            files, rows = files + f, rows + r
+            key_schema = {k: getattr(pl, dtype) for k, dtype in entry["join_keys"].items()}
+            expression = K.version_key_expression(
+                entity, key_schema, name, int(version), self.online.key_prefix
+            )
+            base = frame.cast(key_schema).select(expression.alias("k"))["k"].to_list()  # type: ignore[arg-type]
+            suffixes = K.WINDOW_SUFFIXES if entry.get("windowed", False) else ("",)
+            deleted += self.writer.unlink([b + x for b in base for x in suffixes])
+        return files, rows, deleted
 
     def _source_schema(self, source: Source) -> pl.Schema | None:
         """The schema pushed rows are normalised to: the source's own, as a scan sees it.
