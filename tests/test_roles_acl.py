@@ -433,3 +433,32 @@ def test_roles_cli_shows_and_applies(
     finally:
         admin.execute_command("ACL", "DELUSER", deployment.config.key_prefix + "cli.reader")
         admin.close()
+
+
+def test_credentials_go_into_every_kind_of_url() -> None:
+    from skewless.storage.online import parse_cluster_url, with_credentials
+
+    assert with_credentials("redis://old:pw@h:6379/2", "p.r", "s/e:c") == "redis://p.r:s%2Fe%3Ac@h:6379/2"
+    assert with_credentials("unix:///tmp/r.sock?db=0", "u", "p") == "unix://u:p@/tmp/r.sock?db=0"
+    parsed = parse_cluster_url(with_credentials("redis+cluster://a:1,b:2", "u", "p"))
+    assert parsed["username"] == "u" and parsed["password"] == "p" and parsed["nodes"] == [("a", 1), ("b", 2)]
+
+
+def test_the_embedded_default_connects_as_the_role(tmp_path: Path) -> None:
+    """No Redis URL configured: the embedded 6.2 of the state folder, reached over its unix
+    socket as the role's user (the embedded backend adds the credentials when it starts)."""
+    repo = repository(tmp_path)
+    config = StoreConfig(str(tmp_path / "offline"), None, str(tmp_path / "state"), key_prefix="emb")
+    try:
+        with FeatureStore(repo, config) as store:
+            store.push("txns", {"user_id": [1], "ts": [datetime.now(UTC)], "eid": ["a"], "amount": [4.0]})
+        apply_roles(repo, config)
+        with FeatureStore(repo, config, role="profile_reader") as store:
+            assert type(store.online).__name__ == "EmbeddedRedisOnlineStore"
+            assert read(store, "user_profile:v2")["amount"] == 4.0
+            with pytest.raises(
+                AccessDenied, match="role 'profile_reader' may not read feature group 'user_txn:v2'"
+            ):
+                read(store, "user_txn:v2")
+    finally:
+        stop_embedded_redis(config.state_dir)
