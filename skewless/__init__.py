@@ -22,6 +22,7 @@ _EXPORTS = {
     "FileSource": "skewless.language",
     "Vector": "skewless.language",
     "VectorIndex": "skewless.language",
+    "Role": "skewless.language",
     "FeatureRepository": "skewless.repository",
     "load_repository": "skewless.repository",
     "FeatureStore": "skewless.client.feature_store",
@@ -41,6 +42,7 @@ __all__ = [
     "FeatureService",
     "FeatureStore",
     "FileSource",
+    "Role",
     "StoreConfig",
     "Vector",
     "VectorIndex",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
         FeatureGroup,
         FeatureService,
         FileSource,
+        Role,
         Vector,
         VectorIndex,
     )

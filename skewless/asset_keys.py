@@ -4,7 +4,8 @@ Every asset key skewless creates or looks up is built here, and every key read b
 asset graph is parsed here, so the scheme can change in one place.
 
 Scheme: `<layer>/<name>`, two components. The layer (`sources`, `features`, `online`,
-`training_sets`, `services`, `models`, `served`, `indexes`, `sql`, `registry`) groups the catalog and
+`training_sets`, `services`, `models`, `served`, `indexes`, `sql`, `registry`, `lifecycle`)
+groups the catalog and
 selects by prefix (`AssetSelection.key_prefixes(["features"])`); the name is what the asset
 graph labels a node with, so it says what the asset is on its own: versioned assets end in
 `_v<N>_<what>` — `features/user_last_txn_v2_offline`, `online/user_last_txn_v2_online`,
@@ -36,6 +37,7 @@ SERVED = "served"
 SQL = "sql"
 REGISTRY = "registry"
 INDEXES = "indexes"
+LIFECYCLE = "lifecycle"
 
 # the name (last path component, what the asset graph labels a node with) ends with what the
 # asset is, so `user_last_txn_v2_offline` and `user_last_txn_v2_online` never look alike
@@ -51,6 +53,7 @@ _VERSIONED = re.compile(r"^(?P<name>.+)_v(?P<version>[0-9]+)_(?P<suffix>[a-z_]+)
 
 SQL_VIEWS = [SQL, "offline_views"]
 REGISTRY_SNAPSHOT = [REGISTRY, "snapshot"]
+OFFLINE_RETENTION = [LIFECYCLE, "offline_retention"]
 
 
 def _versioned(layer: str, name: str, version: int) -> list[str]:
@@ -144,6 +147,11 @@ def registry_snapshot_key() -> Any:
     return key(REGISTRY_SNAPSHOT)
 
 
+def retention_key() -> Any:
+    """`lifecycle/offline_retention`: the pass that deletes partitions past `retention=`."""
+    return key(OFFLINE_RETENTION)
+
+
 def parse(path: list[str] | tuple[str, ...]) -> tuple[str, str, str | None] | None:
     """(layer, label, name) of a key this module made, or None for a key of another scheme.
 
@@ -161,6 +169,6 @@ def parse(path: list[str] | tuple[str, ...]) -> tuple[str, str, str | None] | No
         return layer, f"{match['name']}:v{match['version']}", match["name"]
     if layer in (SOURCES, MODELS):
         return layer, last, last
-    if layer in (SQL, REGISTRY):
+    if layer in (SQL, REGISTRY, LIFECYCLE):
         return layer, last, None
     return None

@@ -209,6 +209,67 @@ def registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def roles_command(args: argparse.Namespace) -> int:
+    """`skewless roles`: each role, the group versions it reaches and the Redis users (key
+    patterns, commands) it becomes; `skewless roles apply`: create them on the online store."""
+    from skewless.config import StoreConfig
+    from skewless.registry import cli_output
+    from skewless.registry.roles import apply_roles, describe_roles
+    from skewless.repository import load_repository
+
+    repo = load_repository(args.repo)
+    config = StoreConfig.from_env(repo.state_dir)
+    if args.action == "apply":
+        was_running = _was_running(config)
+        done = apply_roles(repo, config)
+        _embedded_note(config, was_running)
+        if args.json:
+            cli_output.print_json(done)
+        else:
+            for user in done["applied"]:
+                print(f"applied Redis user {user} (password: {done['passwords'][user]})")
+            for user in done["deleted"]:
+                print(f"deleted Redis user {user} (no role needs it)")
+        return 0
+    described = describe_roles(repo, config.key_prefix)
+    if args.json:
+        cli_output.print_json(described)
+        return 0
+    if not described:
+        print(f"repository '{repo.name}' declares no roles (FeatureRepository(roles=[Role(...)]))")
+    for role in described:
+        kind = "admin" if role["admin"] else "role"
+        print(f"{kind} {role['role']}" + (f" — {role['description']}" if role["description"] else ""))
+        print(f"  reads    {', '.join(role['reads']) or '-'}")
+        print(f"  writes   {', '.join(role['writes']) or '-'}")
+        print(f"  services {', '.join(role['services']) or '-'}")
+        for user in role["redis_users"]:
+            print(
+                f"  redis user {user['user']} ({user['access']}): {' '.join('~' + k for k in user['keys'])}"
+            )
+    return 0
+
+
+def erase_command(args: argparse.Namespace) -> int:
+    """`skewless erase --entity user -k user_id=7`: every stored value of those entities,
+    offline and online, removed; their keys kept on the erasure list (see FeatureStore.erase)."""
+    from skewless.client.feature_store import FeatureStore
+
+    store = FeatureStore.from_repo(args.repo)
+    try:
+        done = store.erase(args.entity, [_entity(k) for k in args.key])
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(done))
+    else:
+        print(
+            f"erased {done['entities']} {args.entity} entities: {done['rows_removed']} offline rows in "
+            f"{done['files_rewritten']} files, {done['keys_deleted']} Redis keys; kept on the erasure list"
+        )
+    return 0
+
+
 def _retire(store: object, target: str, quiet: bool) -> dict:
     if quiet:
         return store.retire(target)  # type: ignore[attr-defined]
@@ -282,6 +343,17 @@ def main(argv: list[str] | None = None) -> int:
             action.add_argument("target", help="group:vN")
         action.add_argument("--repo", default=DEFAULT_REPO)
         action.add_argument("--json", action="store_true", help="machine-readable output")
+    roles = sub.add_parser("roles", help="the repository's roles; `roles apply` creates their Redis users")
+    roles.add_argument("action", nargs="?", choices=["show", "apply"], default="show")
+    roles.add_argument("--repo", default=DEFAULT_REPO)
+    roles.add_argument("--json", action="store_true")
+    erase = sub.add_parser("erase", help="remove an entity's values from every store (right to be forgotten)")
+    erase.add_argument("--entity", required=True, help="the entity name, e.g. user")
+    erase.add_argument(
+        "--key", "-k", action="append", required=True, help="join keys key=value[,...]; repeatable"
+    )
+    erase.add_argument("--repo", default=DEFAULT_REPO)
+    erase.add_argument("--json", action="store_true")
     impact = sub.add_parser("impact", help="everything downstream of a source or group version")
     impact.add_argument("target", help="source, group, group:vN or group:vN:feature")
     impact.add_argument("--repo", default=DEFAULT_REPO)
@@ -327,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             return get_command(args)
         elif args.command == "info":
             return info_command(args)
+        elif args.command == "roles":
+            return roles_command(args)
+        elif args.command == "erase":
+            return erase_command(args)
         elif args.command == "impact":
             import warnings
 

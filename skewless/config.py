@@ -156,6 +156,7 @@ class StoreConfig:
     state_dir: str
     key_prefix: str = "skewless"
     serving_log_rate: float = 0.0  # fraction of service lookups logged for the skew check
+    role: str | None = None  # connect to Redis as this repository role's ACL user (SKEWLESS_ROLE)
 
     def __post_init__(self) -> None:
         # "" is tolerated for configs that never touch Redis (training-set assets build one);
@@ -174,6 +175,7 @@ class StoreConfig:
             state_dir=str(state),
             key_prefix=validate_key_prefix(os.environ.get("SKEWLESS_KEY_PREFIX", "skewless")),
             serving_log_rate=float(os.environ.get("SKEWLESS_SERVING_LOG_RATE", "0") or 0),
+            role=os.environ.get("SKEWLESS_ROLE", "").strip() or None,
         )
 
 

@@ -31,6 +31,16 @@ class OnlineStoreTimeout(OnlineStoreError):
     """The online store did not answer within a bounded read's timeout (it may be hung)."""
 
 
+class AccessDenied(SkewlessError, PermissionError):
+    """The store refused an operation to a role (Redis answered NOPERM): names the role,
+    what it tried and the group version it was refused."""
+
+    def __init__(self, message: str, role: str | None = None, groups: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.role = role
+        self.groups = groups or []
+
+
 class RequestError(SkewlessError):
     """A client request (features, entities, label frame) is malformed."""
 

@@ -6,6 +6,7 @@ referring to groups that do not exist); single-object checks live on the objects
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import importlib.util
 import sys
@@ -15,7 +16,33 @@ from pathlib import Path
 from types import ModuleType
 
 from skewless.errors import DefinitionError
-from skewless.language import Entity, FeatureGroup, FeatureRef, FeatureService, Source
+from skewless.language import Entity, FeatureGroup, FeatureRef, FeatureService, Role, Source
+
+
+@dataclass(frozen=True)
+class RoleAccess:
+    """What a role resolves to in one repository: the group versions it may read (those its
+    read patterns name, those of the services they name, and those it may write), the ones
+    it may write, and the services whose every group it may read."""
+
+    role: Role
+    read_groups: tuple[FeatureGroup, ...]
+    write_groups: tuple[FeatureGroup, ...]
+    services: tuple[FeatureService, ...]
+
+    def may_read(self, group: FeatureGroup) -> bool:
+        return self.role.admin or any(g is group for g in self.read_groups)
+
+    def may_write(self, group: FeatureGroup) -> bool:
+        return self.role.admin or any(g is group for g in self.write_groups)
+
+    @property
+    def group_refs(self) -> list[str]:
+        return [g.ref for g in self.read_groups]
+
+    @property
+    def service_refs(self) -> list[str]:
+        return [s.ref for s in self.services]
 
 
 @dataclass
@@ -25,6 +52,7 @@ class FeatureRepository:
     groups: list[FeatureGroup]
     services: list[FeatureService] = field(default_factory=list)
     name: str = "features"
+    roles: list[Role] = field(default_factory=list)
     lock_path: Path | None = None  # the lock file checked at load, when loaded from a module
     # anchored at load from a module file (skewless.config.locate): the folder relative
     # source paths are resolved against, and the state folder (SKEWLESS_HOME wins)
@@ -71,6 +99,72 @@ class FeatureRepository:
                         "does not pin this version"
                     )
         self._check_unique("source", self.sources)
+        self._check_roles()
+
+    def _check_roles(self) -> None:
+        """Every role once, and every pattern matching something: a pattern that matches no
+        group or service is a typo, and a typo in an access rule must fail the load."""
+        by_name: dict[str, Role] = {}
+        for role in self.roles:
+            if not isinstance(role, Role):
+                raise DefinitionError(f"repository '{self.name}': {role!r} is not a Role")
+            if role.name in by_name and by_name[role.name] != role:
+                raise DefinitionError(f"role '{role.name}' is defined twice in repository '{self.name}'")
+            by_name[role.name] = role
+        self.roles = sorted(by_name.values(), key=lambda r: r.name)
+        self._access: dict[str, RoleAccess] = {}
+        group_refs = [g.ref for g in self.groups]
+        service_refs = [s.ref for s in self.services]
+        for role in self.roles:
+            for kind, patterns, known in (
+                ("read", role.read, group_refs + service_refs),
+                ("write", role.write, group_refs),
+            ):
+                for pattern in patterns:
+                    if not any(fnmatch.fnmatchcase(ref, pattern) for ref in known):
+                        what = "feature group or feature service" if kind == "read" else "feature group"
+                        raise DefinitionError(
+                            f"role '{role.name}': {kind} pattern {pattern!r} matches no {what} of "
+                            f"repository '{self.name}' (patterns are fnmatch over 'name:vN'; "
+                            f"known: {', '.join(known) or 'none'})"
+                        )
+            self._access[role.name] = self._resolve_role(role)
+
+    def _resolve_role(self, role: Role) -> RoleAccess:
+        def matches(ref: str, patterns: tuple[str, ...] | list[str]) -> bool:
+            return any(fnmatch.fnmatchcase(ref, p) for p in patterns)
+
+        write = [g for g in self.groups if role.admin or matches(g.ref, role.write)]
+        read = {id(g): g for g in self.groups if role.admin or matches(g.ref, role.read)}
+        for service in self.services:
+            if matches(service.ref, role.read):
+                for ref in service.refs:
+                    group = self.group(ref.group, ref.version)
+                    read[id(group)] = group
+        read.update((id(g), g) for g in write)
+        readable = [g for g in self.groups if id(g) in read]
+        services = [
+            s
+            for s in self.services
+            if role.admin
+            or matches(s.ref, role.read)
+            or all(id(self.group(r.group, r.version)) in read for r in s.refs)
+        ]
+        return RoleAccess(role, tuple(readable), tuple(write), tuple(services))
+
+    def role(self, name: str) -> Role:
+        """The role named `name`; unknown names are an error listing the known ones."""
+        return self.access(name).role
+
+    def access(self, name: str) -> RoleAccess:
+        """What role `name` may read and write in this repository."""
+        try:
+            return self._access[name]
+        except KeyError:
+            known = ", ".join(r.name for r in self.roles) or "none (FeatureRepository(roles=[...]))"
+            raise DefinitionError(
+                f"unknown role '{name}' in repository '{self.name}' (known: {known})"
+            ) from None
 
     def _check_unique(self, what: str, objects: Iterable[Entity | Source]) -> None:
         by_name: dict[str, Entity | Source] = {}
@@ -131,9 +225,12 @@ def collect(module: ModuleType) -> FeatureRepository:
     values = list(vars(module).values())
     groups = [v for v in values if isinstance(v, FeatureGroup)]
     services = [v for v in values if isinstance(v, FeatureService)]
+    roles = [v for v in values if isinstance(v, Role)]
     if not groups:
         raise DefinitionError(f"module '{module.__name__}' defines no FeatureGroup")
-    return FeatureRepository(groups=groups, services=services, name=module.__name__.rsplit(".", 1)[-1])
+    return FeatureRepository(
+        groups=groups, services=services, roles=roles, name=module.__name__.rsplit(".", 1)[-1]
+    )
 
 
 def load_repository(target: str | Path | ModuleType) -> FeatureRepository:

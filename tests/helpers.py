@@ -161,3 +161,20 @@ def delete_keys(config: StoreConfig) -> None:
         store.delete_all()
     finally:
         store.close()
+
+
+def delete_entity_keys(config: StoreConfig, groups: list[FeatureGroup], users: range = range(1, 31)) -> int:
+    """Delete the keys `groups` can hold for users `users` (and their freshness markers) by
+    name: on a shared server holding millions of keys, `delete_keys`' SCAN takes seconds."""
+    from skewless.storage import online_keys as K
+
+    store = open_online_store(config)
+    try:
+        keys: list[str] = []
+        for group in groups:
+            base = K.entity_keys(group, config.key_prefix, pl.DataFrame({"user_id": list(users)}))
+            keys += [b + s for b in base for s in K.WINDOW_SUFFIXES] if group.is_windowed else base
+            keys.append(K.meta_key(config.key_prefix, group.name, group.version))
+        return store.unlink(keys)
+    finally:
+        store.close()

@@ -7,10 +7,12 @@ training and serving from drifting apart.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
@@ -110,19 +112,32 @@ class FeatureStore:
         *,
         offline: OfflineStore | None = None,
         online: OnlineStore | None = None,
+        role: str | None = None,
     ) -> None:
         """Stores handed in are used as they are (Dagster assets and checks pass their
         resources' stores, so a run opens one connection pool); the others are opened from
-        `config` (default: the environment, anchored at the repository's state folder)."""
+        `config` (default: the environment, anchored at the repository's state folder).
+
+        `role` (else `config.role`, i.e. `SKEWLESS_ROLE`): a role of the repository; the
+        online store then connects as that role's Redis ACL user (`skewless roles apply`
+        creates it), so what the role may not read is refused by Redis itself. The client
+        does not check access in Python first: the server's answer is the rule."""
         self.repository = repository
         # the repository's own state folder (anchored at load), not the current folder's
         self.config = config or StoreConfig.from_env(repository.state_dir)
+        if role is not None and role != self.config.role:
+            self.config = dataclasses.replace(self.config, role=role)
+        self.role = repository.role(self.config.role) if self.config.role else None
         self.offline = offline if offline is not None else open_offline_store(self.config)
-        self.online = online if online is not None else open_online_store(self.config)
+        self.online = online if online is not None else open_online_store(self.config, self.role)
+        self._writer: OnlineStore | None = None
         self.last_training_stats = TrainingSetStats()
         self._read_plans: dict[tuple[Any, ...], ReadPlan] = {}
         self._source_schemas: dict[str, pl.Schema] = {}  # push's reference, read once per source
-        self.monitor = ServingMonitor(self.online, log_rate=self.config.serving_log_rate)
+        # a role's Redis user may not append to the served-vector log (only its groups' keys):
+        # a process of a non-admin role does not log; the HTTP server logs as itself
+        log_rate = self.config.serving_log_rate if self.role is None or self.role.admin else 0.0
+        self.monitor = ServingMonitor(self.online, log_rate=log_rate)
         self._indexes: dict[str, Any] = {}  # group ref -> vectors.updates.IndexHandle
 
     @classmethod
@@ -143,12 +158,24 @@ class FeatureStore:
         """A repository with stores chosen by `config` (backends by URL: see `skewless.storage`)."""
         return cls.from_repo(target, config)
 
+    @property
+    def writer(self) -> OnlineStore:
+        """The online store writes go through: a role that writes has a writer user of its
+        own (its reader may not write, see `storage.acl`); otherwise the one store."""
+        if self.role is None or self.role.admin or not self.role.write:
+            return self.online
+        if self._writer is None:
+            self._writer = open_online_store(self.config, self.role, write=True)
+        return self._writer
+
     def close(self) -> None:
         try:
             if self.monitor.log_rate:
                 self.monitor.flush()
         finally:
             self.online.close()
+            if self._writer is not None:
+                self._writer.close()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -401,11 +428,14 @@ class FeatureStore:
             computed.append(
                 (group, fast if fast is not None else transform_rows(group, checked.lazy(), start, end))
             )
+        # erased entities (`erase`) are not stored again by a push either
+        computed = [(g, self.offline.without_erased(g, result, max_age_s=5.0)) for g, result in computed]
         for group, result in computed:
             # the declared constraints hold on every write path, not only the batch one
             violation = declared_violations(group, result)
             if violation is not None:
                 raise RequestError(f"rows pushed to source '{source}' break {violation}")
+        online = self.writer
         for group, _ in computed:
             self.offline.mark_in_use(group)  # values of these definitions exist now (lock file)
         if src.stream:
@@ -413,9 +443,9 @@ class FeatureStore:
 
             # with a window group to write directly, the append rides in its round trip
             if direct and computed[0][0].is_windowed:
-                queued = {"stream": lambda: streams.append_commands(self.online, source, checked)}
+                queued = {"stream": lambda: streams.append_commands(online, source, checked)}
             else:
-                streams.append(self.online, source, checked)
+                streams.append(online, source, checked)
                 queued = {}
         else:
             queued = {}
@@ -424,17 +454,105 @@ class FeatureStore:
             return written
         for group, result in computed:
             if group.is_windowed:
-                written[group.ref] = self.online.write_events(
+                written[group.ref] = online.write_events(
                     group, result, now=at, before=queued.pop("stream", None)
                 )
             else:
                 latest = latest_per_entity(group, result)
-                written[group.ref] = self.online.write_latest(group, latest)["written"]
+                written[group.ref] = online.write_latest(group, latest)["written"]
                 if group.index is not None:
                     from skewless.vectors import updates
 
-                    updates.append(self.online, group, latest)  # searchable at once, everywhere
+                    updates.append(online, group, latest)  # searchable at once, everywhere
         return written
+
+    def erase(self, entity: str, keys: Any) -> dict[str, int]:
+        """Remove every stored value of some entities (the right to be forgotten).
+
+        `keys`: the entity's join-key columns (any table form), one row per entity. In order:
+        the keys are added to the entity's erasure list (`<offline root>/_erasures/`), which
+        every later materialization, micro-batch and push consults, so a backfill from
+        sources that still hold the entity never brings it back; then every offline file that
+        holds them — each group version's partitions and pieces, training sets and served
+        logs with the key columns, a stream source's pushed rows — is rewritten without
+        them (atomically, file by file); then their Redis keys in every group version are
+        deleted. Safe to repeat. Not covered (yet): the raw source files (the user's own
+        data: filtered at every read instead), entries still in Redis Streams, the audit log.
+        """
+        import glob
+
+        from skewless.storage.offline import atomic_write
+
+        groups = [g for g in self.repository.groups if g.entity.name == entity]
+        if not groups:
+            known = ", ".join(sorted(e.name for e in self.repository.entities))
+            raise RequestError(f"erase: unknown entity '{entity}' (known: {known})")
+        columns = groups[0].entity.key_columns
+        frame = conform_keys(to_polars(keys, "erase keys"), groups[0], "erase keys").select(columns)
+        if frame.is_empty():
+            raise RequestError(f"erase: no keys of entity '{entity}' given")
+        nulls = [c for c in columns if frame.get_column(c).null_count()]
+        if nulls:
+            raise RequestError(f"erase: join key column(s) {', '.join(nulls)} hold nulls")
+        frame = frame.unique()
+        self.offline.record_erasure(entity, frame)
+        files = rows = 0
+        for group in groups:
+            f, r = self.offline.erase_rows(self.offline.files(group), frame)
+            files, rows = files + f, rows + r
+        for service in self.repository.services:
+            found = self.offline.served_logs(service.name, service.version)
+            if self.offline.has_training_set(service.name, service.version):
+                found.append(self.offline.training_set_path(service.name, service.version))
+            f, r = self.offline.erase_rows(found, frame)
+            files, rows = files + f, rows + r
+        for source in {g.source.name: g.source for g in groups}.values():
+            pushed = getattr(source, "pushed_dir", None)
+            for path in sorted(glob.glob(f"{pushed}/*.parquet")) if pushed is not None else []:
+                data = pl.read_parquet(path)
+                if set(columns) <= set(data.columns):
+                    cast = frame.select([pl.col(c).cast(data.schema[c]) for c in columns])
+                    kept = data.join(cast, on=columns, how="anti", nulls_equal=False)
+                    if kept.height < data.height:
+                        atomic_write(Path(path), kept)
+                        files, rows = files + 1, rows + data.height - kept.height
+        keys_deleted = sum(self.writer.erase(group, frame) for group in groups)
+        # versions removed from the code (still in the lock file, retired or not) keep files
+        f, r, k = self._erase_removed_versions(entity, frame)
+        files, rows, keys_deleted = files + f, rows + r, keys_deleted + k
+        return {
+            "entities": frame.height,
+            "files_rewritten": files,
+            "rows_removed": rows,
+            "keys_deleted": keys_deleted,
+        }
+
+    def _erase_removed_versions(self, entity: str, frame: pl.DataFrame) -> tuple[int, int, int]:
+        """`erase` for group versions of `entity` the lock file remembers but the code no longer
+        defines: their partitions stay after retirement, and until retired their keys too."""
+        from skewless.registry.lock import read_lock
+        from skewless.storage import online_keys as K
+
+        path = self.repository.lock_path
+        if path is None or not path.is_file():
+            return 0, 0, 0
+        data = read_lock(path)
+        defined = {g.ref for g in self.repository.groups}
+        files = rows = deleted = 0
+        for ref, entry in {**data.get("retired", {}), **data.get("groups", {})}.items():
+            if ref in defined or entry.get("entity") != entity:
+                continue
+            name, version = ref.rsplit(":v", 1)
+            f, r = self.offline.erase_rows(self.offline.version_files(name, int(version)), frame)
+            files, rows = files + f, rows + r
+            key_schema = {k: getattr(pl, dtype) for k, dtype in entry["join_keys"].items()}
+            expression = K.version_key_expression(
+                entity, key_schema, name, int(version), self.online.key_prefix
+            )
+            base = frame.cast(key_schema).select(expression.alias("k"))["k"].to_list()  # type: ignore[arg-type]
+            suffixes = K.WINDOW_SUFFIXES if entry.get("windowed", False) else ("",)
+            deleted += self.writer.unlink([b + x for b in base for x in suffixes])
+        return files, rows, deleted
 
     def _source_schema(self, source: Source) -> pl.Schema | None:
         """The schema pushed rows are normalised to: the source's own, as a scan sees it.

@@ -9,8 +9,9 @@ The rule: a day partition is **required** when
 1. it lies in the lookback of some label day `L`: `[L - lookback, L]`, where the lookback is
    the group's TTL (row groups) or its longest window (window groups), rounded up to whole
    days; with no TTL, or a lifetime window, every day up to `L` can hold the latest value;
-2. it is on or after the source's `start_date` (no partition exists before it) and on or
-   after the caller's `since` (a caller that knows older days cannot matter);
+2. it is on or after the source's `start_date` (no partition exists before it), on or
+   after the caller's `since` (a caller that knows older days cannot matter), and not past
+   the group's `retention=` (those days are deleted on purpose, and never rewritten);
 3. and the source has at least one event on that UTC day (if the source cannot be read,
    instead: the day lies between the group's first and last stored partitions).
 
@@ -85,6 +86,9 @@ def missing_days(offline: StoredDays, group: FeatureGroup, required: set[date]) 
     but not the raw events, a moved folder) cannot tell which days have events; then only
     gaps between the first and the last stored partition count, which are missing whatever
     the source holds."""
+    retained = group.first_retained_day(datetime.now(UTC))
+    if retained is not None:  # rule 2's retention: deleted on purpose, never required
+        required = {d for d in required if d >= retained}
     stored = offline.partitions(group)
     unstored = required - set(stored)
     if not unstored:

@@ -30,6 +30,7 @@ from skewless.feature_assets.indexes import build_index_asset
 from skewless.feature_assets.lineage import build_registry_asset, service_specs
 from skewless.feature_assets.offline import build_offline_asset
 from skewless.feature_assets.online import build_online_asset
+from skewless.feature_assets.retention import lifecycle_definitions
 from skewless.feature_assets.served import build_served_asset
 from skewless.feature_assets.sources import source_spec
 from skewless.feature_assets.sql_views import build_sql_views_asset
@@ -183,6 +184,7 @@ def asset_definitions(
         serving_definitions(repo, checks),
         catalog_definitions(repo),
         stream_definitions(repo),
+        lifecycle_definitions(repo),
     )
 
 

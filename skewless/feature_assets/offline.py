@@ -1,6 +1,6 @@
 """The offline asset of a group version: daily partitions of feature rows in Parquet."""
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import polars as pl
@@ -90,6 +90,8 @@ def build_offline_asset(
             for name in partition_check_names(group)[1:]:
                 yield to_check_result(CheckOutcome(name, passed=False, description="not run: schema failed"))
             raise
+        # erased entities (`FeatureStore.erase`) stay erased whatever the source still holds
+        rows = store.without_erased(group, rows)
         outcomes = check_partitions(group, rows, days, store) if checks else []
         for outcome in outcomes:
             yield to_check_result(outcome)
@@ -103,7 +105,17 @@ def build_offline_asset(
         by_day = rows.with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("__day"))
         counts = []
         compacted = 0
+        # days the group's retention= no longer keeps are not written: the retention pass
+        # deleted them, and a backfill must not bring them back (feature_assets/retention.py)
+        first_kept = group.first_retained_day(datetime.now(UTC))
+        past = [day for day in days if first_kept is not None and day < first_kept]
+        if past:
+            context.log.warning(
+                f"{group.ref}: {len(past)} days {past[0]}..{past[-1]} are past its retention: not written"
+            )
         for i, day in enumerate(days, 1):
+            if day in past:
+                continue
             part = by_day.filter(pl.col("__day") == day).drop("__day")
             path = store.write_partition(group, day, part)
             # only after the new partition is in place (readers read pieces before partitions)
@@ -129,7 +141,8 @@ def build_offline_asset(
                 "run_rows": rows.height,
                 "dagster/column_schema": definition_metadata(group)["dagster/column_schema"],
                 "dagster/column_lineage": offline_column_lineage(group, _source_schema(group)),
-                "partitions_written": len(days),
+                "partitions_written": len(days) - len(past),
+                "partitions_past_retention": len(past),
                 "pieces_compacted": compacted,
                 "rows_per_partition": partitions_table(
                     pl.DataFrame(counts, schema=["day", "rows"], orient="row")

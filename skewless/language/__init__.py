@@ -9,6 +9,7 @@ from skewless.language.entity import Entity
 from skewless.language.feature_group import Feature, FeatureGroup
 from skewless.language.feature_service import FeatureRef, FeatureService
 from skewless.language.quality import Drift, Expectation
+from skewless.language.role import Role
 from skewless.language.source import DuckDBSource, FileSource, Source
 from skewless.language.vectors import Vector, VectorIndex
 
@@ -23,6 +24,7 @@ __all__ = [
     "FeatureRef",
     "FeatureService",
     "FileSource",
+    "Role",
     "Source",
     "Vector",
     "VectorIndex",

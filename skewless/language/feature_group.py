@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -122,7 +122,9 @@ class FeatureGroup:
     freshness: str | timedelta | None = None
     drift: Drift | None = None
     index: VectorIndex | None = None
+    retention: str | timedelta | None = None
     _ttl: timedelta | None = field(init=False, repr=False, compare=False, default=None)
+    _retention: timedelta | None = field(init=False, repr=False, compare=False, default=None)
     _freshness: timedelta | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -187,6 +189,7 @@ class FeatureGroup:
                 )
         object.__setattr__(self, "features", tuple(features))
         object.__setattr__(self, "_ttl", parse_duration(self.ttl, what=f"{where} ttl"))
+        self._check_retention(where)
         if self.owner is not None and not _OWNER_RE.match(self.owner):
             raise DefinitionError(f"{where}: owner {self.owner!r} must be an email address or 'team:<name>'")
         tags = dict.fromkeys(self.tags, "") if not isinstance(self.tags, Mapping) else dict(self.tags)
@@ -215,6 +218,35 @@ class FeatureGroup:
     def vector_features(self) -> list[Feature]:
         """The features declared with a `Vector(...)` dtype."""
         return [f for f in self.features if f.vector is not None]
+
+    def _check_retention(self, where: str) -> None:
+        """Offline retention: whole days are kept or deleted, so less than a day would delete
+        the day being written; a window group needs its longest window of events to compute
+        the windows of a training set, so a shorter retention would silently shrink them."""
+        retention = parse_duration(self.retention, what=f"{where} retention")
+        if retention is not None:
+            if retention < timedelta(days=1):
+                raise DefinitionError(
+                    f"{where}: retention {self.retention!r} is shorter than a day (partitions are days)"
+                )
+            if self.aggregations and retention < self.max_window:
+                raise DefinitionError(
+                    f"{where}: retention {self.retention!r} is shorter than its longest window "
+                    f"({_window_text(self.max_window)}): training-set windows would lose events"
+                )
+        object.__setattr__(self, "_retention", retention)
+
+    @property
+    def retention_period(self) -> timedelta | None:
+        """How long offline partitions are kept (None: forever); online values expire by `ttl`."""
+        return self._retention
+
+    def first_retained_day(self, now: datetime) -> date | None:
+        """The oldest day whose partition is kept at `now`: a day is deleted once every event
+        in it is older than the retention (None: every day is kept)."""
+        if self._retention is None:
+            return None
+        return (now.astimezone(UTC) - self._retention).date()
 
     def _check_quality(self, where: str) -> None:
         object.__setattr__(self, "_freshness", parse_duration(self.freshness, what=f"{where} freshness"))

@@ -78,12 +78,15 @@ class Registry:
             "owner": group.owner,
             "tags": dict(group.tags),  # type: ignore[arg-type]
             "ttl": format_duration(group.time_to_live),
+            "retention": format_duration(group.retention_period),
             "freshness": format_duration(group.freshness_limit),
             "fingerprint": fingerprint(group),
             "features": [self.feature_entry(group, f.name) for f in group.features],
             "expectations": [e.describe() for e in group.all_expectations()],
             "drift": None if group.drift is None else {"warn": group.drift.warn, "error": group.drift.error},
             "consumers": self.consumers(group),
+            # who may read it (the roles whose Redis users hold its key patterns)
+            "readable_by": [r.name for r in self.repo.roles if self.repo.access(r.name).may_read(group)],
         }
 
     def feature_entry(self, group: FeatureGroup, name: str) -> dict[str, Any]:
@@ -165,6 +168,20 @@ class Registry:
                     "models": list(s.models),
                 }
                 for s in self.repo.services
+            ],
+            # roles as declared and resolved to group versions (the Redis users they become
+            # are `skewless roles`: they depend on the deployment's key prefix)
+            "roles": [
+                {
+                    "name": r.name,
+                    "description": r.description,
+                    "admin": r.admin,
+                    "read": list(r.read),
+                    "write": list(r.write),
+                    "reads": self.repo.access(r.name).group_refs,
+                    "writes": [g.ref for g in self.repo.access(r.name).write_groups],
+                }
+                for r in self.repo.roles
             ],
         }
 

@@ -15,12 +15,17 @@ the read path is a blocking redis-py call plus numpy work, and redis-py's pool i
     GET  /openapi.json      the request/response shapes (OpenAPI 3)
 
 Access (optional): a policy maps an API key (header `Authorization: Bearer <key>` or
-`X-API-Key`) to a role, and each role lists the feature services and group versions it may
-read (fnmatch patterns over `name:vN`, such as `fraud_model:*` or `user_*:v2`) and the
-sources it may push to (`push`, fnmatch patterns over source names; none by default: a read
-key must not be able to change what models see). Without a policy the server is open (local
-use); with one, it is validated strictly at startup, because a typo in an access policy must
-never silently widen access.
+`X-API-Key`) to a role. A role is either one of the feature repository's `Role`s — then the
+server answers that key's lookups over a connection as the role's own Redis ACL user
+(`skewless roles apply`), so Redis refuses what the role may not read even if a check here
+were wrong, and a refusal is a 403 naming the role and the group — or a role of the policy
+file itself (`roles`), listing the feature services and group versions it may read (fnmatch
+patterns over `name:vN`, such as `fraud_model:*` or `user_*:v2`) and the sources it may push
+to (`push`, fnmatch patterns over source names; none by default: a read key must not be able
+to change what models see), checked here only. `/features` and `/metrics` show a key only
+what its role may read. Without a policy the server is open (local use); with one, it is
+validated strictly at startup, because a typo in an access policy must never silently
+widen access.
 
 Failing closed and failing fast: every request has a deadline (`SKEWLESS_REQUEST_TIMEOUT_MS`,
 500 ms by default). A lookup still waiting on Redis then answers 503, and its thread is
@@ -56,11 +61,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from skewless.client.feature_store import FeatureStore
-from skewless.errors import DefinitionError, OnlineStoreError, OnlineStoreTimeout, RequestError, SkewlessError
+from skewless.errors import (
+    AccessDenied,
+    DefinitionError,
+    OnlineStoreError,
+    OnlineStoreTimeout,
+    RequestError,
+    SkewlessError,
+)
 from skewless.language.feature_service import FeatureRef
 
 if TYPE_CHECKING:
-    from skewless.repository import FeatureRepository
+    from skewless.repository import FeatureRepository, RoleAccess
 
 MAX_ENTITIES = 10_000
 DEFAULT_REQUEST_TIMEOUT_MS = 500
@@ -129,6 +141,7 @@ class Role:
     services: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     push: list[str] = field(default_factory=list)
+    name: str = ""
 
     def may_push(self, source: str) -> bool:
         return any(fnmatch.fnmatchcase(source, p) for p in self.push)
@@ -140,6 +153,38 @@ class Role:
         return any(fnmatch.fnmatchcase(ref, p) for p in self.groups)
 
 
+@dataclass
+class RepositoryGrant:
+    """A key whose role is one of the repository's `Role`s: what it may read and push to,
+    resolved by the repository, and enforced again by Redis through the role's ACL user."""
+
+    name: str
+    access: RoleAccess
+    pushable: frozenset[str]  # sources every group of which the role may write
+
+    @classmethod
+    def of(cls, repository: FeatureRepository, name: str) -> RepositoryGrant:
+        access = repository.access(name)
+        sources = {g.source.name for g in repository.groups}
+        pushable = frozenset(
+            source
+            for source in sources
+            if all(access.may_write(g) for g in repository.groups if g.source.name == source)
+        )
+        return cls(name, access, pushable)
+
+    def may_push(self, source: str) -> bool:
+        return source in self.pushable
+
+    def may_read_service(self, ref: str) -> bool:
+        return ref in self.access.service_refs
+
+    def may_read_group(self, ref: str) -> bool:
+        return ref in self.access.group_refs
+
+
+Grant = Role | RepositoryGrant
+
 _ROLE_FIELDS = ("services", "groups", "push")
 _KIND_NAMES = {"services": "service", "groups": "group", "push": "source"}
 
@@ -150,11 +195,14 @@ class AccessPolicy:
 
     keys: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
+    #: keys' roles that are the repository's `Role`s (resolved by `check_against`)
+    grants: dict[str, RepositoryGrant] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, text: str, repository: FeatureRepository | None = None) -> AccessPolicy:
         """Parse and strictly validate `{"keys": {"<api key>": "<role>"}, "roles": {"<role>":
-        {"services": [...], "groups": [...], "push": [...]}}}`.
+        {"services": [...], "groups": [...], "push": [...]}}}`. A key may name a role of
+        `repository` instead (then `roles` may be left out); a name both define is refused.
 
         Strict because every lenient reading of a policy widens access: a string where a list
         belongs would be iterated character by character (`"*"` matches everything), and an
@@ -174,11 +222,22 @@ class AccessPolicy:
                 f"access policy: unknown field(s) {', '.join(map(repr, unknown))} "
                 "(expected 'keys' and 'roles')"
             )
+        repository_roles = {r.name for r in repository.roles} if repository is not None else set()
+        if "roles" not in raw and repository_roles:
+            raw["roles"] = {}  # every key names a repository role (checked below)
         for name in ("keys", "roles"):
             if name not in raw:
                 raise PolicyError(f"access policy: field '{name}' is required")
-            if not isinstance(raw[name], dict) or not raw[name]:
+            if not isinstance(raw[name], dict) or (
+                not raw[name] and not (name == "roles" and repository_roles)
+            ):
                 raise PolicyError(f"access policy: '{name}' must be a non-empty object")
+        both = sorted(set(raw["roles"]) & repository_roles)
+        if both:
+            raise PolicyError(
+                f"access policy: role(s) {', '.join(map(repr, both))} are defined both in 'roles' and "
+                "in the feature repository: rename one (which one grants access must never be a guess)"
+            )
         roles: dict[str, Role] = {}
         for role_name, spec in raw["roles"].items():
             where = f"roles.{role_name}"
@@ -201,7 +260,7 @@ class AccessPolicy:
                         f"got {json.dumps(value)}"
                     )
                 patterns[kind] = list(value)
-            roles[role_name] = Role(**patterns)
+            roles[role_name] = Role(**patterns, name=role_name)
         keys: dict[str, str] = {}
         for key, role_name in raw["keys"].items():
             # never echo a whole key: errors end up in logs
@@ -210,9 +269,10 @@ class AccessPolicy:
                 raise PolicyError("access policy: 'keys' has an empty API key")
             if not isinstance(role_name, str):
                 raise PolicyError(f"access policy: {hint} must name a role (a string)")
-            if role_name not in roles:
+            if role_name not in roles and role_name not in repository_roles:
+                also = " nor the feature repository" if repository is not None else ""
                 raise PolicyError(
-                    f"access policy: {hint} names role '{role_name}', which 'roles' does not define"
+                    f"access policy: {hint} names role '{role_name}', which 'roles' does not define{also}"
                 )
             keys[key] = role_name
         policy = cls(keys=keys, roles=roles)
@@ -227,6 +287,11 @@ class AccessPolicy:
             "groups": sorted(g.ref for g in repository.groups),
             "push": sorted({g.source.name for g in repository.groups}),
         }
+        for role_name in set(self.keys.values()) - set(self.roles):
+            try:
+                self.grants[role_name] = RepositoryGrant.of(repository, role_name)
+            except DefinitionError as exc:
+                raise PolicyError(f"access policy: {exc}") from None
         for role_name, role in self.roles.items():
             for kind in _ROLE_FIELDS:
                 over = "source names" if kind == "push" else "'name:vN'"
@@ -243,7 +308,7 @@ class AccessPolicy:
     def open(self) -> bool:
         return not self.keys
 
-    def role_for(self, request: Request) -> Role | None:
+    def role_for(self, request: Request) -> Grant | None:
         header = request.headers.get("authorization", "")
         key = (
             header[7:].strip()
@@ -251,7 +316,9 @@ class AccessPolicy:
             else request.headers.get("x-api-key", "")
         )
         role = self.keys.get(key) if key else None
-        return self.roles[role] if role else None
+        if not role:
+            return None
+        return self.roles[role] if role in self.roles else self.grants[role]
 
 
 def load_policy(path: str, repository: FeatureRepository | None = None) -> AccessPolicy:
@@ -723,6 +790,17 @@ def create_app(
     policy = policy or AccessPolicy()
     if not policy.open:
         policy.check_against(store.repository)
+    # one store per repository role, connected as the role's Redis user (the offline store
+    # and the served-vector log stay the server's own: a reader's user may not write the log)
+    role_stores: dict[str, FeatureStore] = {}
+    for name in sorted(policy.grants):
+        role_store = FeatureStore(store.repository, store.config, offline=store.offline, role=name)
+        role_store.monitor = store.monitor
+        role_stores[name] = role_store
+
+    def store_for(role: Grant | None) -> FeatureStore:
+        return role_stores[role.name] if isinstance(role, RepositoryGrant) else store
+
     settings = settings or ServerSettings()
     timeout = settings.request_timeout_s
     known_services = {s.ref for s in store.repository.services}
@@ -758,7 +836,7 @@ def create_app(
         groups = {ref.group_ref for ref in lookup.refs}
         return ",".join(sorted(groups)) if groups <= known_groups else UNKNOWN_LABEL
 
-    def authorize(request: Request) -> Role | None:
+    def authorize(request: Request) -> Grant | None:
         if policy.open:
             return None
         role = policy.role_for(request)
@@ -766,7 +844,7 @@ def create_app(
             raise HTTPError(401, "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)")
         return role
 
-    def check_access(role: Role | None, lookup: LookupRequest) -> None:
+    def check_access(role: Grant | None, lookup: LookupRequest) -> None:
         if role is None:
             return
         if lookup.service is not None:
@@ -810,7 +888,9 @@ def create_app(
 
     inline_paused_until = [0.0]  # the breaker: before this time, lookups go to threads
 
-    async def lookup_within(deadline: float, entities: int, func: Callable[[], T]) -> T:
+    async def lookup_within(
+        deadline: float, entities: int, func: Callable[[], T], target: FeatureStore = store
+    ) -> T:
         """A small lookup runs on the event loop: handing it to a thread and back costs more
         than the lookup (measured: 590 against 1,050 requests/s on `fraud_model:v1`). Its
         Redis round trips are bounded by the request timeout and never retried, so a hung
@@ -818,11 +898,11 @@ def create_app(
         through threads (abandoned at the deadline) until `INLINE_PAUSE_S` has passed."""
         now = time.monotonic()
         # a cluster store reads several nodes through threads: no bounded inline path there
-        inline = store.online.bounded_inline
+        inline = target.online.bounded_inline
         if not inline or entities > INLINE_MAX_ENTITIES or now < inline_paused_until[0]:
             return await with_deadline(deadline, func, "online lookup")
         try:
-            with store.online.bounded(timeout):
+            with target.online.bounded(timeout):
                 return func()
         except OnlineStoreTimeout as exc:
             inline_paused_until[0] = time.monotonic() + INLINE_PAUSE_S
@@ -847,17 +927,20 @@ def create_app(
             lookup = parse_request(body)
             target = target_label(lookup)
             check_access(role, lookup)
+            reader = store_for(role)
 
             def work() -> tuple[list[Any], list[str], list[str]]:
                 try:
-                    rows = store.get_online_features(
+                    rows = reader.get_online_features(
                         lookup.entities,
                         features=lookup.features,
                         service=lookup.service,
                         full_feature_names=lookup.full_feature_names,
                         output="rows" if lookup.rows else "dicts",
                     )
-                    plan = store.read_plan(lookup.features, lookup.service, lookup.full_feature_names)
+                    plan = reader.read_plan(lookup.features, lookup.service, lookup.full_feature_names)
+                except AccessDenied as exc:  # Redis refused the role's user (NOPERM)
+                    raise HTTPError(403, str(exc)) from None
                 except OnlineStoreTimeout:
                     raise  # a bounded (inline) lookup: `lookup_within` answers it
                 except OnlineStoreError as exc:
@@ -866,7 +949,9 @@ def create_app(
                     raise HTTPError(404 if "unknown" in str(exc) else 400, str(exc)) from None
                 return rows, plan.group_refs, list(plan.schema)
 
-            rows, group_refs, names = await lookup_within(deadline, entity_count(lookup.entities), work)
+            rows, group_refs, names = await lookup_within(
+                deadline, entity_count(lookup.entities), work, reader
+            )
             elapsed = time.perf_counter() - started
             for ref in group_refs:
                 group_latency.labels(ref).observe(elapsed)
@@ -901,10 +986,14 @@ def create_app(
             if role is not None and not role.may_push(push.source):
                 raise HTTPError(403, f"this key may not push to source '{push.source}'")
 
+            pusher = store_for(role)
+
             def work() -> tuple[int, dict[str, int]]:
-                frame = push_frame(store, push)
+                frame = push_frame(pusher, push)
                 try:
-                    return frame.height, store.push(push.source, frame)
+                    return frame.height, pusher.push(push.source, frame)
+                except AccessDenied as exc:
+                    raise HTTPError(403, str(exc)) from None
                 except OnlineStoreError as exc:
                     raise unavailable(exc, "push") from None
 
@@ -990,10 +1079,12 @@ def create_app(
 
     def metrics(request: Request) -> Response:
         try:
-            authorize(request)
+            role = authorize(request)
         except HTTPError as exc:
             return json_response({"error": exc.message}, exc.status)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if role is None:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(_VisibleMetrics(registry, role)), media_type=CONTENT_TYPE_LATEST)
 
     def listing(request: Request) -> Response:
         try:
@@ -1017,7 +1108,7 @@ def create_app(
             }
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/features/online", online_endpoint, methods=["POST"]),
             Route("/features/search", search_endpoint, methods=["POST"]),
@@ -1028,6 +1119,34 @@ def create_app(
             Route("/openapi.json", lambda request: json_response(OPENAPI), methods=["GET"]),
         ]
     )
+    app.state.role_stores = role_stores  # `serve` checks each role's Redis user answers
+    return app
+
+
+class _VisibleMetrics:
+    """The registry as one key's role may see it: samples labelled with a service or group
+    version it may not read are left out (their names and traffic are not its business)."""
+
+    def __init__(self, registry: CollectorRegistry, role: Grant) -> None:
+        self.registry = registry
+        self.role = role
+
+    def visible(self, label: str) -> bool:
+        if label == UNKNOWN_LABEL:
+            return True
+        return all(
+            self.role.may_read_service(ref) or self.role.may_read_group(ref) for ref in label.split(",")
+        )
+
+    def collect(self) -> Any:
+        for family in self.registry.collect():
+            samples = [
+                s
+                for s in family.samples
+                if all(self.visible(s.labels[name]) for name in ("target", "group") if name in s.labels)
+            ]
+            family.samples = samples
+            yield family
 
 
 def startup_line(host: str, port: int, store: FeatureStore, policy_path: str | None) -> str:
@@ -1063,6 +1182,8 @@ def serve(repo: str, host: str = "127.0.0.1", port: int = 6566, workers: int = 1
     print(line + (f" ({workers} worker processes)" if workers > 1 else ""), flush=True)
     if workers <= 1:
         app = create_app(store, policy, settings)
+        for role_store in app.state.role_stores.values():
+            role_store.online.ping()  # a role whose Redis user is missing fails here, not per request
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
     store.close()

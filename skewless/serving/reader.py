@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import redis
 
-from skewless.errors import RequestError
+from skewless.errors import AccessDenied, RequestError
 from skewless.language.feature_group import FeatureGroup
 from skewless.storage import online_keys as K
 from skewless.storage.codec import Decoded, GroupCodec, column_series, to_series
@@ -267,7 +268,10 @@ class ReadPlan:
         for read in self.groups:
             if not read.group.is_windowed:
                 row_keys.extend(read.keys(columns))
-        raw = self.store.mget(row_keys) if n and row_keys else []
+        try:
+            raw = self.store.mget(row_keys) if n and row_keys else []
+        except redis.exceptions.NoPermissionError as exc:
+            raise self._refused(columns, exc) from None
         out: list[Decoded | WindowRows] = []
         rows_at = 0
         for read in self.groups:
@@ -278,13 +282,37 @@ class ReadPlan:
                 rows_at += 1
         return out
 
+    def _refused(self, columns: dict[str, list[Any]], exc: Exception) -> AccessDenied:
+        """Which groups of a refused MGET the store's user may not read: the one MGET spans
+        every row group, so ask Redis again for one key of each (only on this error path) —
+        the answer is still the server's, never a check of our own."""
+        denied = []
+        for read in self.groups:
+            if read.group.is_windowed:
+                continue
+            try:
+                self.store.mget(read.keys(columns)[:1])
+            except redis.exceptions.NoPermissionError:
+                denied.append(read.group.ref)
+        error = self.store.denied("read", denied[0] if denied else "(unknown)", exc)
+        if len(denied) > 1:
+            error = AccessDenied(
+                str(error).replace(f"group '{denied[0]}'", f"groups {', '.join(map(repr, denied))}"),
+                role=self.store.role,
+                groups=denied,
+            )
+        return error
+
     def _windows(self, read: GroupRead, columns: dict[str, list[Any]], n: int, now_us: int) -> WindowRows:
         """The requested window features, in the requested order and names, one row per
         requested entity (a repeated entity is read once and repeated, never summed), with
         defaults applied: plain Python values, so small requests build no Polars objects."""
         bases = read.keys(columns) if n else []
         unique = list(dict.fromkeys(bases))
-        values = self.store.windows.read(read.group, unique, now_us) if unique else []
+        try:
+            values = self.store.windows.read(read.group, unique, now_us) if unique else []
+        except redis.exceptions.NoPermissionError as exc:
+            raise self.store.denied("read", read.group, exc) from None
         defaults = [spec.default for spec in read.reads]
         by_base = {}
         for base, found in zip(unique, values, strict=True):

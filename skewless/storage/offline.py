@@ -46,7 +46,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -415,12 +415,27 @@ class OfflineStore(ABC):
         removed = self.delete_pieces(self.pieces(group, day))
         return removed + int(self.delete(layout.partition_key(group.name, group.version, day)))
 
+    def delete_expired(self, group: FeatureGroup, now: datetime) -> list[date]:
+        """Delete the days (partitions and pieces) the group's `retention=` no longer keeps at
+        `now`; returns them. Each day goes as a whole (`delete_partition`), oldest first, so
+        an interrupted pass leaves a contiguous history and the next pass finishes it."""
+        first_kept = group.first_retained_day(now)
+        if first_kept is None:
+            return []
+        expired = [day for day in self.partitions(group) if day < first_kept]
+        for day in expired:
+            self.delete_partition(group, day)
+        return expired
+
     def piece_path(self, group: FeatureGroup, day: date, name: str) -> Location:
         return self.location(layout.piece_key(group.name, group.version, day, name))
 
     def write_piece(self, group: FeatureGroup, day: date, name: str, frame: pl.DataFrame) -> Location:
-        """Add (or idempotently rewrite) one immutable piece of a day: never touches data.parquet."""
-        return self.write(layout.piece_key(group.name, group.version, day, name), frame)
+        """Add (or idempotently rewrite) one immutable piece of a day: never touches data.parquet.
+        Rows of erased entities are left out (a micro-batch must not bring them back)."""
+        return self.write(
+            layout.piece_key(group.name, group.version, day, name), self.without_erased(group, frame)
+        )
 
     def _day_keys(self, group: FeatureGroup, day: date) -> list[str]:
         return self.list_keys(layout.day_key(group.name, group.version, day))
@@ -478,6 +493,64 @@ class OfflineStore(ABC):
     def scan(self, group: FeatureGroup, start: date | None = None, end: date | None = None) -> pl.LazyFrame:
         """Lazily read the partitions (with their pieces) in a day range; empty frame if none."""
         return scan_merged(group, self.files(group, start, end), self)
+
+    # -- erasure (right to be forgotten) ----------------------------------------------------
+
+    def record_erasure(self, entity: str, keys: pl.DataFrame) -> Location:
+        """Add `keys` (the entity's join-key columns) to its erasure list. Recorded before
+        anything is deleted, so a backfill racing the erasure already leaves them out."""
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        self.__dict__.setdefault("_erased_seen", {}).pop(entity, None)
+        return self.write(layout.erasure_key(entity, stamp), keys.unique())
+
+    def erased(
+        self, entity: str, key_schema: dict[str, pl.DataType], max_age_s: float = 0.0
+    ) -> pl.DataFrame | None:
+        """Every erased key of an entity (None: none erased). Listed on each call by default:
+        a backfill must see an erasure recorded a moment ago by another process. `max_age_s`
+        lets a latency-bound caller (a push: one LIST request per push on S3) reuse what
+        this store read that long ago; its own erasures are always seen at once."""
+        seen: dict[str, tuple[float, pl.DataFrame | None]] = self.__dict__.setdefault("_erased_seen", {})
+        cached = seen.get(entity)
+        if max_age_s and cached is not None and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+        frames = []
+        for key in self.list_keys(layout.erasures_key(entity)):
+            if key.endswith(layout.PARQUET):
+                frame = self.read_parquet(self.location(key))
+                if frame is not None:
+                    frames.append(frame.select([pl.col(c).cast(t) for c, t in key_schema.items()]))
+        erased = pl.concat(frames).unique() if frames else None
+        seen[entity] = (time.monotonic(), erased)
+        return erased
+
+    def without_erased(
+        self, group: FeatureGroup, frame: pl.DataFrame, max_age_s: float = 0.0
+    ) -> pl.DataFrame:
+        """`frame` without rows of erased entities: what every materialization writes, so a
+        backfill (or a micro-batch) never brings an erased entity back."""
+        erased = self.erased(group.entity.name, dict(group.entity.key_schema), max_age_s)
+        if erased is None or frame.is_empty():
+            return frame
+        return frame.join(erased, on=list(group.entity.key_schema), how="anti", nulls_equal=False)
+
+    def erase_rows(self, locations: Sequence[Location], keys: pl.DataFrame) -> tuple[int, int]:
+        """Rewrite each file holding rows of `keys` without them (atomically: a reader sees
+        the old file or the new one, never half of one); (files rewritten, rows removed).
+        Files lacking any key column are left alone."""
+        rewritten = removed = 0
+        columns = list(keys.columns)
+        for location in locations:
+            frame = self.read_parquet(location)
+            if frame is None or not set(columns) <= set(frame.columns):
+                continue
+            cast = keys.select([pl.col(c).cast(frame.schema[c]) for c in columns])
+            kept = frame.join(cast, on=columns, how="anti", nulls_equal=False)
+            if kept.height < frame.height:
+                self.write(self.key_of(location), kept)
+                rewritten += 1
+                removed += frame.height - kept.height
+        return rewritten, removed
 
     # -- training sets, registry snapshots, served logs -------------------------------------
 

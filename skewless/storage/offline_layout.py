@@ -6,6 +6,7 @@
     <root>/_registry/<stamp>/registry.json, features.parquet  registry snapshots
     <root>/_served/<service>/v<N>/log-<first>-<last>.parquet  the sampled served-vector log
     <root>/_work/<run id>/...                                 a distributed job's scratch files
+    <root>/_erasures/<entity>/<stamp>-<id>.parquet            erased entities' join keys
 
 Why one module: before, six modules each spelled some of these names (`date=` globs in the
 client, `_served` in the served asset, `_registry` in lineage, ...), so a second backend would
@@ -31,6 +32,7 @@ TRAINING_SETS = "_training_sets"
 REGISTRY = "_registry"
 SERVED = "_served"
 WORK = "_work"
+ERASURES = "_erasures"
 REGISTRY_JSON = "registry.json"
 REGISTRY_FEATURES = "features.parquet"
 IN_USE_MARKER = ".in-use"  # object stores have no folders: an empty object marks a version in use
@@ -89,6 +91,13 @@ def work_key(run_id: str) -> str:
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise ValueError(f"not a run id: {run_id!r}")
     return f"{WORK}/{run_id}"
+def erasures_key(entity: str) -> str:
+    return f"{ERASURES}/{entity}"
+
+
+def erasure_key(entity: str, stamp: str) -> str:
+    """One erasure request's keys: a file per request, so two at once never lose one."""
+    return f"{erasures_key(entity)}/{stamp}{PARQUET}"
 
 
 def _entry_range_name(kind: str, first: str, last: str) -> str:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import hiredis
 import polars as pl
@@ -49,8 +49,9 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from skewless.config import StoreConfig
-from skewless.errors import OnlineStoreError, OnlineStoreTimeout, RequestError
+from skewless.errors import AccessDenied, OnlineStoreError, OnlineStoreTimeout, RequestError
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
+from skewless.language.role import Role
 from skewless.storage import online_keys as K
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
@@ -73,6 +74,18 @@ def redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def with_credentials(url: str, username: str, password: str) -> str:
+    """`url` connecting as `username` (any user and password it held replaced): how a role's
+    process becomes the role's Redis user on every backend (`unix://u:p@/path` included)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise OnlineStoreError(f"cannot add credentials to {redact(url)!r}: not a URL")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    host = netloc.rsplit("@", 1)[-1]
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{host}{tail}"
 
 
 def _lua(name: str) -> str:
@@ -125,6 +138,20 @@ class OnlineStore(ABC):
         self._scripts: dict[str, str] = {}  # sha -> source, to reload after NOSCRIPT
         self._local = threading.local()
         self._lock = threading.Lock()
+        #: the repository role this store connects as (None: the configured credentials);
+        #: `read_only`: its Redis user may only read, so no cache write-backs are attempted
+        self.role: str | None = None
+        self.read_only = False
+
+    def denied(self, action: str, group: FeatureGroup | str, exc: Exception) -> AccessDenied:
+        """NOPERM from Redis as an error naming the role, the action and the group version."""
+        ref = group if isinstance(group, str) else group.ref
+        who = f"role '{self.role}'" if self.role else "this store's Redis user"
+        return AccessDenied(
+            f"{who} may not {action} feature group '{ref}': Redis refused it (NOPERM {exc})",
+            role=self.role,
+            groups=[ref],
+        )
 
     # ------------------------------------------------------------------ transport (per backend)
     @property
@@ -243,6 +270,14 @@ class OnlineStore(ABC):
         Rows whose value has already outlived the group's TTL are not written: they could
         never be served. Safe to retry: writing the same rows again changes nothing.
         """
+        try:
+            return self._write_latest(group, latest, progress)
+        except redis.exceptions.NoPermissionError as exc:
+            raise self.denied("write", group, exc) from None
+
+    def _write_latest(
+        self, group: FeatureGroup, latest: pl.DataFrame, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
         where = f"writing feature group '{group.ref}'"
         frame = latest.with_columns(K.key_expression(group, self.key_prefix).alias("__key"))
         null_keys = frame["__key"].null_count()
@@ -336,7 +371,10 @@ class OnlineStore(ABC):
         self, group: FeatureGroup, events: pl.DataFrame, now: datetime | None = None, before: Any = None
     ) -> int:
         """Add or correct events (offline event layout) in the entities' window state."""
-        return self.windows.write(group, events, now, before)
+        try:
+            return self.windows.write(group, events, now, before)  # type: ignore[no-any-return]
+        except redis.exceptions.NoPermissionError as exc:
+            raise self.denied("write", group, exc) from None
 
     # ------------------------------------------------------------------ reads
     def read(self, group: FeatureGroup, entities: pl.DataFrame) -> pl.DataFrame:
@@ -346,6 +384,8 @@ class OnlineStore(ABC):
             raw = self.mget(keys) if keys else []
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"reading feature group '{group.ref}'", exc) from exc
+        except redis.exceptions.NoPermissionError as exc:
+            raise self.denied("read", group, exc) from None
         return self.codec(group).decode(raw)
 
     @contextmanager
@@ -398,6 +438,22 @@ class OnlineStore(ABC):
             deleted += self.unlink([K.meta_key(self.key_prefix, name, version)])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"retiring '{name}:v{version}'", exc) from exc
+        return deleted
+
+    def erase(self, group: FeatureGroup, keys: pl.DataFrame) -> int:
+        """Delete one group version's keys of the entities in `keys` (their join-key columns):
+        the value key of a row group, the three window-state keys of a window group; UNLINK
+        in batches of 1,000. Returns the keys that existed."""
+        base = K.entity_keys(group, self.key_prefix, keys)
+        found = [b + suffix for b in base for suffix in K.WINDOW_SUFFIXES] if group.is_windowed else base
+        deleted = 0
+        try:
+            for start in range(0, len(found), 1000):
+                deleted += self.unlink(found[start : start + 1000])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"erasing entities of '{group.ref}'", exc) from exc
+        except redis.exceptions.NoPermissionError as exc:
+            raise self.denied("erase", group, exc) from None
         return deleted
 
     def delete_all(self) -> int:
@@ -660,9 +716,20 @@ class RedisOnlineStore(OnlineStore):
         self._count(("",), len(commands), 0)
         try:
             connection.send_packed_command([b"".join(packed)], check_health=False)
+            refused: redis.ResponseError | None = None
+            # every reply is read, refused ones too (an ACL refuses a command as it is
+            # queued, then EXEC aborts): the connection must stay in step for its next use
             for _ in range(len(commands) + 1):
-                connection.read_response()
-            replies = connection.read_response()
+                try:
+                    connection.read_response()
+                except redis.ResponseError as exc:
+                    refused = refused or exc
+            try:
+                replies = connection.read_response()
+            except redis.ResponseError as exc:
+                raise refused or exc from None
+            if refused is not None:
+                raise refused
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             connection.disconnect()
             self._failed_fast(exc, "reading online features")
@@ -688,6 +755,7 @@ class EmbeddedRedisOnlineStore(RedisOnlineStore):
     def __init__(self, state_dir: str, key_prefix: str = "skewless") -> None:
         super().__init__(None, key_prefix)
         self.state_dir = state_dir
+        self.credentials: tuple[str, str] | None = None  # a role's ACL user (open_online_store)
 
     def start(self) -> str:
         """Start the embedded server if it is not running (a file lock makes concurrent
@@ -705,7 +773,9 @@ class EmbeddedRedisOnlineStore(RedisOnlineStore):
         return self._url if self._url is not None else f"embedded Redis in {self.state_dir} (not started)"
 
     def _connect_url(self) -> str:
-        return self.start()
+        url = self.start()
+        credentials = getattr(self, "credentials", None)
+        return with_credentials(url, *credentials) if credentials else url
 
 
 # ====================================================================== Redis Cluster
@@ -1163,10 +1233,30 @@ ONLINE_BACKENDS: dict[str, Callable[[StoreConfig], OnlineStore]] = {
 }
 
 
-def open_online_store(config: StoreConfig) -> OnlineStore:
+def open_online_store(config: StoreConfig, role: Role | None = None, write: bool = False) -> OnlineStore:
     """The online store `config.redis_url` names — the one place a backend is chosen:
     no URL, the embedded Redis of the state folder (not started until first used); else the
-    backend registered for the URL's scheme."""
+    backend registered for the URL's scheme.
+
+    With `role`, the store connects as the role's Redis ACL user (`storage.acl`; `write`:
+    its writer user, if it has one), so Redis itself refuses what the role may not do."""
+    store = _open(config)
+    if role is not None:
+        from skewless.storage.acl import connection_user
+
+        user, password = connection_user(config.key_prefix, config.state_dir, role, write)
+        if isinstance(store, EmbeddedRedisOnlineStore):
+            store.credentials = (user, password)
+        elif isinstance(store, RedisClusterOnlineStore):
+            store._url = with_credentials(store._url, user, password)
+        else:
+            store._url = with_credentials(store.url, user, password)
+        store.role = role.name
+        store.read_only = not role.admin and not (write and role.write)
+    return store
+
+
+def _open(config: StoreConfig) -> OnlineStore:
     if not config.redis_url:
         return EmbeddedRedisOnlineStore(config.state_dir, config.key_prefix)
     scheme = config.redis_url.split("://", 1)[0].lower() if "://" in config.redis_url else ""

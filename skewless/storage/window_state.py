@@ -629,6 +629,8 @@ class WindowState:
     def _write_back(
         self, group: FeatureGroup, wanted: list, done: list[dict[tuple[int, int], list[Any]]]
     ) -> None:
+        if self.store.read_only:
+            return  # a reader's user may not write (and must not: a cache all roles trust)
         parts = self.parts(group)
         commands: list[tuple[Any, ...]] = []
         for (base, _, gen), tiles in zip(wanted, done, strict=True):
