@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "storage": 3,
     "repository": 4,
     "registry": 4,
+    "vectors": 4,  # indexes over stored embeddings: storage below, the client and assets above
     "serving": 5,
     "client": 5,
     "feature_assets": 6,

@@ -25,6 +25,7 @@ from skewless.language.feature_group import FeatureGroup
 from skewless.vectors.engine import VectorSearcher
 
 CHECK_NAMES = ("recall", "embedding_drift", "index_freshness")
+DRIFT_WARN, DRIFT_ERROR = 0.1, 0.25  # PSI of norms / centroid cosines against the last build
 
 
 def recall_at_k(
@@ -91,8 +92,6 @@ def drift_outcome(
     norm_psi = psi_numeric(pl.Series(previous["norm_sample"]), pl.Series(norms_now))
     cosine_psi = psi_numeric(pl.Series(cos_before), pl.Series(cos_now)) if cos_before.size else 0.0
     worst = max(norm_psi, cosine_psi)
-    from skewless.vectors.index_store import DRIFT_ERROR, DRIFT_WARN
-
     severity = "ERROR" if worst > DRIFT_ERROR else "WARN"
     passed = worst <= DRIFT_WARN
     return CheckOutcome(

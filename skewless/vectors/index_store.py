@@ -42,7 +42,6 @@ from skewless.vectors.engine import (
 
 ROOT = "_indexes"
 SAMPLE = 2000  # norms and centroid cosines kept per build for the next build's drift check
-DRIFT_WARN, DRIFT_ERROR = 0.1, 0.25
 
 
 def spec_of(group: FeatureGroup) -> VectorIndex:
