@@ -44,7 +44,7 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -202,38 +202,28 @@ def atomic_write(target: Path, content: pl.DataFrame | bytes) -> Path:
     temps killed writers left are cleaned afterwards (`remove_stale_temps`). Why fsync: after a
     power loss an un-synced rename can name an empty file, i.e. a lost partition.
     """
-    private_dirs(target.parent)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    started = time.time()
-    try:
-        # owner-only from the first byte (Polars truncates, keeping the mode); not umask,
-        # which is process-wide and would race other threads
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        if isinstance(content, pl.DataFrame):
-            write_frame(content, temp)
-        else:
-            temp.write_bytes(content)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-        _fsync_dir(target.parent)
-    finally:
-        temp.unlink(missing_ok=True)
-    remove_stale_temps(target, started)
-    return target
+    if isinstance(content, pl.DataFrame):
+        return _atomic(target, lambda temp: write_frame(content, temp))
+    return _atomic(target, lambda temp: temp.write_bytes(content))
 
 
 def atomic_copy(source: Path, target: Path) -> Path:
     """`atomic_write` of a local file's bytes, streamed: same temp, mode, fsync and rename."""
+    return _atomic(target, lambda temp: shutil.copyfile(source, temp))
+
+
+def _atomic(target: Path, fill: Callable[[Path], object]) -> Path:
+    """The temp-fsync-rename protocol `atomic_write` documents, around `fill(temp)`."""
     private_dirs(target.parent)
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     started = time.time()
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(source, "rb") as handle, os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(handle, out, 8 * 1024 * 1024)
-            out.flush()
-            os.fsync(out.fileno())
+        # owner-only from the first byte (writers truncate, keeping the mode); not umask,
+        # which is process-wide and would race other threads
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        fill(temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(temp, target)
         _fsync_dir(target.parent)
     finally:
