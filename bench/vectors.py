@@ -5,9 +5,12 @@
 `small` is 100,000 and `large` 1,000,000 vectors of 128 dimensions, seeded and clustered
 (one cluster per 1,000 vectors, unit length, noise 0.35 around each centre) so that the
 nearest neighbours are a meaningful target; queries are perturbed data points. The index is
-what serving uses: built with `VectorIndex`'s defaults by the same engine
-(`skewless.vectors.engine`), saved, loaded memory-mapped (`IO_FLAG_MMAP_IFC`) and searched
-through `VectorSearcher.search` one query at a time (the serving path's Python included).
+what serving uses: built with `VectorIndex`'s defaults (`--kind ivf`, the default, or
+`hnsw`) by the same function as the index asset (`index_store.make_index`: for IVF the
+probes are tuned on the build's own vectors there, never on the bench's queries), saved,
+loaded memory-mapped (`IO_FLAG_MMAP_IFC`; IVF's `vectors.npy` with numpy's mmap) and
+searched through `VectorSearcher.search` one query at a time (the serving path's Python
+included).
 Each vector has a `country` (10 values: a filter matching 10%) and a `rare` flag (0.05%:
 answered exactly over the allowed subset).
 
@@ -18,7 +21,8 @@ JSON object:
 - `build_s`, `index_file_mb`, `rss_growth_mb` (process RSS after loading and searching)
 - `recall_at_10`, `search_p50_ms`, `search_p99_ms`, `qps` (unfiltered, single thread)
 - `exact_p50_ms`, `exact_qps`, `qps_ratio_vs_exact`
-- `expansion_search_sweep`: recall@10 and p50 at efSearch 64, 128, 256 (same index)
+- `width_sweep`: recall@10 and p50 at other search widths of the same index (IVF probes
+  or HNSW efSearch), `tuning` (the build's own ladder), `kind`, `lists`, `width`
 - `filtered_recall_at_10`, `filtered_p50_ms`, `filtered_p99_ms`, `filtered_qps` (10% filter),
   `rare_recall_at_10`, `rare_p50_ms` (0.05% filter), `filtered_returns_k` (every filtered
   query with at least k matches returned k), `strategies` (which path answered)
@@ -81,13 +85,15 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="build threads")
+    parser.add_argument("--kind", choices=["ivf", "hnsw"], default="ivf")
     args = parser.parse_args()
 
     from skewless.language.vectors import VectorIndex
-    from skewless.vectors.engine import VectorSearcher, build_hnsw, faiss_module
+    from skewless.vectors.engine import VectorSearcher, faiss_module
+    from skewless.vectors.index_store import make_index
 
     faiss = faiss_module()
-    spec = VectorIndex("embedding")
+    spec = VectorIndex("embedding", kind=args.kind)
     n = SIZES[args.size]
     started = time.perf_counter()
     vectors, sources = clustered(n, args.seed)
@@ -110,21 +116,26 @@ def main() -> int:
     print(f"[vectors] {n:,} x {DIM} generated in {time.perf_counter() - started:.1f}s", flush=True)
 
     started = time.perf_counter()
-    index = build_hnsw(vectors, spec.metric, spec.connectivity, spec.expansion_add, threads=args.threads)
+    index, built_searcher, params = make_index(vectors, rows, ["item_id"], spec, threads=args.threads)
     build_s = time.perf_counter() - started
-    print(
-        f"[vectors] built in {build_s:.1f}s (M={spec.connectivity}, efConstruction={spec.expansion_add})",
-        flush=True,
-    )
+    width = params["width"]
+    del built_searcher
+    print(f"[vectors] built in {build_s:.1f}s ({params})", flush=True)
     with tempfile.TemporaryDirectory(prefix="skewless-vectors-") as folder:
         path = Path(folder) / "index.faiss"
         faiss.write_index(index, str(path))
         del index
         file_mb = path.stat().st_size / 2**20
+        mapped = None
+        if args.kind == "ivf":
+            np.save(Path(folder) / "vectors.npy", vectors)
+            file_mb += (Path(folder) / "vectors.npy").stat().st_size / 2**20
         faiss.omp_set_num_threads(1)
         before = rss_bytes()
         loaded = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
-        searcher = VectorSearcher(loaded, rows, ["item_id"], spec.metric, spec.expansion_search)
+        if args.kind == "ivf":
+            mapped = np.load(Path(folder) / "vectors.npy", mmap_mode="r")
+        searcher = VectorSearcher(loaded, rows, ["item_id"], spec.metric, width, vectors=mapped)
 
         # exact baseline (numpy brute force, one query at a time) and ground truth
         exact_times, truth = [], []
@@ -155,13 +166,12 @@ def main() -> int:
             return times, float(np.mean(recalls)), short, strategies
 
         sweep = {}
-        for ef in (64, 128, 256):
-            searcher.expansion_search = ef
-            loaded.hnsw.efSearch = ef
-            ef_times, ef_recall, _, _ = run(None, None)
-            sweep[ef] = {"recall_at_10": round(ef_recall, 4), "p50_ms": percentile_ms(ef_times, 50)}
-        searcher.expansion_search = spec.expansion_search
-        loaded.hnsw.efSearch = spec.expansion_search
+        others = [w for w in (width // 4, width // 2, width * 2) if w >= 1]
+        for other in others:
+            searcher.set_width(other)
+            w_times, w_recall, _, _ = run(None, None)
+            sweep[other] = {"recall_at_10": round(w_recall, 4), "p50_ms": percentile_ms(w_times, 50)}
+        searcher.set_width(width)
         times, recall, _, plain = run(None, None)
         print(f"[vectors] ann: p50 {percentile_ms(times, 50)} ms, recall@10 {recall:.4f}", flush=True)
         f_times, f_recall, f_short, f_strategies = run(pl.col("country") == "c3", countries == "c3")
@@ -181,10 +191,13 @@ def main() -> int:
         "size": args.size,
         "vectors": n,
         "dim": DIM,
-        "library": f"faiss {faiss.__version__} IndexHNSWFlat",
-        "connectivity": spec.connectivity,
-        "expansion_add": spec.expansion_add,
-        "expansion_search": spec.expansion_search,
+        "library": params["library"],
+        "kind": params["kind"],
+        "lists": params.get("lists"),
+        "connectivity": params.get("connectivity"),
+        "expansion_add": params.get("expansion_add"),
+        "width": width,
+        "tuning": params["tuning"],
         "build_s": round(build_s, 1),
         "index_file_mb": round(file_mb, 1),
         "rss_growth_mb": round(rss_mb, 1),
@@ -204,7 +217,7 @@ def main() -> int:
         "rare_p50_ms": percentile_ms(r_times, 50),
         "filtered_returns_k": f_short == 0 and r_short == 0,
         "strategies": {**plain, **f_strategies, **r_strategies},
-        "expansion_search_sweep": sweep,
+        "width_sweep": sweep,
     }
     print(
         f"[vectors] {n:,} x {DIM}: build {result['build_s']}s, file {result['index_file_mb']} MB; "

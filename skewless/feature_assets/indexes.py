@@ -37,10 +37,11 @@ def index_code_version(group: FeatureGroup) -> str:
 
     spec = group.index
     assert spec is not None
-    return (
-        f"{code_version(group)}-{spec.feature}-{spec.metric}-m{spec.connectivity}"
-        f"-a{spec.expansion_add}-s{spec.expansion_search}"
-    )
+    if spec.kind == "ivf":
+        params = f"ivf-l{spec.lists or 'auto'}-p{spec.probes or 'auto'}-r{spec.min_recall}"
+    else:
+        params = f"hnsw-m{spec.connectivity}-a{spec.expansion_add}-s{spec.expansion_search}"
+    return f"{code_version(group)}-{spec.feature}-{spec.metric}-{params}"
 
 
 def build_index_asset(group: FeatureGroup, checks: bool = True) -> dg.AssetsDefinition:
@@ -54,7 +55,8 @@ def build_index_asset(group: FeatureGroup, checks: bool = True) -> dg.AssetsDefi
         deps=[offline_key(group)],
         group_name=group.name,
         description=(
-            f"Vector index (HNSW, faiss) over the latest '{spec.feature}' of every entity of {group.ref}, "
+            f"Vector index ({spec.kind.upper()}, faiss) over the latest '{spec.feature}' of every "
+            f"entity of {group.ref}, "
             f"metric {spec.metric}; searched by FeatureStore.search and POST /features/search."
         ),
         owners=[group.owner] if group.owner else None,
@@ -96,7 +98,9 @@ def build_index_asset(group: FeatureGroup, checks: bool = True) -> dg.AssetsDefi
                 "metric": meta["metric"],
                 "library": meta["library"],
                 "path": prefix,
-                "index_bytes": int(built.index.ntotal * (meta["dim"] * 4 + spec.connectivity * 8)),
+                "kind": meta["kind"],
+                "search_width": meta["width"],
+                "index_bytes": index_store.index_bytes(built),
                 "recall_at_k": float(recall.get("recall", float("nan"))),
             },
         )

@@ -20,6 +20,7 @@ from skewless.errors import DefinitionError
 from skewless.language.durations import parse_duration
 
 METRICS = ("cosine", "ip", "l2")
+KINDS = ("ivf", "hnsw")
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for a `normalized=True` vector (float32 rounding)
 
 
@@ -53,19 +54,34 @@ class Vector:
 
 @dataclass(frozen=True)
 class VectorIndex:
-    """An ANN (HNSW) index over the latest value of a `Vector` feature per entity.
+    """An approximate nearest-neighbour index over the latest value of a `Vector` feature per entity.
 
     `FeatureGroup(..., index=VectorIndex("embedding", metric="cosine"))` adds the asset
-    `indexes/<group>_v<N>_index`, downstream of the group's offline asset. `connectivity`
-    (HNSW M), `expansion_add` (efConstruction) and `expansion_search` (efSearch) trade build
-    time and memory for recall; the `recall` check measures the result against exact search
-    on `recall_queries` sampled entities at k=`recall_k` on every build and refuses to
-    publish an index below `min_recall`. `freshness` bounds how old the newest embedding
-    the index was built from may get (default: the group's freshness).
+    `indexes/<group>_v<N>_index`, downstream of the group's offline asset.
+
+    `kind="ivf"` (the default) is faiss' inverted file: k-means cells (`lists`, default
+    4·√n, at most n/39 so each cell trains on enough points) scanned exactly, `probes` of
+    them per query. `probes=None` (the default) is tuned on every build: the smallest power
+    of two whose recall on a tuning sample of the build's own vectors reaches `min_recall`
+    plus half the remaining gap (0.975 for 0.95), doubled once for queries that are not
+    data points; the `recall` check then measures that setting on a *different* sample.
+    IVF is the default because embeddings are clustered, and it builds in a minute where
+    HNSW took 19 minutes at 1M × 128 and still fell short of 0.95 recall (docs/architecture.md,
+    "Vector embeddings"). `kind="hnsw"` is faiss' HNSW graph: `connectivity` (M),
+    `expansion_add` (efConstruction) and `expansion_search` (efSearch) trade build time and
+    memory for recall.
+
+    Either way the `recall` check measures the index against exact search on
+    `recall_queries` sampled entities at k=`recall_k` on every build and refuses to publish
+    an index below `min_recall`. `freshness` bounds how old the newest embedding the index
+    was built from may get (default: the group's freshness).
     """
 
     feature: str
     metric: Literal["cosine", "ip", "l2"] = "cosine"
+    kind: Literal["ivf", "hnsw"] = "ivf"
+    lists: int | None = None
+    probes: int | None = None
     connectivity: int = 32
     expansion_add: int = 128
     expansion_search: int = 160
@@ -80,10 +96,16 @@ class VectorIndex:
             raise DefinitionError(f"VectorIndex: feature must be a feature name, got {self.feature!r}")
         if self.metric not in METRICS:
             raise DefinitionError(f"{where}: metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.kind not in KINDS:
+            raise DefinitionError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         for name in ("connectivity", "expansion_add", "expansion_search", "recall_k", "recall_queries"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DefinitionError(f"{where}: {name} must be a positive integer, got {value!r}")
+        for name in ("lists", "probes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise DefinitionError(f"{where}: {name} must be a positive integer or None, got {value!r}")
         if not isinstance(self.min_recall, int | float) or not 0.0 <= self.min_recall <= 1.0:
             raise DefinitionError(f"{where}: min_recall must be in [0, 1], got {self.min_recall!r}")
         parse_duration(self.freshness, what=f"{where} freshness")

@@ -1,12 +1,18 @@
-"""The ANN engine: HNSW (faiss) over a build's vectors, a mutable overlay for pushed ones,
-and filtered search that returns k results whenever k entities match.
+"""The ANN engine: an IVF or HNSW index (faiss) over a build's vectors, a mutable overlay for
+pushed ones, and filtered search that returns k results whenever k entities match.
+
+Two kinds (`VectorIndex(kind=...)`): `ivf`, the default, an inverted file of k-means cells
+scanned exactly (`lists` cells, `probes` scanned per query, tuned per build by the index
+store); `hnsw`, a graph. The searcher speaks of one "width" for both: the cells probed
+(IVF) or the beam (HNSW efSearch); widening it is how a filtered search that came back
+short is retried.
 
 Why faiss (docs/architecture.md, "Vector embeddings", has the figures): of the three
 libraries measured (faiss-cpu, usearch, hnswlib) it built and searched fastest here, it
 searches HNSW under an ID bitmap in C++ (`IDSelectorBitmap`: no Python call per candidate,
-which hnswlib's filter needs and usearch's Python API lacks), and it memory-maps a saved
-index's vectors (`IO_FLAG_MMAP_IFC`), so every serving process on a machine shares one copy
-in the page cache.
+which hnswlib's filter needs and usearch's Python API lacks), it memory-maps a saved
+index (`IO_FLAG_MMAP_IFC`: HNSW storage and IVF lists alike), so every serving process on a
+machine shares one copy in the page cache, and it has both kinds behind one search call.
 
 A build is immutable (it is a file several processes map); what changes between builds
 lives in the overlay: the latest pushed row per entity, searched exactly (pushes between
@@ -20,9 +26,10 @@ expression, and over the overlay), giving a bitmap of allowed entities; then
 
 - few allowed (at most `exact_limit`): exact search over just those vectors, which is
   both exact and faster than walking a graph that is mostly excluded;
-- otherwise HNSW search restricted to the bitmap (efSearch raised with the filter's
-  selectivity); should it come back short of k, it is retried with a 4x wider beam and, as
-  the last resort, answered exactly over the allowed vectors.
+- otherwise ANN search restricted to the bitmap (HNSW: efSearch raised with the filter's
+  selectivity; IVF: the tuned probes, the scan skipping what the bitmap excludes); should it
+  come back short of k, it is retried 4x wider and, as the last resort, answered exactly
+  over the allowed vectors.
 
 So a filtered search returns min(k, matches) results, always; `last_strategy` says which
 path answered (tests and the benchmark read it).
@@ -76,6 +83,46 @@ def build_hnsw(
     return index
 
 
+def default_lists(n: int) -> int:
+    """IVF cells for n vectors: 4·√n (faiss' rule of thumb), at most n/39 (k-means wants 39
+    training points per centroid or it warns and centres cells on noise), at least 1."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+
+
+def build_ivf(
+    vectors: np.ndarray, metric: str, lists: int, threads: int | None = None, seed: int = 0
+) -> Any:
+    """An IVF-flat index over `vectors` (already `prepared`); labels are row numbers.
+
+    k-means trains on a seeded sample of 64 points per cell (10 iterations): enough for cell
+    boundaries, since each cell is then scanned exactly, and 4x faster than faiss' 256.
+    Cosine trains spherical k-means (centres on the unit sphere, like the vectors).
+    """
+    faiss = faiss_module()
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    n, dim = vectors.shape
+    lists = max(1, min(lists, n)) if n else 1
+    l2 = metric == "l2"
+    quantizer = faiss.IndexFlatL2(dim) if l2 else faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.cp.niter = 10
+    index.cp.max_points_per_centroid = 64
+    index.cp.spherical = metric == "cosine"
+    if n:
+        take = min(n, lists * 64)
+        sample = np.random.default_rng(seed).choice(n, size=take, replace=False) if take < n else slice(None)
+        index.train(np.ascontiguousarray(vectors[sample]))
+        index.add(vectors)
+    return index
+
+
+def index_kind(index: Any) -> str:
+    """`hnsw` or `ivf`: what an index loaded from a file is."""
+    return "hnsw" if hasattr(index, "hnsw") else "ivf"
+
+
 def index_vectors(index: Any) -> np.ndarray:
     """The (n, dim) float32 vectors an HNSW-flat index holds, as a view (no copy: mapped
     from the file when the index was loaded with `IO_FLAG_MMAP_IFC`)."""
@@ -124,7 +171,11 @@ class VectorSearcher:
     """One build of a group version's index plus the pushed updates since (see module doc).
 
     `rows` is the build's table in label order: join keys, `_event_us`, `_created_us` and
-    the group's scalar features (what filters see).
+    the group's scalar features (what filters see). `width` is the search width (IVF cells
+    probed, or HNSW efSearch). `vectors` are the build's prepared vectors in label order
+    (exact search reads them); an HNSW index holds them in that order already, an IVF index
+    keeps them by cell, so it needs them given (the build's array, or the mapped
+    `vectors.npy` of a saved build).
     """
 
     def __init__(
@@ -133,19 +184,24 @@ class VectorSearcher:
         rows: pl.DataFrame,
         key_columns: list[str],
         metric: str,
-        expansion_search: int = 64,
+        width: int = 64,
         exact_limit: int | None = None,
+        vectors: np.ndarray | None = None,
     ) -> None:
         self.index = index
         self.rows = rows
         self.key_columns = key_columns
         self.metric = metric
-        self.expansion_search = expansion_search
+        self.kind = index_kind(index)
         self.n = rows.height
         self.dim = int(index.d)
-        if hasattr(index, "hnsw"):
-            index.hnsw.efSearch = expansion_search
-        self.vectors = index_vectors(index)
+        self.width = width
+        self.set_width(width)
+        if vectors is None:
+            if self.kind != "hnsw":
+                raise ValueError("an IVF index needs its build's vectors in label order")
+            vectors = index_vectors(index)
+        self.vectors = vectors
         self.live = np.ones(self.n, dtype=bool)
         self.shadowed = 0
         self.exact_limit = exact_limit if exact_limit is not None else max(2048, self.n // 100)
@@ -165,6 +221,19 @@ class VectorSearcher:
         self._key_arrays = {c: rows.get_column(c).to_numpy() for c in key_columns}
         self._key_schema = {c: rows.schema[c] for c in key_columns}
         self.last_strategy = ""
+
+    def set_width(self, width: int) -> None:
+        """The default search width: cells probed (IVF, at most the cells there are) or the
+        HNSW beam (efSearch)."""
+        self.width = min(width, self.lists) if self.kind == "ivf" else width
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = self.width
+        else:
+            self.index.nprobe = self.width
+
+    @property
+    def lists(self) -> int:
+        return int(self.index.nlist) if self.kind == "ivf" else 0
 
     # ---------------------------------------------------------------- lookups
     def base_labels(self, keys: pl.DataFrame) -> np.ndarray:
@@ -295,8 +364,8 @@ class VectorSearcher:
             self.last_strategy = "empty"
             return empty
         if mask is None:
-            self.last_strategy = "hnsw"
-            return self._hnsw(q, k, None, self.expansion_search)
+            self.last_strategy = self.kind
+            return self._ann(q, k, None, self.width)
         allowed = int(mask.sum())
         if allowed == 0:
             self.last_strategy = "none_match"
@@ -308,32 +377,36 @@ class VectorSearcher:
         faiss = faiss_module()
         bits = np.packbits(mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(bits)
-        # a beam wide enough to meet k allowed nodes: scale efSearch with 1/selectivity
-        ef = int(
-            min(
-                4096,
-                max(self.expansion_search, k * 2, math.ceil(self.expansion_search * self.n / allowed / 4)),
+        if self.kind == "hnsw":
+            # a beam wide enough to meet k allowed nodes: scale efSearch with 1/selectivity
+            width = int(
+                min(4096, max(self.width, k * 2, math.ceil(self.width * self.n / allowed / 4)))
             )
-        )
+        else:
+            # the probed cells are scanned exactly, skipping excluded ids: the same cells
+            # hold the nearest allowed vectors unless the filter empties them
+            width = self.width
         for widen in (1, 4):
-            labels, dist = self._hnsw(q, k, selector, ef * widen)
+            labels, dist = self._ann(q, k, selector, width * widen)
             if labels.size >= want:
-                self.last_strategy = "hnsw_filtered" if widen == 1 else "hnsw_filtered_wide"
+                self.last_strategy = f"{self.kind}_filtered" + ("" if widen == 1 else "_wide")
                 del bits
                 return labels, dist
         self.last_strategy = "exact_fallback"
         return self._exact_subset(q, k, mask)
 
-    def _hnsw(self, q: np.ndarray, k: int, selector: Any, ef: int) -> tuple[np.ndarray, np.ndarray]:
+    def _ann(self, q: np.ndarray, k: int, selector: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
         faiss = faiss_module()
-        if selector is None and ef == self.expansion_search:
+        if selector is None and width == self.width:
             scores, labels = self.index.search(q[None, :], k)
         else:
-            params = (
-                faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-                if selector is not None
-                else (faiss.SearchParametersHNSW(efSearch=ef))
-            )
+            params: Any
+            if self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(efSearch=width)
+            else:
+                params = faiss.SearchParametersIVF(nprobe=min(width, self.lists))
+            if selector is not None:
+                params.sel = selector
             scores, labels = self.index.search(q[None, :], k, params=params)
         found = labels[0] >= 0
         return labels[0][found].astype(np.int64), to_distance(scores[0][found], self.metric)

@@ -1,6 +1,7 @@
 """Index builds on the offline store: build, check, publish, load.
 
-    <offline_root>/_indexes/<group>/v<N>/<build>/index.faiss   the HNSW graph and vectors
+    <offline_root>/_indexes/<group>/v<N>/<build>/index.faiss   the IVF cells or HNSW graph
+    <offline_root>/_indexes/<group>/v<N>/<build>/vectors.npy   IVF only: vectors in label order
     <offline_root>/_indexes/<group>/v<N>/<build>/rows.parquet  label -> keys, times, scalars
     <offline_root>/_indexes/<group>/v<N>/<build>/build.json    data version, parameters, checks
     <offline_root>/_indexes/<group>/v<N>/current.json          the published build
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +39,8 @@ from skewless.vectors.engine import (
     VECTOR,
     VectorSearcher,
     build_hnsw,
+    build_ivf,
+    default_lists,
     faiss_module,
     prepared,
 )
@@ -90,6 +95,7 @@ class Build:
     rows: pl.DataFrame
     meta: dict[str, Any]
     outcomes: list[CheckOutcome] = field(default_factory=list)
+    vectors: np.ndarray | None = None  # prepared, label order (saved beside an IVF index)
 
     @property
     def blocked(self) -> bool:
@@ -120,6 +126,43 @@ def data_version(table: pl.DataFrame) -> str:
     return f"{table.height}-{newest}-{digest & 0xFFFFFFFFFFFF:012x}"
 
 
+def make_index(
+    vectors: np.ndarray,
+    rows: pl.DataFrame,
+    key_columns: list[str],
+    spec: VectorIndex,
+    degrade: bool = False,
+    threads: int | None = None,
+) -> tuple[Any, VectorSearcher, dict[str, Any]]:
+    """The index of a build's prepared `vectors` (label order), its searcher at the search
+    width it will be served with (IVF probes tuned here unless declared), and the
+    parameters to record. What `build` and bench/vectors.py both run."""
+    from skewless.vectors.checks import tune_width
+
+    kind = "hnsw" if degrade else spec.kind
+    params: dict[str, Any] = {"kind": kind}
+    if kind == "ivf":
+        index = build_ivf(vectors, spec.metric, spec.lists or default_lists(len(vectors)), threads)
+        params.update(lists=int(index.nlist), library=f"faiss {faiss_module().__version__} IndexIVFFlat")
+        width = spec.probes or 1
+    else:
+        connectivity, expansion = (2, 1) if degrade else (spec.connectivity, spec.expansion_add)
+        index = build_hnsw(vectors, spec.metric, connectivity, expansion, threads)
+        params.update(
+            connectivity=connectivity,
+            expansion_add=expansion,
+            library=f"faiss {faiss_module().__version__} IndexHNSWFlat",
+        )
+        width = 1 if degrade else spec.expansion_search
+    searcher = VectorSearcher(index, rows, key_columns, spec.metric, width, vectors=vectors)
+    params["tuning"] = []
+    if kind == "ivf" and spec.probes is None and len(vectors):
+        _, ladder = tune_width(searcher, vectors, spec.min_recall, spec.recall_queries, spec.recall_k)
+        params["tuning"] = ladder
+    params["width"] = searcher.width
+    return index, searcher, params
+
+
 def build(
     offline: OfflineStore,
     group: FeatureGroup,
@@ -129,8 +172,8 @@ def build(
 ) -> Build:
     """Build the index of `group` from the offline store and run its checks (not yet saved).
 
-    `degrade=True` builds a deliberately broken graph (one link per node, a beam of one):
-    what the recall check must catch; for tests and drills only.
+    `degrade=True` builds a deliberately broken HNSW graph (two links per node, a beam of
+    one), whatever the declared kind: what the recall check must catch; for tests and drills.
     """
     from skewless.vectors.checks import index_checks
 
@@ -143,14 +186,13 @@ def build(
         else np.zeros((0, group.feature(spec.feature).vector.dim), dtype=np.float32)  # type: ignore[union-attr]
     )
     vectors = prepared(raw, spec.metric) if len(raw) else raw.astype(np.float32)
-    connectivity, expansion = (2, 1) if degrade else (spec.connectivity, spec.expansion_add)
-    index = build_hnsw(vectors, spec.metric, connectivity, expansion, threads)
     rows = table.drop(VECTOR)
     build_id = now.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
     norms = np.linalg.norm(raw, axis=1) if len(raw) else np.zeros(0)
     centroid = vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1])
     rng = np.random.default_rng(0)
     sample = rng.choice(len(raw), size=min(SAMPLE, len(raw)), replace=False) if len(raw) else np.zeros(0, int)
+    index, searcher, params = make_index(vectors, rows, group.entity.key_columns, spec, degrade, threads)
     meta: dict[str, Any] = {
         "group": group.ref,
         "feature": spec.feature,
@@ -161,20 +203,24 @@ def build(
         "newest_event_us": int(rows.get_column(EVENT_US).max()) if rows.height else None,  # type: ignore[arg-type]
         "metric": spec.metric,
         "dim": int(vectors.shape[1]),
-        "library": f"faiss {faiss_module().__version__} IndexHNSWFlat",
-        "connectivity": connectivity,
-        "expansion_add": expansion,
-        "expansion_search": 1 if degrade else spec.expansion_search,
+        **params,
         "norm_sample": [float(x) for x in norms[sample]],
         "centroid": [float(x) for x in centroid],
     }
-    searcher = VectorSearcher(index, rows, group.entity.key_columns, spec.metric, meta["expansion_search"])
-    result = Build(build_id, index, rows, meta)
+    result = Build(build_id, index, rows, meta, vectors=vectors)
     previous = read_current(offline, group)
     previous_meta = read_meta(offline, group, previous["build"]) if previous else None
     result.outcomes = index_checks(group, searcher, vectors, raw, meta, previous_meta, now)
     meta["checks"] = {o.name: {"passed": o.passed, **_plain(o.values)} for o in result.outcomes}
     return result
+
+
+def index_bytes(built: Build) -> int:
+    """What a build maps when served: vectors plus graph links (HNSW) or ids (IVF)."""
+    n, dim = int(built.index.ntotal), int(built.meta["dim"])
+    if built.meta.get("kind") == "ivf":
+        return n * (dim * 4 + 8) + int(built.meta["lists"]) * dim * 4
+    return n * (dim * 4 + int(built.meta.get("connectivity", 32)) * 8)
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
@@ -185,22 +231,38 @@ def save(offline: OfflineStore, group: FeatureGroup, built: Build) -> str:
     """Write a build's files (not published yet); returns its folder's key."""
     prefix = build_prefix(group, built.build_id)
     faiss = faiss_module()
-    target = offline.location(f"{prefix}/index.faiss")
-    if isinstance(target, Path):
-        # written by faiss straight to disk (no second copy of a large index in memory),
-        # then renamed into place like every other local write
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".index.faiss.{uuid.uuid4().hex}.tmp")
-        try:
-            faiss.write_index(built.index, str(temp))
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
-    else:
-        offline.write(f"{prefix}/index.faiss", faiss.serialize_index(built.index).tobytes())
+    _write_large(offline, f"{prefix}/index.faiss", lambda path: faiss.write_index(built.index, path))
+    if built.vectors is not None and built.meta.get("kind") == "ivf":
+        matrix = np.ascontiguousarray(built.vectors, dtype=np.float32)
+        _write_large(offline, f"{prefix}/vectors.npy", lambda path: _save_npy(path, matrix))
     offline.write(f"{prefix}/rows.parquet", built.rows)
     offline.write(f"{prefix}/build.json", json.dumps(built.meta).encode())
     return prefix
+
+
+def _save_npy(path: str, matrix: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+        np.save(handle, matrix)
+
+
+def _write_large(offline: OfflineStore, key: str, write: Callable[[str], None]) -> None:
+    """Write a large build file: on a local store straight to disk by `write(path)` (no
+    second copy of a large index in memory), then renamed into place like every other
+    local write; on object storage written to a temp file, then one PUT."""
+    target = offline.location(key)
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            write(str(temp))
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="skewless-index-") as folder:
+        temp = Path(folder) / Path(key).name
+        write(str(temp))
+        offline.write(key, temp.read_bytes())
 
 
 def publish(offline: OfflineStore, group: FeatureGroup, built: Build, keep: int = 2) -> None:
@@ -233,31 +295,37 @@ def open_searcher(
     `cache_dir` for object storage)."""
     faiss = faiss_module()
     prefix = build_prefix(group, build_id)
-    location = offline.location(f"{prefix}/index.faiss")
-    if isinstance(location, Path):
-        path = location
-    else:
-        if cache_dir is None:
-            raise ValueError("an index on object storage needs a local cache folder to map it from")
-        path = cache_dir / "indexes" / group.name / f"v{group.version}" / build_id / "index.faiss"
-        if not path.is_file():
-            data = offline.read_bytes(f"{prefix}/index.faiss")
-            if data is None:
-                raise FileNotFoundError(f"index build {build_id} of '{group.ref}' has no index file")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            temp.write_bytes(data)
-            os.replace(temp, path)
-    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
-    rows = offline.read_parquet(offline.location(f"{prefix}/rows.parquet"))
     meta = read_meta(offline, group, build_id) or {}
+    names = ["index.faiss", "vectors.npy"] if meta.get("kind") == "ivf" else ["index.faiss"]
+    paths = {name: _mappable(offline, group, build_id, name, cache_dir) for name in names}
+    index = faiss.read_index(str(paths["index.faiss"]), faiss.IO_FLAG_MMAP_IFC)
+    vectors = np.load(paths["vectors.npy"], mmap_mode="r") if "vectors.npy" in paths else None
+    rows = offline.read_parquet(offline.location(f"{prefix}/rows.parquet"))
     if rows is None:
         raise FileNotFoundError(f"index build {build_id} of '{group.ref}' has no rows.parquet")
     spec = spec_of(group)
-    return VectorSearcher(
-        index,
-        rows,
-        group.entity.key_columns,
-        spec.metric,
-        int(meta.get("expansion_search", spec.expansion_search)),
-    )
+    width = int(meta.get("width", meta.get("expansion_search", spec.expansion_search)))
+    return VectorSearcher(index, rows, group.entity.key_columns, spec.metric, width, vectors=vectors)
+
+
+def _mappable(
+    offline: OfflineStore, group: FeatureGroup, build_id: str, name: str, cache_dir: Path | None
+) -> Path:
+    """A local path of a build's file to map: in the store's folder, or copied once into
+    `cache_dir` from object storage."""
+    prefix = build_prefix(group, build_id)
+    location = offline.location(f"{prefix}/{name}")
+    if isinstance(location, Path):
+        return location
+    if cache_dir is None:
+        raise ValueError("an index on object storage needs a local cache folder to map it from")
+    path = cache_dir / "indexes" / group.name / f"v{group.version}" / build_id / name
+    if not path.is_file():
+        data = offline.read_bytes(f"{prefix}/{name}")
+        if data is None:
+            raise FileNotFoundError(f"index build {build_id} of '{group.ref}' has no {name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    return path
