@@ -151,3 +151,9 @@ def __getattr__(name: str):
     if name == "defs":  # `dagster job execute -m tests.distributed_repo -a defs`
         return definitions()
     raise AttributeError(name)
+
+
+def distributed_job() -> dg.JobDefinition:
+    """The scorer's distributed job, for `dg.reconstructable` (re-execution from failure
+    needs a job Dagster can load again by name)."""
+    return build_definitions(repository(), StoreConfig.from_env()).resolve_job_def(JOB)

@@ -101,20 +101,97 @@ def test_job_matches_the_memory_engine_and_cleans_up(home: Path) -> None:
         assert result.success and materialization(instance).metadata["buckets"].value >= 2
 
 
-def test_a_failed_step_deletes_the_work_area(home: Path) -> None:
+def test_a_failed_run_keeps_its_area_and_reexecution_from_failure_completes(home: Path) -> None:
+    """The gather fails (a file where the training set's folder should be); the work area
+    stays, and Dagster's re-execution from failure runs only the gather, on the parent's
+    bucket results, then deletes the area."""
     config = StoreConfig.from_env()
-    defs = build_definitions(distributed_repo.repository(), config)
     store = FeatureStore(distributed_repo.repository(), config)
-    # the gather cannot write: a file where the training set's folder should be
     blocker = Path(store.offline.training_set_path("scorer", 1)).parent
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_bytes(b"in the way")
+    job = dg.reconstructable(distributed_repo.distributed_job)
+    run_config = {
+        "execution": {"config": {"in_process": {}}},
+        "ops": {"prepare_training_set": {"config": {"buckets": 4}}},
+    }
     with dg.instance_for_test() as instance:
-        result = run_in_process(defs, instance, 4)
-    assert not result.success
-    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failed == ["gather_training_set"]
+        with dg.execute_job(job, instance, run_config=run_config) as failed:
+            assert not failed.success
+            failed_steps = [e.step_key for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+            parent = failed.run_id
+        assert failed_steps == ["gather_training_set"]
+        assert {key.split("/")[1] for key in store.offline.list_keys("_work")} == {parent}
+        blocker.unlink()
+        options = dg.ReexecutionOptions.from_failure(parent, instance)
+        with dg.execute_job(job, instance, reexecution_options=options) as resumed:
+            assert resumed.success
+            started = [e.step_key for e in resumed.all_events if e.event_type_value == "STEP_START"]
+        assert started == ["gather_training_set"]
+    built = store.offline.read_training_set("scorer", 1)
+    assert built is not None and built.equals(in_memory(store), null_equal=True)
     assert store.offline.list_keys("_work") == []
+
+
+def test_stale_work_areas_are_swept_and_live_ones_kept(home: Path) -> None:
+    """`sweep_work_areas` against a real instance's run records and real files: what no
+    run will read again goes, what a run (or a re-execution of it) may still read stays;
+    the job's first step sweeps."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from skewless.feature_assets.distributed_training import sweep_work_areas
+    from skewless.storage.offline_layout import work_key
+
+    store = FeatureStore(distributed_repo.repository(), StoreConfig.from_env()).offline
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=2), now - timedelta(minutes=5)
+    status = dg.DagsterRunStatus
+    cases = {
+        # run id: (run status in the instance or None, area created at or None, swept?)
+        "unknown-old": (None, old, True),
+        "unknown-new": (None, recent, False),
+        "unknown-unmarked": (None, None, False),
+        "failed-old": (status.FAILURE, old, True),
+        "failed-new": (status.FAILURE, recent, False),
+        "failed-unmarked": (status.FAILURE, None, True),
+        "started-old": (status.STARTED, old, False),
+        "canceling-old": (status.CANCELING, old, False),
+        "succeeded-new": (status.SUCCESS, recent, True),
+        "canceled-new": (status.CANCELED, recent, True),
+        "resumed-old": (status.FAILURE, old, False),  # its re-execution is running
+    }
+    with dg.instance_for_test() as instance:
+        for run_id, (state, created, _) in cases.items():
+            if state is not None:
+                instance.add_run(dg.DagsterRun(job_name=JOB, run_id=run_id, status=state))
+            prefix = work_key(run_id)
+            store.write(f"{prefix}/buckets/0/labels/part.arrow", b"x")
+            if created is not None:
+                store.write(
+                    f"{prefix}/started.json", json.dumps({"created_at": created.isoformat()}).encode()
+                )
+        instance.add_run(
+            dg.DagsterRun(
+                job_name=JOB,
+                run_id="child",
+                status=status.STARTED,
+                tags={"dagster/root_run_id": "resumed-old"},
+            )
+        )
+        swept = sweep_work_areas(store, instance, "current", timedelta(hours=24), now=now)
+        assert sorted(swept) == sorted(r for r, (_, _, gone) in cases.items() if gone)
+        left = {key.split("/")[1] for key in store.list_keys("_work")}
+        assert left == {r for r, (_, _, gone) in cases.items() if not gone}
+        # the job sweeps before it scatters: an old failed area goes, live ones stay
+        instance.add_run(dg.DagsterRun(job_name=JOB, run_id="failed-long-ago", status=status.FAILURE))
+        store.write(
+            f"{work_key('failed-long-ago')}/started.json",
+            json.dumps({"created_at": old.isoformat()}).encode(),
+        )
+        defs = build_definitions(distributed_repo.repository(), StoreConfig.from_env())
+        assert run_in_process(defs, instance, 2).success
+        assert {key.split("/")[1] for key in store.list_keys("_work")} == left
 
 
 def test_no_label_rows(home: Path) -> None:

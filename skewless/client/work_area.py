@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from skewless.storage.offline import OfflineStore
 from skewless.storage.offline_layout import day_of, work_key
 
 MANIFEST = "manifest.json"
+STARTED = "started.json"  # written first: when the area was created (what a sweep ages it by)
 ENTITIES = "entity_df.parquet"
 BUCKETS = "buckets"
 FORMAT = 1
@@ -91,6 +93,22 @@ class WorkArea:
 
     def delete(self) -> int:
         return self.store.delete_tree(self.prefix)
+
+    def created_at(self) -> datetime | None:
+        """When the scatter began (None: no marker, e.g. an area from before markers)."""
+        data = self.store.read_bytes(self.key(STARTED))
+        if data is None:
+            return None
+        try:
+            return datetime.fromisoformat(json.loads(data)["created_at"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    @staticmethod
+    def run_ids(store: OfflineStore) -> list[str]:
+        """The run ids that have a work area on `store` (`_work/<run id>/...`)."""
+        prefix = work_key("x").rsplit("/", 1)[0]
+        return sorted({key.split("/")[1] for key in store.list_keys(prefix) if key.count("/") >= 2})
 
     # -- the manifest ------------------------------------------------------------------------
 
@@ -166,6 +184,8 @@ class WorkArea:
         estimate = default_buckets(plan.plans, plan.labels) if plan.plans and plan.labels is not None else 1
         chosen = buckets or estimate
         stats = DistributedStats(chosen, label_rows, groups=group_stats(plan.plans))
+        started = {"created_at": datetime.now(UTC).isoformat(), "format": FORMAT}
+        self.store.write(self.key(STARTED), json.dumps(started).encode())
         self.store.write(self.key(ENTITIES), plan.original)
         if plan.labels is not None:
             with _scratch() as local:

@@ -16,8 +16,18 @@ Per feature service with labels, a job `<service>_v<N>_distributed_training_set`
 - `gather` puts the results back in label order next to the labels, writes the training set
   where the asset writes it (`OfflineStore.write_training_set`: one atomic file), records a
   materialization of the training-set asset with the asset's metadata (`engine`
-  "distributed", `buckets`), and deletes the work area. A failing step deletes it too
-  (a failure hook), so a failed run leaves nothing behind (re-execute the whole job).
+  "distributed", `buckets`), and deletes the work area.
+
+A failed run keeps its work area, so Dagster's "re-execute from failure" resumes it: the
+failed steps run again in a child run, reading the parent's bucket folders and the outputs
+of the steps that succeeded (their values name the parent's area), and the child's gather
+deletes it. What is never resumed is swept by the next run's `prepare`
+(`sweep_work_areas`): areas of runs that ended in success or cancellation, of runs that
+failed more than `keep_failed_hours` (24) ago, and of runs this instance does not know that
+are as old; never an area whose run, or a re-execution of it, is still in progress. A
+failed `prepare` deletes its own partial area at once (a failure hook): no re-execution
+can use a scatter that did not finish. A run killed outright (kill -9) is marked failed by
+run monitoring, so its area is swept like any failed run's.
 
 Values passed between the ops are a few numbers, stored by `WorkAreaIOManager` in the same
 work area: the default IO manager writes to the local `DAGSTER_HOME`, which Celery workers
@@ -46,6 +56,7 @@ import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +95,9 @@ class DistributedTrainingSetConfig(dg.Config):
     allow_missing: bool = False
     """As for the training-set asset: build from what is stored (with a warning) when
     offline partitions the labels need were never materialized."""
+    keep_failed_hours: float = 24.0
+    """How long a failed run's work area is kept for a re-execution from failure before a
+    later run sweeps it."""
 
 
 class WorkAreaIOManager(dg.ConfigurableIOManager):
@@ -130,10 +144,10 @@ def build_distributed_training_job(repo: FeatureRepository, service: FeatureServ
         return FeatureStore(repo, offline=offline.store())
 
     @dg.failure_hook(required_resource_keys={"offline"})
-    def _delete_work_area(context: dg.HookContext) -> None:
+    def _delete_partial_area(context: dg.HookContext) -> None:
         store = context.resources.offline.store()
         removed = store.delete_tree(work_key(context.run_id))
-        context.log.info(f"step {context.step_key} failed: deleted the work area ({removed} files)")
+        context.log.info(f"step {context.step_key} failed: deleted its partial work area ({removed} files)")
 
     @dg.op(
         name="prepare_training_set",
@@ -148,6 +162,11 @@ def build_distributed_training_job(repo: FeatureRepository, service: FeatureServ
         if config.buckets < 0:
             raise dg.Failure(f"buckets must be 0 (the estimate) or more, not {config.buckets}")
         store = _feature_store(offline)
+        swept = sweep_work_areas(
+            store.offline, context.instance, context.run_id, timedelta(hours=config.keep_failed_hours)
+        )
+        if swept:
+            context.log.info(f"swept {len(swept)} stale work areas: {', '.join(swept)}")
         labels = labels_source.scan().collect()
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always", MissingPartitionsWarning)
@@ -221,12 +240,53 @@ def build_distributed_training_job(repo: FeatureRepository, service: FeatureServ
             "config `ops.prepare_training_set.config.buckets` (0: the engine's estimate)."
         ),
         tags={"skewless/service": service.name, "skewless/version": f"v{service.version}"},
-        hooks={_delete_work_area},
     )
     def _job() -> None:
-        gather(prepare().map(join).collect())
+        gather(prepare.with_hooks({_delete_partial_area})().map(join).collect())
 
     return _job
+
+
+FINISHED_OK = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.CANCELED)
+ENDED = (*FINISHED_OK, dg.DagsterRunStatus.FAILURE)
+
+
+def sweep_work_areas(
+    store: OfflineStore,
+    instance: dg.DagsterInstance,
+    current_run_id: str,
+    keep_failed: timedelta,
+    now: datetime | None = None,
+) -> list[str]:
+    """Delete the work areas no run will use again (see the module doc); returns their run ids.
+
+    Judged by the instance's run records: an area is kept while its run, or any run in its
+    re-execution family (same `dagster/root_run_id`), is not finished, and for
+    `keep_failed` after it was created when its run failed or is unknown to this instance
+    (an area without its creation marker counts as old once its run has ended)."""
+    from skewless.client.work_area import WorkArea
+
+    now = now or datetime.now(UTC)
+    swept: list[str] = []
+    for run_id in WorkArea.run_ids(store):
+        if run_id == current_run_id:
+            continue
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status not in ENDED:
+            continue
+        family = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/root_run_id": run_id}), limit=50)
+        if any(child.status not in ENDED for child in family):
+            continue  # a re-execution from failure still reads this area
+        area = WorkArea(store, work_key(run_id))
+        if run is None or run.status == dg.DagsterRunStatus.FAILURE:
+            created = area.created_at()
+            if created is None and run is None:
+                continue  # unknown run, no marker: nothing says it is stale
+            if created is not None and now - created < keep_failed:
+                continue
+        area.delete()
+        swept.append(run_id)
+    return swept
 
 
 # -- running it from Python (benchmarks, tests) ----------------------------------------------

@@ -89,9 +89,7 @@ def default_lists(n: int) -> int:
     return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
-def build_ivf(
-    vectors: np.ndarray, metric: str, lists: int, threads: int | None = None, seed: int = 0
-) -> Any:
+def build_ivf(vectors: np.ndarray, metric: str, lists: int, threads: int | None = None, seed: int = 0) -> Any:
     """An IVF-flat index over `vectors` (already `prepared`); labels are row numbers.
 
     k-means trains on a seeded sample of 64 points per cell (10 iterations): enough for cell
@@ -379,9 +377,7 @@ class VectorSearcher:
         selector = faiss.IDSelectorBitmap(bits)
         if self.kind == "hnsw":
             # a beam wide enough to meet k allowed nodes: scale efSearch with 1/selectivity
-            width = int(
-                min(4096, max(self.width, k * 2, math.ceil(self.width * self.n / allowed / 4)))
-            )
+            width = int(min(4096, max(self.width, k * 2, math.ceil(self.width * self.n / allowed / 4))))
         else:
             # the probed cells are scanned exactly, skipping excluded ids: the same cells
             # hold the nearest allowed vectors unless the filter empties them

@@ -113,7 +113,9 @@ def test_ivf_probes_are_tuned_to_the_declared_recall(offline: OfflineStore, tmp_
         ladder = built.meta["tuning"]
         # powers of two, stopping at the first to reach the target (or at every cell)
         assert [step["probes"] for step in ladder] == [2**i for i in range(len(ladder))]
-        assert ladder[-1]["recall"] >= tuning_target(min_recall) or ladder[-1]["probes"] >= built.meta["lists"]
+        assert (
+            ladder[-1]["recall"] >= tuning_target(min_recall) or ladder[-1]["probes"] >= built.meta["lists"]
+        )
         assert all(step["recall"] < tuning_target(min_recall) for step in ladder[:-1])
         assert built.meta["width"] == min(2 * ladder[-1]["probes"], built.meta["lists"])
         recall = next(o for o in built.outcomes if o.name == "recall")
@@ -124,7 +126,9 @@ def test_ivf_probes_are_tuned_to_the_declared_recall(offline: OfflineStore, tmp_
     assert loose.meta["width"] < strict.meta["width"]
 
 
-def test_too_few_probes_declared_is_refused_by_the_recall_check(offline: OfflineStore, tmp_path: Path) -> None:
+def test_too_few_probes_declared_is_refused_by_the_recall_check(
+    offline: OfflineStore, tmp_path: Path
+) -> None:
     group = group_with(VectorIndex("embedding", lists=200, probes=1, recall_queries=100), tmp_path)
     stored(offline, group, clustered(N))
     built = index_store.build(offline, group, now=datetime(2026, 3, 2, tzinfo=UTC))
