@@ -20,6 +20,11 @@ each). Measured in the same run against the same Redis, last line one JSON objec
 - reads and the two raw baselines run in a shuffled order each round;
 - `push_p50_ms_1`: `FeatureStore.push` of one event (validated, transformed, window state
   updated, appended to the stream); `push_events_per_s_10000`: pushes of 10,000 events;
+  same-run baseline `raw_push_p50_ms_1` / `raw_push_events_per_s_10000`: the least Redis
+  work a push implies, through a plain redis-py pipeline — XADD of the rows to a stream and
+  ZADD of each event (as its stored bytes) to its entity's events key, no tiles, no checks —
+  and `ratio_push_1` (ours/raw, time) and `ratio_push_10000` (raw/ours, rate), which say
+  how far the push is from Redis' own cost on whatever machine runs the bench;
 - `training_s`: a training set of `--labels` label rows over both users' offline history
   (`--only training` runs just that, to compare code versions on the same data).
 """
@@ -262,15 +267,31 @@ def main() -> int:
             )
 
         # ------------------------------------------------------------- pushes
-        samples = []
+        raw_prefix = f"{prefix}:rawpush"
+
+        def as_events(frame: pl.DataFrame) -> pl.DataFrame:
+            return transform_rows(group, group.source.checked(frame.lazy()), *far)
+
+        samples, raw_samples = [], []
         for i in range(300):
             one = events(3 + i % 50, 1, timedelta(seconds=1), datetime.now(UTC), 1000 + i, f"p{i}-")
             t0 = time.perf_counter()
             store.push("bench_txns", one)
             samples.append((time.perf_counter() - t0) * 1000)
+            # the raw baseline's encoding is made outside its timing (it is ours): Redis only
+            encoded = as_events(one)
+            records = store.online.windows.codec(group).encode(encoded)
+            t0 = time.perf_counter()
+            pipe = raw_client.pipeline(transaction=False)
+            pipe.xadd(f"{raw_prefix}:stream", {"rows": b"x" * 200}, maxlen=100_000)
+            pipe.zadd(f"{raw_prefix}:{3 + i % 50}", {f"p{i}-0".encode() + records[0]: i})
+            pipe.execute()
+            raw_samples.append((time.perf_counter() - t0) * 1000)
         result["push_p50_ms_1"] = p50(samples)
         result["push_p99_ms_1"] = round(float(np.percentile(samples, 99)), 3)
-        rates = []
+        result["raw_push_p50_ms_1"] = p50(raw_samples)
+        result["ratio_push_1"] = round(p50(samples) / p50(raw_samples), 2)
+        rates, raw_rates = [], []
         for i in range(5):
             batch = pl.concat(
                 [
@@ -281,10 +302,36 @@ def main() -> int:
             t0 = time.perf_counter()
             store.push("bench_txns", batch)
             rates.append(batch.height / (time.perf_counter() - t0))
+            encoded = as_events(batch)
+            records = store.online.windows.codec(group).encode(encoded)
+            members = [
+                (f"{raw_prefix}:{u}", e.encode() + r, t // 1000)
+                for u, e, r, t in zip(
+                    encoded.get_column("user_id").to_list(),
+                    encoded.get_column("event_id").to_list(),
+                    records,
+                    encoded.get_column("event_timestamp").dt.epoch("us").to_list(),
+                    strict=True,
+                )
+            ]
+            body = batch.write_ipc(None).getvalue()
+            t0 = time.perf_counter()
+            pipe = raw_client.pipeline(transaction=False)
+            pipe.xadd(f"{raw_prefix}:stream", {"rows": body}, maxlen=100_000)
+            for key, member, score in members:
+                pipe.zadd(key, {member: score})
+            pipe.execute()
+            raw_rates.append(batch.height / (time.perf_counter() - t0))
         result["push_events_per_s_10000"] = round(float(np.median(rates)))
+        result["raw_push_events_per_s_10000"] = round(float(np.median(raw_rates)))
+        result["ratio_push_10000"] = round(float(np.median(raw_rates)) / float(np.median(rates)), 2)
+        for key in raw_client.scan_iter(f"{raw_prefix}:*"):
+            raw_client.delete(key)
         print(
-            f"[windows] push: 1 event p50 {result['push_p50_ms_1']} ms; "
-            f"10,000 events: {result['push_events_per_s_10000']:,} events/s",
+            f"[windows] push: 1 event p50 {result['push_p50_ms_1']} ms "
+            f"(raw pipeline {result['raw_push_p50_ms_1']} ms, x{result['ratio_push_1']}); "
+            f"10,000 events: {result['push_events_per_s_10000']:,} events/s "
+            f"(raw pipeline {result['raw_push_events_per_s_10000']:,}/s, x{result['ratio_push_10000']})",
             flush=True,
         )
     finally:

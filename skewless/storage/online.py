@@ -64,6 +64,7 @@ from skewless.storage.online_keys import version_key_expression as version_key_e
 
 WRITE_BATCH = 2000  # keys per EVALSHA (the script unpacks 2 values a key; Lua's C stack holds 8000)
 ENCODE_CHUNK = 50_000  # rows encoded at a time while the previous chunk is sent
+STREAM_FLUSH = 16 * 1024  # `send_streamed` sends once this many bytes of commands are packed
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
@@ -654,9 +655,23 @@ class RedisOnlineStore(OnlineStore):
         connection = self._read_connection()
         made: list[tuple[Any, ...]] = []
         try:
+            # small commands are gathered into one send (a system call per command cost ~0.05
+            # ms each here, and a single-event push sends three), large ones go at once so the
+            # server starts on a large write's first slice while Python packs the next (with
+            # 256 KB chunks, 10k-event pushes were ~10% slower)
+            pending: list[bytes] = []
+            size = 0
             for command in commands:
                 made.append(command)
-                connection.send_packed_command([hiredis.pack_command(command)], check_health=False)
+                packed = hiredis.pack_command(command)
+                pending.append(packed)
+                size += len(packed)
+                if size >= STREAM_FLUSH:
+                    # one bytes object: redis-py sends each list item with its own sendall
+                    connection.send_packed_command([b"".join(pending)], check_health=False)
+                    pending, size = [], 0
+            if pending:
+                connection.send_packed_command([b"".join(pending)], check_health=False)
             self._count(("",), len(made), 0)
             replies: list[Any] = []
             for _ in made:
