@@ -148,3 +148,121 @@ def test_erase_reaches_versions_removed_from_the_code(tmp_path: Path, quick_conf
         store.online.unlink(
             entity_keys(old, quick_config.key_prefix, pl.DataFrame({"user_id": list(range(1, 31))}))
         )
+
+
+def _stream_rows(store: FeatureStore, key: str) -> pl.DataFrame:
+    """Every row of every entry of a Redis Stream, read raw (XRANGE)."""
+    from skewless.storage.streams import entry_frame
+
+    frames = [entry_frame(fields) for _, fields in store.online.client.xrange(key, "-", "+")]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def test_erase_reaches_stream_entries_and_micro_batches_never_bring_it_back(
+    tmp_path: Path, quick_config: StoreConfig
+) -> None:
+    """Events pushed before the erasure and still in the stream: the applied entry that held
+    them is gone, the unapplied one keeps only the others' rows, and the micro-batch that
+    applies it (or one that had already read the old entries) stores nothing of the
+    erased entities, online or offline (pieces, the pushed-rows file)."""
+    from datetime import timedelta
+
+    from skewless.sensors.microbatch import apply_stream_batch
+    from skewless.storage import streams
+    from tests.helpers import clicks_frame, landing_repo
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    folder = tmp_path / "clicks"
+    folder.mkdir()
+    repo = landing_repo(folder, (now - timedelta(days=2)).date().isoformat())
+    group = repo.groups[0]
+    with FeatureStore(repo, quick_config) as store:
+        try:
+            key = streams.stream_key(store.online, "clicks")
+            first = clicks_frame([(3, "a1", 1.0, now - timedelta(minutes=9)), (4, "a2", 2.0, now)])
+            store.push("clicks", first, direct=False)
+            applied_until = streams.newest_id(store.online, "clicks")
+            assert applied_until is not None
+            old_rows, _ = streams.read(store.online, "clicks", "0", applied_until)  # a batch mid-way
+            apply_stream_batch(repo, store.offline, store.online, "clicks", "0", applied_until)
+            later = clicks_frame(
+                [(3, "b1", 3.0, now), (5, "b2", 5.0, now), (6, "b3", 6.0, now - timedelta(minutes=1))]
+            )
+            store.push("clicks", later, direct=False)
+            assert set(_stream_rows(store, key)["user_id"]) == {3, 4, 5, 6}
+
+            done = store.erase("user", {"user_id": [3, 5]})
+            assert done["stream_entries_rewritten"] == 2
+            remaining = _stream_rows(store, key)
+            assert set(remaining["user_id"]) == {6}  # the applied entry went; 6 waits for its batch
+            assert not set(ERASED) & set(store.offline.scan(group).collect()["user_id"])
+
+            newest = streams.newest_id(store.online, "clicks")
+            assert newest is not None
+            apply_stream_batch(repo, store.offline, store.online, "clicks", applied_until, newest)
+            # a batch that read its entries before the erasure and writes after it: its read
+            # is replayed (the stream no longer holds those rows)
+            assert old_rows is not None and 3 in set(old_rows["user_id"])
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(streams, "read", lambda *args, **kwargs: (old_rows, 1))
+                apply_stream_batch(repo, store.offline, store.online, "clicks", "0", applied_until)
+            values = store.get_online_features(
+                {"user_id": [3, 4, 5, 6]}, features=["last_click:v1:value"], output="dicts"
+            )
+            assert [v["value"] for v in values] == [None, 2.0, None, 6.0]
+            assert set(store.offline.scan(group).collect()["user_id"]) == {4, 6}
+            pushed = [pl.read_parquet(p) for p in folder.rglob("*.parquet")]
+            assert pushed and not {3, 5} & set(pl.concat(pushed)["user_id"])
+        finally:
+            store.online.delete_all()
+
+
+def test_erase_reaches_vector_indexes(tmp_path: Path, redis_url: str) -> None:
+    """An indexed group: the erased item is never found again (searches of a process that
+    loaded the old build drop it at once), the index is rebuilt without it, and no build
+    file on the offline store holds its keys or its vector any more."""
+    import numpy as np
+
+    from skewless.feature_assets.definitions import build_definitions
+    from tests.helpers import delete_keys
+    from tests.vector_helpers import item_events, vector_repo
+
+    config = StoreConfig(
+        str(tmp_path / "offline"), redis_url, str(tmp_path / "state"), f"sktest:{RUN}:{uuid.uuid4().hex[:8]}"
+    )
+    events = item_events()
+    repo = vector_repo(tmp_path / "data", events)
+    defs = build_definitions(repo, config)
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
+    try:
+        with dg.instance_for_test() as instance:
+            assert dg.materialize(
+                assets,
+                selection=dg.AssetSelection.key_prefixes(["features"], ["online"]),
+                resources=defs.resources,
+                instance=instance,
+                tags={
+                    "dagster/asset_partition_range_start": "2026-03-01",
+                    "dagster/asset_partition_range_end": "2026-03-03",
+                },
+            ).success
+            assert dg.materialize(
+                assets, selection=dg.AssetSelection.key_prefixes(["indexes"]), resources=defs.resources,
+                instance=instance,
+            ).success  # fmt: skip
+        latest = events.sort("ts").group_by("item_id").last()
+        query = np.asarray(latest.filter(pl.col("item_id") == 7)["embedding"][0], dtype=np.float32)
+        with FeatureStore(repo, config) as serving, FeatureStore(repo, config) as admin:
+            assert serving.search("item_embeddings:v1", query, k=1)["item_id"].to_list() == [7]
+            done = admin.erase("item", {"item_id": [7]})
+            assert done["indexes_rebuilt"] == 1
+            # the serving process still maps the old build: the removal reaches it first
+            assert 7 not in serving.search("item_embeddings:v1", query, k=10)["item_id"].to_list()
+            with FeatureStore(repo, config) as fresh:
+                assert 7 not in fresh.search("item_embeddings:v1", query, k=10)["item_id"].to_list()
+        builds = list((tmp_path / "offline" / "_indexes").rglob("rows.parquet"))
+        assert len(builds) == 1 and 7 not in set(pl.read_parquet(builds[0])["item_id"])
+        vectors = [np.load(p) for p in (tmp_path / "offline" / "_indexes").rglob("vectors.npy")]
+        assert len(vectors) == 1 and not np.isclose(vectors[0] @ query, 1.0, atol=1e-5).any()
+    finally:
+        delete_keys(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -476,8 +477,10 @@ class FeatureStore:
         holds them — each group version's partitions and pieces, training sets and served
         logs with the key columns, a stream source's pushed rows — is rewritten without
         them (atomically, file by file); then their Redis keys in every group version are
-        deleted. Safe to repeat. Not covered (yet): the raw source files (the user's own
-        data: filtered at every read instead), entries still in Redis Streams, the audit log.
+        deleted, their rows taken out of the Redis Streams that hold them (pushed events,
+        pushed embeddings), and each vector index of their groups rebuilt without them
+        (older builds deleted). Safe to repeat. Not covered: the raw source files (the user's
+        own data: filtered at every read instead).
         """
         import glob
 
@@ -517,6 +520,8 @@ class FeatureStore:
                         atomic_write(Path(path), kept)
                         files, rows = files + 1, rows + data.height - kept.height
         keys_deleted = sum(self.writer.erase(group, frame) for group in groups)
+        entries = self._erase_from_streams(groups, frame)
+        indexes = self._erase_from_indexes(groups, frame)
         # versions removed from the code (still in the lock file, retired or not) keep files
         f, r, k = self._erase_removed_versions(entity, frame)
         files, rows, keys_deleted = files + f, rows + r, keys_deleted + k
@@ -525,7 +530,55 @@ class FeatureStore:
             "files_rewritten": files,
             "rows_removed": rows,
             "keys_deleted": keys_deleted,
+            "stream_entries_rewritten": entries,
+            "indexes_rebuilt": indexes,
         }
+
+    def _erase_from_streams(self, groups: Sequence[FeatureGroup], keys: pl.DataFrame) -> int:
+        """The erased entities' rows out of the Redis Streams that hold them: each stream
+        source's pushed events (entries not yet applied keep their other rows) and each
+        indexed group's pushed embeddings. Returns the entries rewritten."""
+        from skewless.storage import streams
+        from skewless.vectors import updates
+
+        writer = self.writer
+        rewritten = 0
+        for source in {g.source.name: g.source for g in groups if g.source.stream}.values():
+            key = streams.stream_key(writer, source.name)
+            rewritten += streams.erase(writer, key, keys, streams.applied(writer, source.name))[0]
+        for group in groups:
+            if group.index is not None:
+                rewritten += streams.erase(writer, updates.updates_key(writer, group), keys, None)[0]
+        return rewritten
+
+    def _erase_from_indexes(self, groups: Sequence[FeatureGroup], keys: pl.DataFrame) -> int:
+        """Every vector index build of the entity's groups holds its vectors and keys: tell
+        serving processes to drop the entities now (a removal in the pushed-embeddings
+        stream: they apply it before their next search), then rebuild the index from the
+        offline store (already erased) and delete every older build. A rebuild whose recall
+        check fails is not published, and the old builds are deleted all the same: an index
+        that cannot be rebuilt is gone until the next good build, rather than keep what was
+        erased. Returns the indexes rebuilt and published."""
+        from skewless.vectors import index_store, updates
+
+        rebuilt = 0
+        for group in groups:
+            if group.index is None or index_store.read_current(self.offline, group) is None:
+                continue
+            updates.remove(self.writer, group, keys)
+            built = index_store.build(self.offline, group)
+            index_store.save(self.offline, group, built)
+            if built.blocked:
+                index_store.delete_builds(self.offline, group, keep=None)
+                warnings.warn(
+                    f"erase: the rebuilt index of '{group.ref}' failed its recall check; every build "
+                    "was deleted (search is unavailable until the next good build)",
+                    stacklevel=3,
+                )
+                continue
+            index_store.publish(self.offline, group, built, keep=1)
+            rebuilt += 1
+        return rebuilt
 
     def _erase_removed_versions(self, entity: str, frame: pl.DataFrame) -> tuple[int, int, int]:
         """`erase` for group versions of `entity` the lock file remembers but the code no longer

@@ -80,6 +80,23 @@ def append_offline(offline: OfflineStore, group: FeatureGroup, rows: pl.DataFram
     return days
 
 
+def without_erased_rows(
+    offline: OfflineStore, groups: list[FeatureGroup], rows: pl.DataFrame
+) -> pl.DataFrame:
+    """Source rows without those of erased entities of the groups' entities (where the rows
+    carry the entity's key columns), before they are kept with the source's files."""
+    seen: set[str] = set()
+    for group in groups:
+        entity = group.entity
+        if entity.name in seen:
+            continue
+        seen.add(entity.name)
+        erased = offline.erased(entity.name, dict(entity.key_schema))
+        if erased is not None:
+            rows = streams.without_keys(rows, erased)
+    return rows
+
+
 def apply_stream_batch(
     repo: FeatureRepository,
     offline: OfflineStore,
@@ -96,6 +113,8 @@ def apply_stream_batch(
     rows, entries = streams.read(online, source, after, until)
     _crash_point("after_read")
     groups = [g for g in repo.groups if g.source.name == source]
+    if rows is not None:
+        rows = without_erased_rows(offline, groups, rows)
     # no dedupe here: identity is per group (its entity keys + event id) and of two versions
     # the later one wins, which each group's `event_rows` decides from the arrival order
     if rows is not None and groups and isinstance(groups[0].source, FileSource):
@@ -142,7 +161,11 @@ def _apply(
     if rows is not None:
         groups = [g for g in repo.groups if g.source.name == source]
         checked = groups[0].source.checked(rows.lazy()) if groups else rows.lazy()
-        results = [(group, transform_rows(group, checked, *_FAR)) for group in groups]
+        # erased entities (`FeatureStore.erase`) stay erased in both stores, whatever the
+        # stream still held when the batch read it
+        results = [
+            (group, offline.without_erased(group, transform_rows(group, checked, *_FAR))) for group in groups
+        ]
         for group, result in results:
             # landed files are not checked at any door: the declared constraints hold here too
             violation = declared_violations(group, result)

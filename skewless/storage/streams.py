@@ -238,3 +238,54 @@ def mark_applied(store: OnlineStore, source: str, until: str) -> None:
 def applied(store: OnlineStore, source: str) -> str | None:
     value = store.client.get(K.stream_applied_key(store.key_prefix, source))
     return value.decode() if value is not None else None
+
+
+def without_keys(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """`frame` without the rows of `keys` (join-key columns, cast to `frame`'s dtypes);
+    unchanged when `frame` lacks a key column (its rows cannot name the entity)."""
+    columns = list(keys.columns)
+    if frame.is_empty() or not set(columns) <= set(frame.columns):
+        return frame
+    cast = keys.select([pl.col(c).cast(frame.schema[c]) for c in columns])
+    return frame.join(cast, on=columns, how="anti", nulls_equal=False)
+
+
+def erase(store: OnlineStore, key: str, keys: pl.DataFrame, applied_until: str | None) -> tuple[int, int]:
+    """Remove the rows of `keys` from every entry of the stream at `key`; (entries, rows).
+
+    An entry holding such rows is deleted (XDEL). Its other rows are appended again as a new
+    entry when the entry was not yet applied (`applied_until`: the last applied id; None:
+    nothing applied), so the micro-batch still gets them; an applied entry's rows are already
+    in both stores and the stream only held them as history. Read in pages of 1,000 entries;
+    erasure is rare and may take a pass over the stream. A micro-batch that read an entry
+    before it was deleted still drops the erased entities (it consults the erasure list).
+    """
+    rewritten = removed = 0
+    start = "-"
+    while True:
+        entries: list[Any] = store.client.xrange(key, min=start, max="+", count=1000)
+        for entry_id, fields in entries:
+            entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            frame = entry_frame(fields)
+            kept = without_keys(frame, keys)
+            if kept.height == frame.height:
+                continue
+            pipe = store.client.pipeline(transaction=True)
+            pipe.xdel(key, entry)
+            if kept.height and (applied_until is None or _after(entry, applied_until)):
+                pipe.xadd(key, entry_fields(kept), maxlen=MAX_ENTRIES, approximate=True)
+            pipe.execute()
+            rewritten += 1
+            removed += frame.height - kept.height
+        if len(entries) < 1000:
+            break
+        last = entries[-1][0]
+        start = f"({last.decode() if isinstance(last, bytes) else last}"
+    return rewritten, removed
+
+
+def _after(entry: str, applied_until: str) -> bool:
+    """Stream ids compare as (milliseconds, sequence)."""
+    ms, _, seq = entry.partition("-")
+    ams, _, aseq = applied_until.partition("-")
+    return (int(ms), int(seq or 0)) > (int(ams), int(aseq or 0))

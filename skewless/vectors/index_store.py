@@ -278,6 +278,19 @@ def publish(offline: OfflineStore, group: FeatureGroup, built: Build, keep: int 
             offline.delete(key)
 
 
+def delete_builds(offline: OfflineStore, group: FeatureGroup, keep: str | None = None) -> int:
+    """Delete every build of a group version's index but `keep` (None: all of them, and the
+    `current.json` naming one); returns the files deleted. Used when builds must not stay
+    (an erasure whose rebuild could not be published)."""
+    deleted = 0
+    for key in offline.list_keys(version_prefix(group)):
+        parts = key.split("/")
+        if keep is not None and (len(parts) < 5 or parts[3] == keep or key.endswith("current.json")):
+            continue
+        deleted += int(offline.delete(key))
+    return deleted
+
+
 def read_current(offline: OfflineStore, group: FeatureGroup) -> dict[str, Any] | None:
     raw = offline.read_bytes(f"{version_prefix(group)}/current.json")
     return None if raw is None else json.loads(raw)

@@ -47,6 +47,27 @@ def append(online: OnlineStore, group: FeatureGroup, latest: pl.DataFrame) -> No
     online.client.xadd(updates_key(online, group), {"rows": _ipc(rows)}, maxlen=MAX_ENTRIES, approximate=True)
 
 
+def remove(online: OnlineStore, group: FeatureGroup, keys: pl.DataFrame) -> None:
+    """Record that entities have no embedding any more (a null vector, newer than anything
+    known: the overlay's rule then masks the build's copy in every process)."""
+    from skewless.storage.streams import _ipc
+    from skewless.vectors.engine import CREATED_US, EVENT_US, VECTOR
+    from skewless.vectors.index_store import scalar_features
+
+    if keys.height == 0:
+        return
+    now_us = time.time_ns() // 1000
+    dim = group.feature(group.index.feature).vector.dim  # type: ignore[union-attr]
+    rows = keys.select(
+        *[pl.col(c).cast(t) for c, t in group.entity.key_schema.items()],
+        pl.lit(now_us, pl.Int64).alias(EVENT_US),
+        pl.lit(now_us, pl.Int64).alias(CREATED_US),
+        *[pl.lit(None, group.feature(f).polars_dtype).alias(f) for f in scalar_features(group)],
+        pl.lit(None, pl.Array(pl.Float32, dim)).alias(VECTOR),
+    )
+    online.client.xadd(updates_key(online, group), {"rows": _ipc(rows)}, maxlen=MAX_ENTRIES, approximate=True)
+
+
 def read_after(
     online: OnlineStore, group: FeatureGroup, cursor: str | None
 ) -> tuple[pl.DataFrame | None, str | None]:
