@@ -85,13 +85,20 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
     return f"SELECT {columns}, CAST(NULL AS DATE) AS date WHERE false"
 
 
-def _arrow_relation(offline: S3OfflineStore, group: FeatureGroup) -> Any:
-    """A group version's rows as an Arrow object DuckDB can scan (object storage)."""
+def _arrow_relation(offline: OfflineStore, group: FeatureGroup) -> Any:
+    """A group version's rows as an Arrow object DuckDB can scan (object storage, and groups
+    with pii features on any store: DuckDB cannot read their encrypted files, and SQL views
+    leave the pii columns out — they are read in clear only through training sets and online
+    lookups, where a role's pii access is checked)."""
+    if group.pii_features:
+        merged = offline.scan(group).drop(list(group.pii_features))
+        return merged.with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("date")).collect().to_arrow()
     if offline.has_pieces(group):
         # merged and deduplicated like every Polars reader; the day from the event time
         # (a partition holds exactly its UTC day)
         merged = offline.scan(group).with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("date"))
         return merged.collect().to_arrow()
+    assert isinstance(offline, S3OfflineStore)
     return offline.arrow_dataset(offline.files(group), group)
 
 
@@ -114,7 +121,7 @@ def create_views(
     names = []
     latest: dict[str, FeatureGroup] = {}
     for group in groups:
-        if isinstance(offline, S3OfflineStore) and offline.partitions(group):
+        if (isinstance(offline, S3OfflineStore) or group.pii_features) and offline.partitions(group):
             relation = _arrow_relation(offline, group)
             source = f"__skewless_arrow_{view_name(group)}"
             conn.register(source, relation)
