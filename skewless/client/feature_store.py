@@ -614,13 +614,16 @@ class FeatureStore:
 
     def sql(self, query: str) -> pl.DataFrame:
         """Run DuckDB SQL over the offline store: a view per group version (`<group>_v<N>`)
-        and per group (its highest version), with a `date` column for partition pruning."""
+        and per group (its highest version), with a `date` column for partition pruning.
+        Groups' pii columns are in the views for a process allowed to read pii (no role, or
+        a role with pii access), decrypted in memory; left out for other roles."""
         import duckdb
 
         from skewless.storage.sql import create_views
 
         with duckdb.connect() as conn:
-            create_views(conn, self.repository.groups, self.offline)
+            pii = self.role is None or self.role.reads_pii
+            create_views(conn, self.repository.groups, self.offline, pii=pii)
             try:
                 return conn.sql(query).pl()
             except duckdb.Error as exc:

@@ -162,6 +162,13 @@ class ReadPlan:
         for read in self.groups:
             for feature in read.reads:
                 self.schema[feature.name] = feature.dtype
+        #: output columns holding pii features (never written to the served-vector log)
+        self.pii_columns = [
+            spec.name
+            for read in self.groups
+            for spec, feature in zip(read.reads, read.features, strict=True)
+            if feature in read.group.pii_features
+        ]
 
     # ------------------------------------------------------------------ request parsing
     def entity_columns(self, entities: Any) -> tuple[dict[str, list[Any]], int]:
