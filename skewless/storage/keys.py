@@ -37,7 +37,6 @@ import json
 import os
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +49,6 @@ RING_FILE = "ring.json"
 MASTER_FILE = "master.json"
 KEY_ID_META = b"skewless.key_id"  # Parquet file metadata: the key id its pii columns use
 PII_META = b"skewless.pii"  # Parquet file metadata: JSON list of the encrypted columns
-_RELOAD_S = 1.0  # how stale a process' view of the current key may get (a rotation elsewhere)
 
 
 @runtime_checkable
@@ -188,7 +186,6 @@ class KeyRing:
         self._lock = threading.Lock()
         self._entries: dict[str, KeyEntry] = {}
         self._current = ""
-        self._checked = 0.0
         self._stamp: tuple[float, int] | None = None
         self._online: dict[str, Any] = {}  # key id -> AESGCM of its unwrapped online key
         self._factory: Any = None
@@ -263,12 +260,9 @@ class KeyRing:
             return key_id
 
     def _reload(self, force: bool = False) -> None:
-        """Re-read the ring when it changed on disk (another process rotated), at most once a
-        second unless forced: a long-running writer picks up a rotation within a second."""
-        now = time.monotonic()
-        if not force and now - self._checked < _RELOAD_S:
-            return
-        self._checked = now
+        """Re-read the ring when it changed on disk (another process rotated): one `stat` per
+        look-up of the current key, i.e. per file written or per chunk of online values, so a
+        long-running writer uses a new key from its next write on."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:

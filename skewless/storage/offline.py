@@ -320,7 +320,7 @@ class OfflineStore(ABC):
     #: where the pii encryption keys are found (`storage.keys`; set by `open_offline_store`),
     #: and the ring once opened (or handed in)
     state_dir: str | None = None
-    keys: KeyRing | None = None
+    encryption_keys: KeyRing | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OfflineStore:
         if cls is OfflineStore:
@@ -425,16 +425,17 @@ class OfflineStore(ABC):
     # -- pii encryption ---------------------------------------------------------------------
 
     def key_ring(self) -> KeyRing:
-        """The keys pii columns are encrypted with: `self.keys` when set, else the ring of the
-        state folder this store was opened for (`skewless keys init` creates it)."""
-        if self.keys is None:
+        """The keys pii columns are encrypted with: `self.encryption_keys` when set, else the
+        ring of the state folder this store was opened for (`skewless keys init` creates it)."""
+        if self.encryption_keys is None:
             if not self.state_dir:
                 raise EncryptionKeyError(
                     f"the offline store {self.root} was built without a state folder, so it has no "
-                    "encryption keys for pii features: open it with open_offline_store(config) or set .keys"
+                    "encryption keys for pii features: open it with open_offline_store(config) "
+                    "or set .encryption_keys"
                 )
-            self.keys = key_ring(self.state_dir)
-        return self.keys
+            self.encryption_keys = key_ring(self.state_dir)
+        return self.encryption_keys
 
     def _sealed(self, frame: pl.DataFrame, pii: Sequence[str]) -> pl.DataFrame | bytes:
         """What `write` gets for a frame: the frame itself, or with pii columns its encrypted

@@ -151,7 +151,7 @@ class OnlineStore(ABC):
         self.read_only = False
         #: where the pii encryption keys are found (`storage.keys`), and the ring once opened
         self.state_dir: str | None = None
-        self.keys: KeyRing | None = None
+        self.encryption_keys: KeyRing | None = None
 
     def denied(self, action: str, group: FeatureGroup | str, exc: Exception) -> AccessDenied:
         """NOPERM from Redis as an error naming the role, the action and the group version."""
@@ -234,16 +234,16 @@ class OnlineStore(ABC):
         return self._codecs[key]
 
     def key_ring(self) -> KeyRing:
-        """The encryption keys of pii values: `self.keys` when set, else the ring of the
+        """The encryption keys of pii values: `self.encryption_keys` when set, else the ring of the
         state folder the store was opened for (`skewless keys init` creates it)."""
-        if self.keys is None:
+        if self.encryption_keys is None:
             if not self.state_dir:
                 raise EncryptionKeyError(
                     "this online store was built without a state folder, so it has no encryption "
-                    "keys for pii features: open it with open_online_store(config) or set .keys"
+                    "keys for pii features: open it with open_online_store(config) or set .encryption_keys"
                 )
-            self.keys = key_ring(self.state_dir)
-        return self.keys
+            self.encryption_keys = key_ring(self.state_dir)
+        return self.encryption_keys
 
     def remember_script(self, source: str) -> str:
         """Record a script's source by its sha, so a backend can reload it where a server
