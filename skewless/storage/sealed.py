@@ -99,7 +99,7 @@ class SealedCodec(GroupCodec):
         n = len(values)
         plain: list[bytes | None] = []
         hidden: list[bytes | None] = []
-        ring = self._ring() if decrypt else None
+        ring: KeyRing | None = None  # opened at the first sealed value (none: nothing to open)
         if decrypt and (keys is None or len(keys) != n):
             raise OnlineStoreError(f"feature group '{self.group.ref}': decrypting needs the values' keys")
         for i, value in enumerate(values):
@@ -110,7 +110,7 @@ class SealedCodec(GroupCodec):
             if value[0] != _SEALED:  # written before the group was tagged pii: split it
                 shown, clear = self._split_plain(value)
                 plain.append(shown)
-                if ring is not None:
+                if decrypt:
                     hidden.append(clear)
                 continue
             size = int.from_bytes(value[-_TRAILER:], "little")
@@ -120,14 +120,15 @@ class SealedCodec(GroupCodec):
                     f"feature group '{self.group.ref}': a stored value has no sealed pii block"
                 )
             plain.append(FORMAT_TAG + value[1:cut])
-            if ring is not None:
+            if decrypt:
+                ring = ring or self._ring()
                 hidden.append(value[:HEADER_WIDTH] + self._open(ring, value[cut:-_TRAILER], keys[i]))  # type: ignore[index]
         shown = self.plain.decode_arrays(plain)
         record = np.zeros(n, dtype=self.record)
         record["h"] = shown.record["h"]
         strings: dict[str, Any] = dict(shown.strings)
         self._copy(record, shown.record, self.plain.names)
-        if ring is not None:
+        if decrypt:
             opened = self.secret.decode_arrays(hidden)
             self._copy(record, opened.record, self.secret.names)
             strings.update(opened.strings)
