@@ -421,3 +421,24 @@ def test_materialize_then_a_training_set_asset_with_pii(tmp_path: Path, pii_conf
         )
     assert stored.equals(client)
     assert client["email"].to_list() == [*EMAILS, "person1-new@example.org"]
+
+
+def test_a_push_is_sealed_before_it_reaches_redis(tmp_path: Path, pii_config: StoreConfig) -> None:
+    """The direct push path (online only; micro-batch pieces go through `write_piece`, which
+    the offline contract suite checks encrypted on every backend)."""
+    repo = _materialized(tmp_path, pii_config)
+    row = {
+        "user_id": [8],
+        "ts": [datetime(2026, 3, 1, 23, tzinfo=UTC)],
+        "email": ["eight@example.org"],
+        "age": [88],
+        "amount": [8.0],
+    }
+    with FeatureStore(repo, pii_config) as store:
+        store.push("people", row)
+        group = repo.group("user_profile", 1)
+        raw = _raw_value(pii_config, group, 8)
+        assert raw[:1] == b"2" and b"eight@example.org" not in raw
+        assert store.get_online_features(
+            [{"user_id": 8}], features=["user_profile:v1:email", "user_profile:v1:age"], output="dicts"
+        ) == [{"user_id": 8, "email": "eight@example.org", "age": 88}]
