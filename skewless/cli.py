@@ -243,6 +243,7 @@ def roles_command(args: argparse.Namespace) -> int:
         print(f"  reads    {', '.join(role['reads']) or '-'}")
         print(f"  writes   {', '.join(role['writes']) or '-'}")
         print(f"  services {', '.join(role['services']) or '-'}")
+        print(f"  pii      {'read in clear' if role['reads_pii'] else 'refused (AccessDenied)'}")
         for user in role["redis_users"]:
             print(
                 f"  redis user {user['user']} ({user['access']}): {' '.join('~' + k for k in user['keys'])}"

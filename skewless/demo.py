@@ -62,13 +62,14 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     )
 
     repo = load_repository(features)
-    if any(g.pii_features for g in repo.groups):
+    pii = sorted({g.name for g in repo.groups if g.pii_features})
+    if pii:
         from skewless.storage.keys import KeyRing, keys_dir
 
-        if not (keys_dir(config.state_dir) / "ring.json").exists():
-            # the example tags user_last_txn `pii`; a deployment runs `skewless keys init` itself
-            ring = KeyRing.init(config.state_dir)
-            print(f"   created the encryption keys of pii features ({ring.current}) in {ring.folder}")
+        # the example tags user_last_txn `pii`; a deployment runs `skewless keys init` itself
+        exists = (keys_dir(config.state_dir) / "ring.json").exists()
+        ring = KeyRing.open(config.state_dir) if exists else KeyRing.init(config.state_dir)
+        print(f"   pii features of {', '.join(pii)} encrypted at rest, key {ring.current} in {ring.folder}")
     # the data was just regenerated: values pushed by an earlier demo run are gone from the
     # offline store, so they go from Redis too (only this prefix's keys; never a FLUSHDB),
     # or the online/offline agreement check would rightly fail

@@ -130,6 +130,13 @@ def test_pii_is_declared_on_features_or_by_the_group_tag(tmp_path: Path) -> None
     with pytest.raises(DefinitionError, match="pii must be True or False"):
         Role("r", read=["user_profile:v1"], pii=1)  # type: ignore[arg-type]
     assert Role("a", admin=True).reads_pii and not Role("r", read=["x"]).reads_pii
+    from skewless.registry.roles import describe_roles
+
+    described = {d["role"]: d["reads_pii"] for d in describe_roles(repo, "p")}
+    assert described == {"analyst": False, "officer": True, "ops": True}
+    access = repo.access("analyst")
+    assert access.may_read(profile) and not access.may_read_pii(profile)
+    assert repo.access("officer").may_read_pii(profile)
 
 
 # ---------------------------------------------------------------------- keys
