@@ -25,6 +25,13 @@ same Redis and in the same run, measures:
   minimal Starlette/uvicorn app (same server stack, a third process) answering the same JSON
   from one raw MGET of pre-serialized rows.
 
+- pii (issue 15 item 3): the cost of encryption. Group `gpii` is g0 tagged `pii` (its 20
+  features sealed with AES-GCM before Redis, `storage/sealed.py`), `gplain` the same group
+  without the tag; in the same run, interleaved: write time of N entities (p50 of 5 writes
+  each) and read p50 of 1 and 100 entities (all 20 features, so every read decrypts), and
+  offline the write and read of one N-row partition (Parquet modular encryption vs plain).
+  `pii_overhead_read` / `pii_overhead_write` are pii / plain time at 100 entities / N rows.
+
 Sizes: small = 10k, medium = 100k entities (writes 100k), large = 1M entities (writes 1M). The
 last line is one JSON object; `ratio_*` are ours/naive, `ratio_floor_*` ours/floor (below 1
 is faster for reads; `ratio_writes` and `ratio_floor_writes` are ours/baseline throughput,
@@ -63,6 +70,7 @@ from skewless.storage.online import cluster_client, entity_keys  # noqa: E402
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
 FEATURES = [f"f{i:02d}" for i in range(20)]
 GROUPS = ["g0", "g1", "g2"]
+PII_GROUPS = ["gplain", "gpii"]  # the same group without and with the `pii` tag
 SENTINEL_ID = 987_654_321  # an entity id to split a formatted key around
 
 
@@ -70,10 +78,87 @@ def repository() -> FeatureRepository:
     user = Entity("user", {"user_id": pl.Int64})
     source = FileSource("bench_events", "/nonexistent/bench.parquet", "ts")
     groups = [
-        FeatureGroup(name, user, source, [Feature(f, pl.Float64, default=0.0) for f in FEATURES], ttl="30d")
-        for name in GROUPS
+        FeatureGroup(
+            name,
+            user,
+            source,
+            [Feature(f, pl.Float64, default=0.0) for f in FEATURES],
+            ttl="30d",
+            tags=["pii"] if name == "gpii" else (),
+        )
+        for name in GROUPS + PII_GROUPS
     ]
     return FeatureRepository(groups)
+
+
+def pii_cost(store: FeatureStore, repo: FeatureRepository, n: int, state: Path) -> dict[str, Any]:
+    """Encryption's cost, pii group against the same group without the tag, same run."""
+    from datetime import date
+
+    from skewless.storage.offline import LocalOfflineStore
+
+    plain, pii = (repo.group(name, 1) for name in PII_GROUPS)
+    frame = frame_for(n, 5)
+    times: dict[str, list[float]] = {"plain": [], "pii": []}
+    for _ in range(5):  # interleaved rounds: both see the same machine
+        for label, group in (("plain", plain), ("pii", pii)):
+            started = time.perf_counter()
+            store.online.write_latest(group, frame)
+            times[label].append(time.perf_counter() - started)
+    write_ms = {k: sorted(v)[len(v) // 2] * 1000 for k, v in times.items()}
+    out: dict[str, Any] = {
+        "plain_write_p50_ms": round(write_ms["plain"], 2),
+        "pii_write_p50_ms": round(write_ms["pii"], 2),
+        "pii_overhead_write": round(write_ms["pii"] / write_ms["plain"], 3),
+    }
+    rng = np.random.default_rng(13)
+    for count, repeats in ((1, 2000), (100, 600)):
+        batches = [rng.integers(0, n, count).tolist() for _ in range(64)]
+        it = iter(range(1 << 62))
+
+        def pick(batches: list[list[int]] = batches, it: Any = it) -> list[int]:
+            return batches[next(it) % len(batches)]
+
+        reads = timed_interleaved(
+            [
+                lambda g=g: store.get_online_features(
+                    {"user_id": pick()}, features=[f"{g}:v1:{f}" for f in FEATURES]
+                )
+                for g in PII_GROUPS
+            ],
+            repeats,
+        )
+        out[f"plain_read_p50_ms_{count}"] = round(reads[0]["p50_ms"], 3)
+        out[f"pii_read_p50_ms_{count}"] = round(reads[1]["p50_ms"], 3)
+        out[f"pii_overhead_read_{count}"] = round(reads[1]["p50_ms"] / reads[0]["p50_ms"], 3)
+    out["pii_overhead_read"] = out["pii_overhead_read_100"]
+    check = store.get_online_features({"user_id": [0, 1]}, features=[f"gpii:v1:{f}" for f in FEATURES])
+    expected = frame.filter(pl.col("user_id") < 2).select(FEATURES)
+    assert check.select(FEATURES).equals(expected), "pii values did not round-trip"
+    # offline: one N-row partition written and read back, plain vs Parquet modular encryption
+    offline = LocalOfflineStore(state / "offline-bench")
+    offline.encryption_keys = store.online.key_ring()
+    rows = frame.select("user_id", "event_timestamp", *FEATURES)
+    spent: dict[str, dict[str, list[float]]] = {"plain": {"w": [], "r": []}, "pii": {"w": [], "r": []}}
+    for _ in range(5):
+        for label, group in (("plain", plain), ("pii", pii)):
+            started = time.perf_counter()
+            offline.write_partition(group, date(2026, 3, 1), rows)
+            middle = time.perf_counter()
+            assert offline.scan(group).collect().height == n
+            spent[label]["w"].append(middle - started)
+            spent[label]["r"].append(time.perf_counter() - middle)
+    for label in spent:
+        for kind, name in (("w", "write"), ("r", "read")):
+            values = sorted(spent[label][kind])
+            out[f"{label}_offline_{name}_p50_ms"] = round(values[len(values) // 2] * 1000, 2)
+    out["pii_overhead_offline_write"] = round(
+        out["pii_offline_write_p50_ms"] / out["plain_offline_write_p50_ms"], 3
+    )
+    out["pii_overhead_offline_read"] = round(
+        out["pii_offline_read_p50_ms"] / out["plain_offline_read_p50_ms"], 3
+    )
+    return out
 
 
 def frame_for(n: int, seed: int) -> pl.DataFrame:
@@ -309,6 +394,10 @@ def main() -> int:
     prefix = f"skbench:{uuid.uuid4().hex[:8]}"
     base_prefix = f"{prefix}:base"
     repo = repository()
+    from skewless.storage.keys import KeyRing, keys_dir
+
+    if not (keys_dir(state) / "ring.json").exists():
+        KeyRing.init(state)  # the pii group's keys (the HTTP child reads the same state folder)
     store = FeatureStore(repo, StoreConfig(str(state), url, str(state), prefix))
     client = raw_client(url)
     servers: list[subprocess.Popen[bytes]] = []
@@ -319,7 +408,7 @@ def main() -> int:
         ours_w = []
         base_w = []
         floor_w = []
-        for group, frame in zip(repo.groups, frames, strict=True):
+        for group, frame in zip([repo.group(g, 1) for g in GROUPS], frames, strict=True):
             started = time.perf_counter()
             stats = store.online.write_latest(group, frame)
             ours_w.append(time.perf_counter() - started)
@@ -408,6 +497,20 @@ def main() -> int:
                 f"floor MGET p50 {floor['p50_ms']:.3f} ms -> ratio {ours['p50_ms'] / floor['p50_ms']:.2f}",
                 flush=True,
             )
+
+        # ---------------------------------------------------------------- pii
+        pii = pii_cost(store, repo, n, state)
+        result.update(pii)
+        print(
+            f"[online] pii: write {n} entities p50 {pii['pii_write_p50_ms']} ms vs plain "
+            f"{pii['plain_write_p50_ms']} ms (x{pii['pii_overhead_write']}); read 100 p50 "
+            f"{pii['pii_read_p50_ms_100']} vs {pii['plain_read_p50_ms_100']} ms "
+            f"(x{pii['pii_overhead_read']}), "
+            f"1 entity {pii['pii_read_p50_ms_1']} vs {pii['plain_read_p50_ms_1']} ms; offline partition "
+            f"write {pii['pii_offline_write_p50_ms']} vs {pii['plain_offline_write_p50_ms']} ms, "
+            f"read {pii['pii_offline_read_p50_ms']} vs {pii['plain_offline_read_p50_ms']} ms",
+            flush=True,
+        )
 
         # ---------------------------------------------------------------- HTTP
         ours_args = ["--serve", "--redis-url", url, "--prefix", prefix, "--state", str(state)]

@@ -243,10 +243,48 @@ def roles_command(args: argparse.Namespace) -> int:
         print(f"  reads    {', '.join(role['reads']) or '-'}")
         print(f"  writes   {', '.join(role['writes']) or '-'}")
         print(f"  services {', '.join(role['services']) or '-'}")
+        print(f"  pii      {'read in clear' if role['reads_pii'] else 'refused (AccessDenied)'}")
         for user in role["redis_users"]:
             print(
                 f"  redis user {user['user']} ({user['access']}): {' '.join('~' + k for k in user['keys'])}"
             )
+    return 0
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    """`skewless keys init|rotate|list`: the encryption keys of pii features (`storage.keys`).
+    `init` creates the ring and its first key; `rotate` adds a key and makes it current (old
+    keys stay, so everything written under them stays readable); `list` shows the key ids."""
+    from skewless.config import home
+    from skewless.registry import cli_output
+    from skewless.storage.keys import KeyRing
+
+    state = home()  # anchored by main: the --repo's state folder, else the current folder's
+    if args.action == "init":
+        ring = KeyRing.init(state, master_key_id=args.master_key_id)
+    elif args.action == "rotate":
+        ring = KeyRing.open(state)
+        ring.rotate(args.master_key_id)
+    else:
+        ring = KeyRing.open(state)
+    current = ring.current
+    listed = [
+        {
+            "key_id": e.key_id,
+            "master_key_id": e.master_key_id,
+            "created": e.created,
+            "current": e.key_id == current,
+        }
+        for e in ring.entries
+    ]
+    if args.json:
+        cli_output.print_json({"keys_dir": str(ring.folder), "current": current, "keys": listed})
+        return 0
+    if args.action != "list":
+        print(f"{'created' if args.action == 'init' else 'rotated to'} key {current} in {ring.folder}")
+    for entry in listed:
+        mark = " (current)" if entry["current"] else ""
+        print(f"  {entry['key_id']}{mark}  master key {entry['master_key_id']}  created {entry['created']}")
     return 0
 
 
@@ -347,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     roles.add_argument("action", nargs="?", choices=["show", "apply"], default="show")
     roles.add_argument("--repo", default=DEFAULT_REPO)
     roles.add_argument("--json", action="store_true")
+    keys = sub.add_parser("keys", help="encryption keys of pii features: init, rotate, list")
+    keys.add_argument("action", choices=["init", "rotate", "list"])
+    keys.add_argument("--repo", help="the repository whose state folder (default: the current folder's)")
+    keys.add_argument(
+        "--master-key-id", help="a master key your KMS client already holds (default: create one)"
+    )
+    keys.add_argument("--json", action="store_true")
     erase = sub.add_parser("erase", help="remove an entity's values from every store (right to be forgotten)")
     erase.add_argument("--entity", required=True, help="the entity name, e.g. user")
     erase.add_argument(
@@ -403,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             return roles_command(args)
         elif args.command == "erase":
             return erase_command(args)
+        elif args.command == "keys":
+            return keys_command(args)
         elif args.command == "impact":
             import warnings
 

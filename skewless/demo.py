@@ -62,6 +62,14 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     )
 
     repo = load_repository(features)
+    pii = sorted({g.name for g in repo.groups if g.pii_features})
+    if pii:
+        from skewless.storage.keys import KeyRing, keys_dir
+
+        # the example tags user_last_txn `pii`; a deployment runs `skewless keys init` itself
+        exists = (keys_dir(config.state_dir) / "ring.json").exists()
+        ring = KeyRing.open(config.state_dir) if exists else KeyRing.init(config.state_dir)
+        print(f"   pii features of {', '.join(pii)} encrypted at rest, key {ring.current} in {ring.folder}")
     # the data was just regenerated: values pushed by an earlier demo run are gone from the
     # offline store, so they go from Redis too (only this prefix's keys; never a FLUSHDB),
     # or the online/offline agreement check would rightly fail
@@ -135,7 +143,7 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     print(f"   online store:  {store.online.url}")
 
     asset_path = store.offline.training_set_path("fraud_model", 1)
-    asset_rows = store.offline.scan_parquet([asset_path]).select(pl.len()).collect().item()
+    asset_rows = store.offline.footer_rows(asset_path)  # its pii columns are encrypted
     asset = asset_keys.user_string(asset_keys.training_set_path(repo.service("fraud_model:v1")))
     print(f"   training-set asset {asset}: {asset_rows} rows -> {asset_path}")
     daily = store.sql(

@@ -41,6 +41,11 @@ class AccessDenied(SkewlessError, PermissionError):
         self.groups = groups or []
 
 
+class EncryptionKeyError(SkewlessError):
+    """No usable encryption key for pii features: the key ring is missing or unreadable, or a
+    file or value names a key id the ring lacks."""
+
+
 class RequestError(SkewlessError):
     """A client request (features, entities, label frame) is malformed."""
 

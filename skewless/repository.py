@@ -33,6 +33,10 @@ class RoleAccess:
     def may_read(self, group: FeatureGroup) -> bool:
         return self.role.admin or any(g is group for g in self.read_groups)
 
+    def may_read_pii(self, group: FeatureGroup) -> bool:
+        """Whether the role reads the group's `pii` features in clear (it must read the group)."""
+        return self.may_read(group) and self.role.reads_pii
+
     def may_write(self, group: FeatureGroup) -> bool:
         return self.role.admin or any(g is group for g in self.write_groups)
 

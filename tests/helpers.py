@@ -71,7 +71,7 @@ def small_repo(
         ],
         ttl=ttl,
         owner="team:test",
-        tags=["pii"],
+        tags=["test"],
     )
     return FeatureRepository(
         groups=[group], services=[FeatureService("svc", ["user_stats:v1:amount", "user_stats:v1:channel"])]

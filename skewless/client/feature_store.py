@@ -29,7 +29,7 @@ from skewless.compute.point_in_time import (
 from skewless.compute.rows import latest_per_entity, transform_rows
 from skewless.compute.windows import pushed_events
 from skewless.config import StoreConfig
-from skewless.errors import DefinitionError, RequestError, SkewlessError
+from skewless.errors import AccessDenied, DefinitionError, RequestError, SkewlessError
 from skewless.language.dtypes import conform_frame
 from skewless.language.feature_group import FeatureGroup
 from skewless.language.feature_service import FeatureRef
@@ -212,6 +212,37 @@ class FeatureStore:
             raise RequestError(str(exc)) from None
         return list(selection.values())
 
+    def check_pii(self, selection: Selection) -> None:
+        """Refuse pii features to a role without pii access (`Role(..., pii=True)`), naming
+        the role, the group and the features, before anything is read or decrypted: such a
+        role gets an error, never ciphertext and never nulls in their place. A process with
+        no role (single-user mode) reads everything it has the keys for."""
+        if self.role is None or self.role.reads_pii:
+            return
+        denied = [(g, [f for f in feats if f in g.pii_features]) for g, feats in selection]
+        denied = [(g, feats) for g, feats in denied if feats]
+        if not denied:
+            return
+        what = "; ".join(f"feature group '{g.ref}': {', '.join(feats)}" for g, feats in denied)
+        raise AccessDenied(
+            f"role '{self.role.name}' may not read pii features ({what}): they are encrypted at "
+            "rest and readable only by roles declared with pii=True (or admin)",
+            role=self.role.name,
+            groups=[g.ref for g, _ in denied],
+        )
+
+    def pii_columns(
+        self,
+        features: Sequence[str] | None = None,
+        service: str | None = None,
+        full_feature_names: bool = False,
+    ) -> list[str]:
+        """Output columns of a selection that are pii features (a stored training set
+        encrypts them, like the partitions they came from)."""
+        selection = self.select(features, service)
+        names = self.output_names(selection, full_feature_names)
+        return [names[(g.name, g.version, f)] for g, feats in selection for f in feats if f in g.pii_features]
+
     @staticmethod
     def output_names(selection: Selection, full_feature_names: bool) -> dict[tuple[str, int, str], str]:
         names: dict[tuple[str, int, str], str] = {}
@@ -302,6 +333,7 @@ class FeatureStore:
         feature columns next to the labels."""
         original = labels = to_polars(entity_df, "entity_df")
         selection = self.select(features, service)
+        self.check_pii(selection)
         names = self.output_names(selection, full_feature_names)
         clash = [n for n in names.values() if n in labels.columns]
         if clash:
@@ -635,13 +667,16 @@ class FeatureStore:
 
     def sql(self, query: str) -> pl.DataFrame:
         """Run DuckDB SQL over the offline store: a view per group version (`<group>_v<N>`)
-        and per group (its highest version), with a `date` column for partition pruning."""
+        and per group (its highest version), with a `date` column for partition pruning.
+        Groups' pii columns are in the views for a process allowed to read pii (no role, or
+        a role with pii access), decrypted in memory; left out for other roles."""
         import duckdb
 
         from skewless.storage.sql import create_views
 
         with duckdb.connect() as conn:
-            create_views(conn, self.repository.groups, self.offline)
+            pii = self.role is None or self.role.reads_pii
+            create_views(conn, self.repository.groups, self.offline, pii=pii)
             try:
                 return conn.sql(query).pl()
             except duckdb.Error as exc:
@@ -705,6 +740,7 @@ class FeatureStore:
         plan = self._read_plans.get(cache_key)
         if plan is None:
             selection = self.select(features, service)
+            self.check_pii(selection)
             plan = ReadPlan(self.online, selection, self.output_names(selection, full_feature_names))
             plan.service_ref = self.repository.service(service).ref if service is not None else None
             self._read_plans[cache_key] = plan

@@ -164,7 +164,7 @@ def stream_definitions(repo: FeatureRepository) -> dg.Definitions:
 def store_resources(config: StoreConfig) -> dict[str, Any]:
     """The resources every asset, check and sensor above reads its stores through."""
     return {
-        "offline": OfflineStoreResource(root=config.offline_root),
+        "offline": OfflineStoreResource(root=config.offline_root, state_dir=config.state_dir),
         "online": OnlineStoreResource(
             state_dir=config.state_dir, redis_url=config.redis_url, key_prefix=config.key_prefix
         ),

@@ -223,7 +223,9 @@ def build_distributed_training_job(repo: FeatureRepository, service: FeatureServ
         store = _feature_store(offline)
         area = WorkArea(store.offline, joined[0]["work"])
         frame = area.gather(repo)
-        path = store.offline.write_training_set(service.name, service.version, frame)
+        path = store.offline.write_training_set(
+            service.name, service.version, frame, pii=store.pii_columns(service=service.ref)
+        )
         buckets = joined[0]["buckets"]
         metadata = training_set_metadata(repo, service, store, frame, path, ENGINE, joined[0]["groups"])
         metadata["buckets"] = buckets

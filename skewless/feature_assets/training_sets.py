@@ -72,7 +72,9 @@ def build_training_set_asset(repo: FeatureRepository, service: FeatureService) -
             )
         for warning in seen:
             context.log.warning(str(warning.message))
-        path = store.offline.write_training_set(service.name, service.version, frame)
+        path = store.offline.write_training_set(
+            service.name, service.version, frame, pii=store.pii_columns(service=service.ref)
+        )
         stats = store.last_training_stats
         context.log.info(f"{service.ref}: {frame.height} rows with engine {stats.engine}")
         return dg.MaterializeResult(

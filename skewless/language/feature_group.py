@@ -31,6 +31,7 @@ RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_ID, EVEN
 
 _OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+PII_TAG = "pii"  # a group tag: every feature of the group is personal data (`Feature.pii`)
 
 
 def _window_text(window: timedelta) -> str:
@@ -52,6 +53,10 @@ class Feature:
     `nullable`, `min_value`/`max_value` (inclusive) and `allowed_values` become the group's
     pandera schema, enforced on every partition before it is written; `expectations` are
     Great Expectations on this column (see `Expectation`).
+
+    `pii=True` marks personal data: its values are encrypted at rest (Parquet modular
+    encryption offline, AES-GCM online; see `skewless.storage.keys`) and only roles granted
+    `pii=True` (or admin) read them in clear. Tagging the group `pii` marks every feature.
     """
 
     name: str
@@ -63,6 +68,7 @@ class Feature:
     max_value: Any = None
     allowed_values: Sequence[Any] | None = None
     expectations: Sequence[Expectation] = ()
+    pii: bool = False
     vector: Vector | None = field(init=False, default=None, compare=False)
     """Set when `dtype` is a `Vector(...)`: the embedding's checks (the dtype becomes
     `pl.Array(pl.Float32, dim)`)."""
@@ -81,6 +87,13 @@ class Feature:
         where = f"feature '{self.name}'"
         if not isinstance(self.nullable, bool):
             raise DefinitionError(f"{where}: nullable must be True or False, got {self.nullable!r}")
+        if not isinstance(self.pii, bool):
+            raise DefinitionError(f"{where}: pii must be True or False, got {self.pii!r}")
+        if self.pii and self.vector is not None:
+            raise DefinitionError(
+                f"{where}: a Vector feature cannot be pii (embeddings are searched in a clear "
+                "index); keep personal data in a row feature"
+            )
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise DefinitionError(f"{where}: min_value {self.min_value!r} > max_value {self.max_value!r}")
         if self.allowed_values is not None:
@@ -126,6 +139,7 @@ class FeatureGroup:
     _ttl: timedelta | None = field(init=False, repr=False, compare=False, default=None)
     _retention: timedelta | None = field(init=False, repr=False, compare=False, default=None)
     _freshness: timedelta | None = field(init=False, repr=False, compare=False, default=None)
+    _pii: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature group")
@@ -197,8 +211,36 @@ class FeatureGroup:
             if not isinstance(tag, str) or not _TAG_RE.match(tag):
                 raise DefinitionError(f"{where}: tag {tag!r} must match [A-Za-z0-9_.-]{{1,63}}")
         object.__setattr__(self, "tags", tags)
+        self._check_pii(where)
         self._check_quality(where)
         self._check_index(where)
+
+    def _check_pii(self, where: str) -> None:
+        """Which features are personal data: those declared `pii=True`, or all of them when
+        the group is tagged `pii`. Window aggregations are refused rather than encrypted:
+        their online state is events and tiles combined inside Redis (Lua), which cannot
+        work on ciphertext; aggregate a pii column into a non-personal figure in a row group,
+        or keep the raw value in a pii row group."""
+        tagged = PII_TAG in self.tags
+        names = tuple(f.name for f in self.features if tagged or f.pii)
+        if names and self.is_windowed:
+            raise DefinitionError(
+                f"{where}: window aggregations cannot be pii (their online state is aggregated "
+                "inside Redis, which cannot work on encrypted values); drop the 'pii' tag or "
+                "move the personal data to a row feature group"
+            )
+        vectors = [f.name for f in self.features if f.vector is not None and f.name in names]
+        if vectors:
+            raise DefinitionError(
+                f"{where}: Vector feature(s) {', '.join(vectors)} cannot be pii (embeddings "
+                "are searched in a clear index); split them into a group without the 'pii' tag"
+            )
+        object.__setattr__(self, "_pii", names)
+
+    @property
+    def pii_features(self) -> tuple[str, ...]:
+        """Names of the features stored encrypted (declared order); empty for most groups."""
+        return self._pii
 
     def _check_index(self, where: str) -> None:
         if self.index is None:

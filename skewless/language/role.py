@@ -47,7 +47,12 @@ class Role:
     - `write`: group versions the role may write (materialize, push); writing implies
       reading them (the write guard compares with the stored value);
     - `admin`: every key under the deployment's prefix and every non-dangerous command
-      (retirement, deleting a prefix, loading scripts), for the pipelines' own identity.
+      (retirement, deleting a prefix, loading scripts), for the pipelines' own identity;
+    - `pii`: the role may read, in clear, the `pii` features of the groups it reads
+      (online lookups and training sets). Without it those features are refused with
+      `AccessDenied` (never served as ciphertext); the group's other features stay readable.
+      Admin roles read pii. A flag rather than patterns because what is personal is
+      declared on the features themselves, and `read=` already says which groups.
 
     Roles grant whole group versions: a Redis value holds every feature of its group, so a
     role cannot be given some features of a group and not others (split the group instead).
@@ -58,6 +63,12 @@ class Role:
     write: Sequence[str] = ()
     admin: bool = False
     description: str = ""
+    pii: bool = False
+
+    @property
+    def reads_pii(self) -> bool:
+        """Whether the role may read pii features in clear (granted, or admin)."""
+        return self.admin or self.pii
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _ROLE_RE.match(self.name):
@@ -70,5 +81,7 @@ class Role:
         object.__setattr__(self, "write", _patterns(self.write, f"{where} write"))
         if not isinstance(self.admin, bool):
             raise DefinitionError(f"{where}: admin must be True or False, got {self.admin!r}")
+        if not isinstance(self.pii, bool):
+            raise DefinitionError(f"{where}: pii must be True or False, got {self.pii!r}")
         if not (self.read or self.write or self.admin):
             raise DefinitionError(f"{where} grants nothing: give it read=[...], write=[...] or admin=True")

@@ -87,6 +87,10 @@ class Registry:
             "consumers": self.consumers(group),
             # who may read it (the roles whose Redis users hold its key patterns)
             "readable_by": [r.name for r in self.repo.roles if self.repo.access(r.name).may_read(group)],
+            "pii_features": list(group.pii_features),
+            "pii_readable_by": [
+                r.name for r in self.repo.roles if self.repo.access(r.name).may_read_pii(group)
+            ],
         }
 
     def feature_entry(self, group: FeatureGroup, name: str) -> dict[str, Any]:

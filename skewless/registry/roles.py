@@ -37,6 +37,7 @@ def describe_roles(repo: FeatureRepository, prefix: str) -> list[dict[str, Any]]
                 "role": role.name,
                 "description": role.description,
                 "admin": role.admin,
+                "reads_pii": role.reads_pii,
                 "read_patterns": list(role.read),
                 "write_patterns": list(role.write),
                 "reads": access.group_refs,

@@ -18,9 +18,11 @@ from skewless.storage.online import OnlineStore, open_online_store
 
 class OfflineStoreResource(ConfigurableResource):
     """The Parquet offline store rooted at `root`: a local folder or `s3://bucket/prefix`
-    (`open_offline_store` picks the backend; credentials from the AWS variables)."""
+    (`open_offline_store` picks the backend; credentials from the AWS variables).
+    `state_dir` is where the encryption keys of pii features are found (`storage.keys`)."""
 
     root: str
+    state_dir: str | None = None
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # every run that touches the stores names its process, so a run killed with -9 (or by
@@ -34,7 +36,7 @@ class OfflineStoreResource(ConfigurableResource):
                 record_run_process(context.instance, run.run_id, run.tags)
 
     def store(self) -> OfflineStore:
-        return open_offline_store(StoreConfig(self.root, None, "", key_prefix=""))
+        return open_offline_store(StoreConfig(self.root, None, self.state_dir or "", key_prefix=""))
 
 
 class OnlineStoreResource(ConfigurableResource):

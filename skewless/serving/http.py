@@ -850,10 +850,21 @@ def create_app(
         if lookup.service is not None:
             if not role.may_read_service(service_ref(lookup.service)):
                 raise HTTPError(403, f"this key may not read feature service '{lookup.service}'")
-            return
-        for ref in lookup.refs:
-            if not role.may_read_group(ref.group_ref):
-                raise HTTPError(403, f"this key may not read feature group '{ref.group_ref}'")
+        else:
+            for ref in lookup.refs:
+                if not role.may_read_group(ref.group_ref):
+                    raise HTTPError(403, f"this key may not read feature group '{ref.group_ref}'")
+        if not isinstance(role, RepositoryGrant):
+            # a policy-file role has no pii grant: pii access is declared with the features
+            # (`Role(..., pii=True)` in the repository); a repository role's store checks it
+            selection = store.select(lookup.features, lookup.service)
+            pii = [f"{g.ref}:{f}" for g, feats in selection for f in feats if f in g.pii_features]
+            if pii:
+                raise HTTPError(
+                    403,
+                    f"this key's role '{role.name}' may not read pii features ({', '.join(pii)}): "
+                    "only repository roles declared with pii=True may",
+                )
 
     def unavailable(exc: Exception, what: str) -> HTTPError:
         log.warning("%s failed: %s", what, exc)  # the address and cause stay server-side

@@ -75,6 +75,8 @@ class ServingMonitor:
         frame = rows if isinstance(rows, pl.DataFrame) else _as_frame(rows, plan, output)
         if frame is None or frame.height == 0:
             return
+        if plan.pii_columns:  # the log is plain Redis stream entries and Parquet: no pii in it
+            frame = frame.drop(plan.pii_columns, strict=False)
         now_us = time.time_ns() // 1000
         frame = frame.with_columns(
             pl.lit(now_us).cast(pl.Datetime("us", "UTC")).alias(SERVED_AT),

@@ -85,6 +85,11 @@ class GroupRead:
             self.reads.append(
                 FeatureRead(name, f"f_{feature}", order.index(feature), dtype, spec.default, plain)
             )
+        # a group with pii features has sealed values (`storage.sealed`): they are opened
+        # only when a requested feature is pii (the client refused them to roles without
+        # pii access before any plan was built)
+        self.sealed = bool(self.group.pii_features)
+        self.decrypt = any(f in self.group.pii_features for f in self.features)
         self.positions = [r.position for r in self.reads]
         self.fields = [r.field for r in self.reads]
         self.all_plain = all(r.plain for r in self.reads)
@@ -157,6 +162,13 @@ class ReadPlan:
         for read in self.groups:
             for feature in read.reads:
                 self.schema[feature.name] = feature.dtype
+        #: output columns holding pii features (never written to the served-vector log)
+        self.pii_columns = [
+            spec.name
+            for read in self.groups
+            for spec, feature in zip(read.reads, read.features, strict=True)
+            if feature in read.group.pii_features
+        ]
 
     # ------------------------------------------------------------------ request parsing
     def entity_columns(self, entities: Any) -> tuple[dict[str, list[Any]], int]:
@@ -278,7 +290,12 @@ class ReadPlan:
             if read.group.is_windowed:
                 out.append(self._windows(read, columns, n, now_us))
             else:
-                out.append(read.codec.decode_arrays(raw[rows_at * n : (rows_at + 1) * n]))
+                values = raw[rows_at * n : (rows_at + 1) * n]
+                if read.sealed:
+                    keys = row_keys[rows_at * n : (rows_at + 1) * n]
+                    out.append(read.codec.decode_arrays(values, keys, read.decrypt))  # type: ignore[call-arg]
+                else:
+                    out.append(read.codec.decode_arrays(values))
                 rows_at += 1
         return out
 

@@ -246,7 +246,10 @@ class GroupCodec:
         A missing key gives nulls everywhere, `event_timestamp` included, so callers can tell
         "no value" from "a null value".
         """
-        decoded = self.decode_arrays(values)
+        return self.frame(self.decode_arrays(values))
+
+    def frame(self, decoded: Decoded) -> pl.DataFrame:
+        """Decoded records as the frame `decode` returns."""
         present = decoded.present
         event = pl.Series(EVENT_TIMESTAMP, decoded.event_us, dtype=pl.Int64)
         created = pl.Series(CREATED_TIMESTAMP, decoded.created_us, dtype=pl.Int64)

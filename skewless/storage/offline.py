@@ -39,6 +39,7 @@ piece that vanished between listing and reading is already inside the partition 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import time
@@ -55,6 +56,7 @@ import pyarrow.parquet as pq
 
 from skewless.compute.identity import latest_versions
 from skewless.config import StoreConfig, private_dirs
+from skewless.errors import EncryptionKeyError
 from skewless.language.feature_group import (
     CREATED_TIMESTAMP,
     EVENT_ID,
@@ -63,6 +65,7 @@ from skewless.language.feature_group import (
     FeatureGroup,
 )
 from skewless.storage import offline_layout as layout
+from skewless.storage.keys import KEY_ID_META, PII_META, KeyRing, key_ring
 from skewless.storage.offline_layout import DATA_FILE, PIECE_PREFIX
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "atomic_write",
     "days_between",
     "dedupe_and_sort",
+    "encrypted_columns",
     "open_offline_store",
     "remove_stale_temps",
     "scan_merged",
@@ -235,19 +239,70 @@ def _atomic(target: Path, fill: Callable[[Path], object]) -> Path:
 ROW_GROUP_ROWS = 131_072
 
 
-def write_frame(frame: pl.DataFrame, target: Path | io.BytesIO) -> None:
+def write_frame(
+    frame: pl.DataFrame,
+    target: Path | io.BytesIO,
+    pii: Sequence[str] = (),
+    keys: KeyRing | None = None,
+) -> None:
     """The one Parquet encoding of every stored frame: zstd, statistics, and a fixed row-group
     size. Without one, Polars cuts row groups where the frame's chunks end, and those depend
     on how the frame was computed (streaming morsels, threads, the machine's load), so the
-    same rows written by two workers differed byte for byte (seen on bench/scale.py large)."""
-    frame.write_parquet(target, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS)
+    same rows written by two workers differed byte for byte (seen on bench/scale.py large).
+
+    `pii` columns are encrypted with Parquet modular encryption under `keys`' current key
+    (`KeyRing.parquet_encryption`: plaintext, signed footer; pages and statistics of the pii
+    columns encrypted). Polars cannot write (or read) modular encryption, so such a frame is
+    written by pyarrow, same compression and row groups; the key id and the encrypted columns
+    go into the file's metadata. Encrypted bytes are not reproducible (random keys and
+    nonces per file); the rows are."""
+    columns = [c for c in pii if c in frame.columns]
+    if not columns:
+        frame.write_parquet(target, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS)
+        return
+    if keys is None:
+        raise EncryptionKeyError(f"columns {columns} are pii: writing them needs the encryption keys")
+    properties, key_id = keys.parquet_encryption(columns)
+    table = frame.to_arrow()
+    metadata = dict(table.schema.metadata or {})
+    metadata[KEY_ID_META] = key_id.encode()
+    metadata[PII_META] = json.dumps(columns).encode()
+    pq.write_table(
+        table.replace_schema_metadata(metadata),
+        target,
+        compression="zstd",
+        write_statistics=True,
+        row_group_size=ROW_GROUP_ROWS,
+        encryption_properties=properties,
+    )
 
 
-def parquet_bytes(frame: pl.DataFrame) -> bytes:
+def parquet_bytes(frame: pl.DataFrame, pii: Sequence[str] = (), keys: KeyRing | None = None) -> bytes:
     """The bytes `atomic_write` would put in a file (`write_frame`)."""
     buffer = io.BytesIO()
-    write_frame(frame, buffer)
+    write_frame(frame, buffer, pii, keys)
     return buffer.getvalue()
+
+
+def encrypted_columns(source: Any) -> tuple[str | None, list[str]]:
+    """(key id, encrypted columns) of a Parquet file (a path, file or bytes) from its
+    plaintext footer; (None, []) for a file without pii columns. Reads no data pages."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    metadata = pq.read_metadata(source).metadata or {}
+    if PII_META not in metadata:
+        return None, []
+    return metadata.get(KEY_ID_META, b"").decode(), json.loads(metadata[PII_META])
+
+
+def read_decrypted(source: Any, keys: KeyRing) -> pl.DataFrame:
+    """A Parquet file whose pii columns are encrypted (or not: plain files read too), as a
+    frame: pyarrow decrypts (the key material in the file names its master key), Polars
+    takes the table over without a copy."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    table = pq.read_table(source, decryption_properties=keys.parquet_decryption())
+    return pl.from_arrow(table.replace_schema_metadata(None))  # type: ignore[return-value]
 
 
 class OfflineStore(ABC):
@@ -262,6 +317,10 @@ class OfflineStore(ABC):
 
     root: Location
     is_local: bool = True
+    #: where the pii encryption keys are found (`storage.keys`; set by `open_offline_store`),
+    #: and the ring once opened (or handed in)
+    state_dir: str | None = None
+    encryption_keys: KeyRing | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OfflineStore:
         if cls is OfflineStore:
@@ -299,8 +358,9 @@ class OfflineStore(ABC):
         """`pl.scan_parquet` of files of this store, with its credentials."""
 
     @abstractmethod
-    def read_parquet(self, location: Location) -> pl.DataFrame | None:
-        """One file, None if it vanished (a compacted piece)."""
+    def read_parquet(self, location: Location, decrypt: bool = False) -> pl.DataFrame | None:
+        """One file, None if it vanished (a compacted piece). `decrypt`: the file may have
+        encrypted pii columns (read by pyarrow with the store's keys, `read_decrypted`)."""
 
     @abstractmethod
     def footer_rows(self, location: Location) -> int:
@@ -362,6 +422,39 @@ class OfflineStore(ABC):
             raise ValueError(f"{location} is not in the offline store {self.root}")
         return text[len(root) + 1 :]
 
+    # -- pii encryption ---------------------------------------------------------------------
+
+    def key_ring(self) -> KeyRing:
+        """The keys pii columns are encrypted with: `self.encryption_keys` when set, else the
+        ring of the state folder this store was opened for (`skewless keys init` creates it)."""
+        if self.encryption_keys is None:
+            if not self.state_dir:
+                raise EncryptionKeyError(
+                    f"the offline store {self.root} was built without a state folder, so it has no "
+                    "encryption keys for pii features: open it with open_offline_store(config) "
+                    "or set .encryption_keys"
+                )
+            self.encryption_keys = key_ring(self.state_dir)
+        return self.encryption_keys
+
+    def _sealed(self, frame: pl.DataFrame, pii: Sequence[str]) -> pl.DataFrame | bytes:
+        """What `write` gets for a frame: the frame itself, or with pii columns its encrypted
+        Parquet bytes (every backend writes bytes atomically, like frames)."""
+        if not any(c in frame.columns for c in pii):
+            return frame
+        return parquet_bytes(frame, pii, self.key_ring())
+
+    def read_any(self, location: Location) -> pl.DataFrame | None:
+        """One file whether or not it has encrypted columns (rare paths that do not know the
+        group: training sets, erasure): its footer says, so plain files cost one footer read
+        more than `read_parquet`."""
+        data = self.read_bytes(self.key_of(location))
+        if data is None:
+            return None
+        if encrypted_columns(data)[1]:
+            return read_decrypted(data, self.key_ring())
+        return pl.read_parquet(io.BytesIO(data))
+
     # -- group versions ---------------------------------------------------------------------
 
     def group_dir(self, group: FeatureGroup) -> Location:
@@ -392,12 +485,15 @@ class OfflineStore(ABC):
         return self.location(layout.partition_key(group.name, group.version, day))
 
     def write_partition(self, group: FeatureGroup, day: date, frame: pl.DataFrame) -> Location:
-        """Atomically replace one day's partition with `frame` (already validated and sorted)."""
-        return self.write(layout.partition_key(group.name, group.version, day), frame)
+        """Atomically replace one day's partition with `frame` (already validated and sorted);
+        a group's pii features are encrypted (`write_frame`)."""
+        return self.write(
+            layout.partition_key(group.name, group.version, day), self._sealed(frame, group.pii_features)
+        )
 
     def read_partition(self, group: FeatureGroup, day: date) -> pl.DataFrame | None:
         """A day as stored by the batch path (no pieces merged), None if never written."""
-        return self.read_parquet(self.partition_path(group, day))
+        return self.read_parquet(self.partition_path(group, day), decrypt=bool(group.pii_features))
 
     def delete_partition(self, group: FeatureGroup, day: date) -> int:
         """Remove a day: its partition and pieces (pieces first, so a reader never finds a
@@ -424,7 +520,8 @@ class OfflineStore(ABC):
         """Add (or idempotently rewrite) one immutable piece of a day: never touches data.parquet.
         Rows of erased entities are left out (a micro-batch must not bring them back)."""
         return self.write(
-            layout.piece_key(group.name, group.version, day, name), self.without_erased(group, frame)
+            layout.piece_key(group.name, group.version, day, name),
+            self._sealed(self.without_erased(group, frame), group.pii_features),
         )
 
     def _day_keys(self, group: FeatureGroup, day: date) -> list[str]:
@@ -531,13 +628,17 @@ class OfflineStore(ABC):
         rewritten = removed = 0
         columns = list(keys.columns)
         for location in locations:
-            frame = self.read_parquet(location)
-            if frame is None or not set(columns) <= set(frame.columns):
+            data = self.read_bytes(self.key_of(location))
+            if data is None:
+                continue
+            _, pii = encrypted_columns(data)  # an encrypted file is rewritten encrypted
+            frame = read_decrypted(data, self.key_ring()) if pii else pl.read_parquet(io.BytesIO(data))
+            if not set(columns) <= set(frame.columns):
                 continue
             cast = keys.select([pl.col(c).cast(frame.schema[c]) for c in columns])
             kept = frame.join(cast, on=columns, how="anti", nulls_equal=False)
             if kept.height < frame.height:
-                self.write(self.key_of(location), kept)
+                self.write(self.key_of(location), self._sealed(kept, pii))
                 rewritten += 1
                 removed += frame.height - kept.height
         return rewritten, removed
@@ -547,11 +648,15 @@ class OfflineStore(ABC):
     def training_set_path(self, service: str, version: int) -> Location:
         return self.location(layout.training_set_key(service, version))
 
-    def write_training_set(self, service: str, version: int, frame: pl.DataFrame) -> Location:
-        return self.write(layout.training_set_key(service, version), frame)
+    def write_training_set(
+        self, service: str, version: int, frame: pl.DataFrame, pii: Sequence[str] = ()
+    ) -> Location:
+        """One service's training set; its `pii` columns (the pii features it selects) are
+        encrypted like the partitions they came from."""
+        return self.write(layout.training_set_key(service, version), self._sealed(frame, pii))
 
     def read_training_set(self, service: str, version: int) -> pl.DataFrame | None:
-        return self.read_parquet(self.training_set_path(service, version))
+        return self.read_any(self.training_set_path(service, version))
 
     def has_training_set(self, service: str, version: int) -> bool:
         return self.exists(layout.training_set_key(service, version))
@@ -648,10 +753,10 @@ class LocalOfflineStore(OfflineStore):
         new. The contract suite's racing-reader test caught this."""
         return pl.scan_parquet([open(p, "rb") for p in locations], **options)
 
-    def read_parquet(self, location: Location) -> pl.DataFrame | None:
+    def read_parquet(self, location: Location, decrypt: bool = False) -> pl.DataFrame | None:
         try:
             with open(location, "rb") as handle:  # one open: one version of the file
-                return pl.read_parquet(handle)
+                return read_decrypted(handle, self.key_ring()) if decrypt else pl.read_parquet(handle)
         except FileNotFoundError:
             return None
 
@@ -847,9 +952,11 @@ class S3OfflineStore(OfflineStore):
             raise FileNotFoundError(self.location(key))
         return data
 
-    def read_parquet(self, location: Location) -> pl.DataFrame | None:
+    def read_parquet(self, location: Location, decrypt: bool = False) -> pl.DataFrame | None:
         data = self.read_bytes(self.key_of(location))
-        return None if data is None else pl.read_parquet(io.BytesIO(data))
+        if data is None:
+            return None
+        return read_decrypted(data, self.key_ring()) if decrypt else pl.read_parquet(io.BytesIO(data))
 
     def footer_rows(self, location: Location) -> int:
         # ranged reads of the footer: an estimate, so a replacement racing it is retried once
@@ -949,6 +1056,8 @@ def scan_merged(
     schema = group.offline_schema()
     if not files:
         return pl.LazyFrame(schema=schema)
+    if group.pii_features:
+        return _scan_decrypted(group, files, reader, schema)
     if not any(layout.is_piece(p) for p in files):
         return reader.scan_parquet(files, schema=schema)
     by_day: dict[date, list[Location]] = {}
@@ -970,14 +1079,33 @@ def scan_merged(
     return pl.concat(frames, how="vertical")
 
 
-def _read_day(reader: OfflineStore, day_files: Sequence[Location], schema: pl.Schema) -> pl.DataFrame:
+def _scan_decrypted(
+    group: FeatureGroup, files: Sequence[Location], reader: OfflineStore, schema: pl.Schema
+) -> pl.LazyFrame:
+    """`scan_merged` of a group with pii columns: Polars cannot read modular-encrypted Parquet,
+    so each day is read eagerly by pyarrow with the store's keys (no projection or predicate
+    pushdown: the price of encryption on reads), then merged exactly as the lazy path does."""
+    by_day: dict[date, list[Location]] = {}
+    for path in files:
+        by_day.setdefault(layout.day_of(path), []).append(path)
+    frames: list[pl.LazyFrame] = []
+    for day in sorted(by_day):
+        day_files = by_day[day]
+        frame = _read_day(reader, day_files, schema, decrypt=True).lazy()
+        frames.append(dedupe_and_sort(group, frame) if any(layout.is_piece(p) for p in day_files) else frame)
+    return pl.concat(frames, how="vertical")
+
+
+def _read_day(
+    reader: OfflineStore, day_files: Sequence[Location], schema: pl.Schema, decrypt: bool = False
+) -> pl.DataFrame:
     """A day's partition and pieces, read pieces first so compaction cannot hide rows.
 
     Compaction replaces data.parquet *before* deleting the pieces it folded in, so a piece
     that vanished while we read means the partition we read afterwards already holds it.
     """
-    pieces = [reader.read_parquet(p) for p in day_files if layout.is_piece(p)]
-    partitions = [reader.read_parquet(p) for p in day_files if not layout.is_piece(p)]
+    pieces = [reader.read_parquet(p, decrypt) for p in day_files if layout.is_piece(p)]
+    partitions = [reader.read_parquet(p, decrypt) for p in day_files if not layout.is_piece(p)]
     frames = [
         f.select(list(schema)).cast(dict(schema)) for f in partitions + pieces if f is not None
     ]  # stored order: partition first, then pieces by name
@@ -1004,6 +1132,6 @@ def open_offline_store(config: StoreConfig) -> OfflineStore:
     A new backend is one `OfflineStore` subclass and one line here (its URI scheme).
     """
     root = str(config.offline_root)
-    if root.startswith("s3://"):
-        return S3OfflineStore(root)
-    return LocalOfflineStore(root)
+    store: OfflineStore = S3OfflineStore(root) if root.startswith("s3://") else LocalOfflineStore(root)
+    store.state_dir = config.state_dir or None
+    return store

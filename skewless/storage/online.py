@@ -49,12 +49,19 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from skewless.config import StoreConfig
-from skewless.errors import AccessDenied, OnlineStoreError, OnlineStoreTimeout, RequestError
+from skewless.errors import (
+    AccessDenied,
+    EncryptionKeyError,
+    OnlineStoreError,
+    OnlineStoreTimeout,
+    RequestError,
+)
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.role import Role
 from skewless.storage import online_keys as K
 from skewless.storage.codec import MAX_MICROS, GroupCodec
 from skewless.storage.embedded_redis import ensure_embedded_redis
+from skewless.storage.keys import KeyRing, key_ring
 
 # re-exported: callers import the key builders from here as well as from `online_keys`
 from skewless.storage.online_keys import ESCAPES as _ESCAPES  # noqa: F401
@@ -143,6 +150,9 @@ class OnlineStore(ABC):
         #: `read_only`: its Redis user may only read, so no cache write-backs are attempted
         self.role: str | None = None
         self.read_only = False
+        #: where the pii encryption keys are found (`storage.keys`), and the ring once opened
+        self.state_dir: str | None = None
+        self.encryption_keys: KeyRing | None = None
 
     def denied(self, action: str, group: FeatureGroup | str, exc: Exception) -> AccessDenied:
         """NOPERM from Redis as an error naming the role, the action and the group version."""
@@ -212,10 +222,29 @@ class OnlineStore(ABC):
 
     # ------------------------------------------------------------------ shared
     def codec(self, group: FeatureGroup) -> GroupCodec:
+        """The group's value codec: plain, or `SealedCodec` when it has pii features (their
+        values are encrypted before they reach Redis; no extra work for other groups)."""
         key = (group.name, group.version)
         if key not in self._codecs:
-            self._codecs[key] = GroupCodec(group)
+            if group.pii_features:
+                from skewless.storage.sealed import SealedCodec
+
+                self._codecs[key] = SealedCodec(group, self.key_ring)
+            else:
+                self._codecs[key] = GroupCodec(group)
         return self._codecs[key]
+
+    def key_ring(self) -> KeyRing:
+        """The encryption keys of pii values: `self.encryption_keys` when set, else the ring of the
+        state folder the store was opened for (`skewless keys init` creates it)."""
+        if self.encryption_keys is None:
+            if not self.state_dir:
+                raise EncryptionKeyError(
+                    "this online store was built without a state folder, so it has no encryption "
+                    "keys for pii features: open it with open_online_store(config) or set .encryption_keys"
+                )
+            self.encryption_keys = key_ring(self.state_dir)
+        return self.encryption_keys
 
     def remember_script(self, source: str) -> str:
         """Record a script's source by its sha, so a backend can reload it where a server
@@ -387,7 +416,10 @@ class OnlineStore(ABC):
             raise self._unreachable(f"reading feature group '{group.ref}'", exc) from exc
         except redis.exceptions.NoPermissionError as exc:
             raise self.denied("read", group, exc) from None
-        return self.codec(group).decode(raw)
+        codec = self.codec(group)
+        if group.pii_features:
+            return codec.decode(raw, keys, decrypt=True)  # type: ignore[call-arg]
+        return codec.decode(raw)
 
     @contextmanager
     def bounded(self, timeout_s: float) -> Iterator[None]:
@@ -1256,6 +1288,7 @@ def open_online_store(config: StoreConfig, role: Role | None = None, write: bool
     With `role`, the store connects as the role's Redis ACL user (`storage.acl`; `write`:
     its writer user, if it has one), so Redis itself refuses what the role may not do."""
     store = _open(config)
+    store.state_dir = config.state_dir
     if role is not None:
         from skewless.storage.acl import connection_user
 

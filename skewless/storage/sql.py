@@ -85,13 +85,22 @@ def view_sql(offline: OfflineStore, group: FeatureGroup) -> str:
     return f"SELECT {columns}, CAST(NULL AS DATE) AS date WHERE false"
 
 
-def _arrow_relation(offline: S3OfflineStore, group: FeatureGroup) -> Any:
-    """A group version's rows as an Arrow object DuckDB can scan (object storage)."""
+def _arrow_relation(offline: OfflineStore, group: FeatureGroup, pii: bool = False) -> Any:
+    """A group version's rows as an Arrow object DuckDB can scan (object storage, and groups
+    with pii features on any store: DuckDB cannot read their encrypted files, so they are
+    decrypted here). `pii`: keep the pii columns (an in-memory view for a reader allowed
+    them); otherwise they are left out."""
+    if group.pii_features:
+        merged = offline.scan(group)
+        if not pii:
+            merged = merged.drop(list(group.pii_features))
+        return merged.with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("date")).collect().to_arrow()
     if offline.has_pieces(group):
         # merged and deduplicated like every Polars reader; the day from the event time
         # (a partition holds exactly its UTC day)
         merged = offline.scan(group).with_columns(pl.col(EVENT_TIMESTAMP).dt.date().alias("date"))
         return merged.collect().to_arrow()
+    assert isinstance(offline, S3OfflineStore)
     return offline.arrow_dataset(offline.files(group), group)
 
 
@@ -106,16 +115,21 @@ def _drop_other(conn: Any, name: str, kind: str) -> None:
 
 
 def create_views(
-    conn: Any, groups: Sequence[FeatureGroup], offline: OfflineStore, persistent: bool = False
+    conn: Any,
+    groups: Sequence[FeatureGroup],
+    offline: OfflineStore,
+    persistent: bool = False,
+    pii: bool = False,
 ) -> list[str]:
     """(Re)create the views of `groups` (a repository's) on a DuckDB connection; returns
-    their names."""
+    their names. `pii`: views keep the groups' pii columns, decrypted in memory (a caller
+    allowed to read them); never with `persistent`, whose tables are a DuckDB file at rest."""
     conn.execute("SET TimeZone = 'UTC'")
     names = []
     latest: dict[str, FeatureGroup] = {}
     for group in groups:
-        if isinstance(offline, S3OfflineStore) and offline.partitions(group):
-            relation = _arrow_relation(offline, group)
+        if (isinstance(offline, S3OfflineStore) or group.pii_features) and offline.partitions(group):
+            relation = _arrow_relation(offline, group, pii and not persistent)
             source = f"__skewless_arrow_{view_name(group)}"
             conn.register(source, relation)
             if persistent:

@@ -123,18 +123,20 @@ def test_configuration_chooses_the_backend(backend, config: StoreConfig, store: 
 
 
 # ---------------------------------------------------------------------- round trips
-def check_round_trip(store: OnlineStore, config: StoreConfig, frame: pl.DataFrame) -> None:
-    store.write_latest(ALL_TYPES, frame)
-    got = store.read(ALL_TYPES, frame.select("user_id"))
-    client = FeatureStore(FeatureRepository([ALL_TYPES]), config, online=store)
-    refs = [f"all_types:v1:{name}" for name in ALL_TYPES.feature_names]
+def check_round_trip(
+    store: OnlineStore, config: StoreConfig, frame: pl.DataFrame, group: FeatureGroup = ALL_TYPES
+) -> None:
+    store.write_latest(group, frame)
+    got = store.read(group, frame.select("user_id"))
+    client = FeatureStore(FeatureRepository([group]), config, online=store)
+    refs = [f"{group.name}:v1:{name}" for name in group.feature_names]
     request = {"user_id": [*frame["user_id"].to_list(), 10**9]}  # plus an unknown entity
     polars_out = client.get_online_features(request, features=refs)
     dicts = client.get_online_features(request, features=refs, output="dicts")
-    for feature in ALL_TYPES.feature_names:
+    for feature in group.feature_names:
         expected = frame[feature]
         assert got[feature].dtype == expected.dtype and polars_out[feature].dtype == expected.dtype, feature
-        default = ALL_TYPES.feature(feature).default
+        default = group.feature(feature).default
         for e, a in zip(expected.to_list(), got[feature].to_list(), strict=True):
             assert same(e, a), (feature, e, a)
         served = [default if e is None else e for e in expected.to_list()] + [default]
@@ -146,6 +148,33 @@ def check_round_trip(store: OnlineStore, config: StoreConfig, frame: pl.DataFram
 
 def test_every_type_round_trips_exactly(store: OnlineStore, config: StoreConfig) -> None:
     check_round_trip(store, config, frame_of(EDGE_ROWS))
+
+
+# every type but the vector sealed (AES-GCM, storage/sealed.py); the vector stays in clear
+PII_TYPES = FeatureGroup(
+    "pii_types",
+    user,
+    source,
+    [
+        Feature(f.name, f.dtype, default=f.default, pii=f.vector is None and f.name != "f32")
+        for f in ALL_TYPES.features
+    ],
+)
+
+
+def test_pii_values_are_sealed_and_round_trip_on_every_backend(
+    store: OnlineStore, config: StoreConfig, tmp_path: Path
+) -> None:
+    from skewless.storage.keys import KeyRing
+
+    store.encryption_keys = KeyRing.init(tmp_path / "keys")
+    check_round_trip(store, config, frame_of(EDGE_ROWS), PII_TYPES)
+    marker = "private-" + "x" * 40
+    many = frame_of([{"text": marker, "i64": i} for i in range(2000)], start=100)  # every cluster node
+    check_round_trip(store, config, many, PII_TYPES)
+    keys = online_keys.entity_keys(PII_TYPES, config.key_prefix, many.select("user_id"))
+    raw = store.mget(keys)
+    assert all(v is not None and v[:1] == b"2" and marker.encode() not in v for v in raw)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
