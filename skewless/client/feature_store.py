@@ -142,13 +142,13 @@ class FeatureStore:
         self._indexes: dict[str, Any] = {}  # group ref -> vectors.updates.IndexHandle
         self._audit_store: OnlineStore | None = None
         #: every access of this client is recorded here (`storage.audit`; online reads sampled)
-        self.audit_log = audit.AuditLog(
-            self.config.key_prefix or "skewless",
-            self._audit_client,
+        self.audit_log = audit.for_store(
+            self.online,
+            self.offline,
+            state_dir=self.config.state_dir,
+            connection=self._audit_client,
             role=self.role.name if self.role is not None else None,
             read_sample=self.config.audit_sample,
-            offline=self.offline,
-            redis_running=self._redis_running,
         )
 
     @classmethod
@@ -191,15 +191,6 @@ class FeatureStore:
             user, password = audit_credentials(self.config.key_prefix, self.config.state_dir)
             self._audit_store = connect_as(open_online_store(self.config), user, password)
         return self._audit_store.client
-
-    def _redis_running(self) -> bool:
-        """False only for an embedded Redis nobody started: auditing must not start one."""
-        started = getattr(self.online, "started", None)
-        if started is None or started:
-            return True
-        from skewless.storage.embedded_redis import embedded_redis_running
-
-        return embedded_redis_running(self.config.state_dir)
 
     def audit(
         self,

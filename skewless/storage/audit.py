@@ -247,6 +247,39 @@ class AuditLog:
             raise
 
 
+def for_store(
+    online: OnlineStore,
+    offline: OfflineStore | None,
+    *,
+    state_dir: str | None = None,
+    connection: Callable[[], Any] | None = None,
+    role: str | None = None,
+    read_sample: float = 0.01,
+    channel: str = "python",
+) -> AuditLog:
+    """The `AuditLog` of a process using `online`: appends over `connection` (default: the
+    store's own client); an embedded Redis nobody started is not started for it (records go
+    to `offline` then)."""
+
+    def running() -> bool:
+        started = getattr(online, "started", None)
+        if started is None or started:
+            return True
+        from skewless.storage.embedded_redis import embedded_redis_running
+
+        return embedded_redis_running(state_dir or getattr(online, "state_dir", ""))
+
+    return AuditLog(
+        online.key_prefix,
+        connection or (lambda: online.client),
+        role=role,
+        read_sample=read_sample,
+        channel=channel,
+        offline=offline,
+        redis_running=running,
+    )
+
+
 def _frame(entries: Sequence[tuple[str, dict[Any, Any]]]) -> pl.DataFrame:
     """Stream entries (id, fields) as rows of `SCHEMA` (fields as bytes or str)."""
     columns: dict[str, list[Any]] = {c: [] for c in SCHEMA}
