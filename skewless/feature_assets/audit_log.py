@@ -10,7 +10,6 @@ materialization is a write by the deployment (role `default`, channel `dagster`,
 as request id), always recorded.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster import AssetExecutionContext
