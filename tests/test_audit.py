@@ -150,3 +150,78 @@ def test_audit_user_may_only_append_to_the_audit_stream(store_config: StoreConfi
             client.xtrim(K.audit_key(prefix), maxlen=0)
     finally:
         admin.execute_command("ACL", "DELUSER", user.name)
+
+
+def _roles_repo(tmp_path: Path):
+    from skewless import Feature, FeatureGroup, FeatureRepository
+    from skewless.language.role import Role
+
+    base = small_repo(tmp_path / "data")
+    group = base.groups[0]
+    other = FeatureGroup("other_stats", group.entity, group.source, [Feature("amount", pl.Float64)])
+    return FeatureRepository(
+        groups=[group, other], services=base.services, roles=[Role("analyst", read=["user_stats:v1"])]
+    )
+
+
+def test_denied_read_by_a_role_and_http_lookup_with_a_token(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    from starlette.testclient import TestClient
+
+    from skewless.errors import AccessDenied
+    from skewless.registry.roles import apply_roles
+    from skewless.serving.http import AccessPolicy, create_app
+
+    repo = _roles_repo(tmp_path)
+    config = _config(store_config, 1.0)
+    admin = redis.Redis.from_url(config.redis_url or "")
+    apply_roles(repo, config)
+    try:
+        with FeatureStore(repo, config) as owner:
+            _push(owner)
+        with FeatureStore(repo, config, role="analyst") as analyst:
+            analyst.get_online_features([{"user_id": 1}], features=["user_stats:v1:amount"])
+            with pytest.raises(AccessDenied):
+                analyst.get_online_features([{"user_id": 1}], features=["other_stats:v1:amount"])
+            assert analyst.audit_log.failures == 0
+        with FeatureStore(repo, config) as server_store:
+            policy = AccessPolicy.from_json(json.dumps({"keys": {"k1": "analyst"}}), repo)
+            client = TestClient(create_app(server_store, policy))
+            body = {"entities": [{"user_id": 1}], "features": ["user_stats:v1:amount"]}
+            answer = client.post(
+                "/features/online", json=body, headers={"X-API-Key": "k1", "X-Request-Id": "req-42"}
+            )
+            assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-42"
+            refused = client.post(
+                "/features/online",
+                json={"entities": [{"user_id": 1}], "features": ["other_stats:v1:amount"]},
+                headers={"X-API-Key": "k1"},
+            )
+            assert refused.status_code == 403
+            found = server_store.audit("1h", role="analyst")
+        rows = found.select("action", "object", "outcome", "channel").rows()
+        assert ("online_read", "user_stats:v1", "ok", "python") in rows
+        assert ("online_read", "other_stats:v1", "denied", "python") in rows
+        assert ("http_read", "user_stats:v1", "ok", "http") in rows
+        assert ("http_read", ["other_stats:v1", "amount"][0], "denied", "http") in rows
+        assert "req-42" in found["request_id"].to_list()
+    finally:
+        users = [u.decode() for u in admin.execute_command("ACL", "USERS")]
+        mine = [u for u in users if u.startswith(config.key_prefix + ".")]
+        if mine:
+            admin.execute_command("ACL", "DELUSER", *mine)
+
+
+def test_materialize_records_offline_and_online(tmp_path: Path, store_config: StoreConfig) -> None:
+    from tests.helpers import materialize_days
+
+    repo = small_repo(tmp_path / "data")
+    config = _config(store_config, 1.0)
+    with dg.DagsterInstance.ephemeral() as instance:
+        materialize_days(repo, config, instance, "2026-03-01", "2026-03-02", with_checks=False)
+    with FeatureStore(repo, config) as store:
+        found = store.audit("1h", action="materialize")
+    details = sorted(found["detail"].to_list())
+    assert details == ["offline 2026-03-01..2026-03-02", "online 2026-03-01..2026-03-02"]
+    assert set(found["channel"]) == {"dagster"} and found["rows"].min() > 0
