@@ -54,6 +54,7 @@ _VERSIONED = re.compile(r"^(?P<name>.+)_v(?P<version>[0-9]+)_(?P<suffix>[a-z_]+)
 SQL_VIEWS = [SQL, "offline_views"]
 REGISTRY_SNAPSHOT = [REGISTRY, "snapshot"]
 OFFLINE_RETENTION = [LIFECYCLE, "offline_retention"]
+AUDIT_LOG = [LIFECYCLE, "audit_log"]
 
 
 def _versioned(layer: str, name: str, version: int) -> list[str]:
@@ -150,6 +151,11 @@ def registry_snapshot_key() -> Any:
 def retention_key() -> Any:
     """`lifecycle/offline_retention`: the pass that deletes partitions past `retention=`."""
     return key(OFFLINE_RETENTION)
+
+
+def audit_log_key() -> Any:
+    """`lifecycle/audit_log`: the audit stream compacted into Parquet day partitions."""
+    return key(AUDIT_LOG)
 
 
 def parse(path: list[str] | tuple[str, ...]) -> tuple[str, str, str | None] | None:

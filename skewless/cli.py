@@ -308,6 +308,31 @@ def erase_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit_command(args: argparse.Namespace) -> int:
+    """`skewless audit --role R --since 1d [--action A] [--json]`: the audit log's records,
+    compacted partitions plus the stream's newest entries (see `storage.audit`)."""
+    from skewless.client.feature_store import FeatureStore
+
+    store = FeatureStore.from_repo(args.repo)
+    try:
+        frame = store.audit(args.since, role=args.role, action=args.action)
+    except ValueError as exc:
+        raise SystemExit(f"skewless audit: {exc}") from None
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(frame.with_columns(frame["time"].dt.to_string()).to_dicts()))
+        return 0
+    for row in frame.iter_rows(named=True):
+        print(
+            f"{row['time']:%Y-%m-%dT%H:%M:%S.%fZ} {row['role']:<16} {row['action']:<13} {row['outcome']:<6} "
+            f"{row['object']} rows={row['rows']} {row['channel']} {row['user']}@{row['host']}:{row['pid']} "
+            f"req={row['request_id']}" + (f" {row['detail']}" if row["detail"] else "")
+        )
+    print(f"{frame.height} audit records", file=sys.stderr)
+    return 0
+
+
 def _retire(store: object, target: str, quiet: bool) -> dict:
     if quiet:
         return store.retire(target)  # type: ignore[attr-defined]
@@ -399,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     erase.add_argument("--repo", default=DEFAULT_REPO)
     erase.add_argument("--json", action="store_true")
+    audit_cmd = sub.add_parser("audit", help="the audit log: reads and writes by role")
+    audit_cmd.add_argument("--role", help="only this role ('default': processes without a role)")
+    audit_cmd.add_argument("--since", default="1d", help="a duration (30m, 12h, 1d) or an ISO time")
+    audit_cmd.add_argument("--action", help="only this action, e.g. online_read, erase")
+    audit_cmd.add_argument("--repo", default=DEFAULT_REPO)
+    audit_cmd.add_argument("--json", action="store_true")
     impact = sub.add_parser("impact", help="everything downstream of a source or group version")
     impact.add_argument("target", help="source, group, group:vN or group:vN:feature")
     impact.add_argument("--repo", default=DEFAULT_REPO)
@@ -450,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             return erase_command(args)
         elif args.command == "keys":
             return keys_command(args)
+        elif args.command == "audit":
+            return audit_command(args)
         elif args.command == "impact":
             import warnings
 

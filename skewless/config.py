@@ -157,12 +157,15 @@ class StoreConfig:
     key_prefix: str = "skewless"
     serving_log_rate: float = 0.0  # fraction of service lookups logged for the skew check
     role: str | None = None  # connect to Redis as this repository role's ACL user (SKEWLESS_ROLE)
+    audit_sample: float = 0.01  # fraction of online reads audited (SKEWLESS_AUDIT_SAMPLE; see storage.audit)
 
     def __post_init__(self) -> None:
         # "" is tolerated for configs that never touch Redis (training-set assets build one);
         # from_env, the path users configure, requires a non-empty prefix.
         if self.key_prefix:
             validate_key_prefix(self.key_prefix)
+        if not 0.0 <= self.audit_sample <= 1.0:
+            raise DefinitionError(f"SKEWLESS_AUDIT_SAMPLE must be within [0, 1], got {self.audit_sample}")
 
     @classmethod
     def from_env(cls, state_dir: str | Path | None = None) -> StoreConfig:
@@ -176,7 +179,18 @@ class StoreConfig:
             key_prefix=validate_key_prefix(os.environ.get("SKEWLESS_KEY_PREFIX", "skewless")),
             serving_log_rate=float(os.environ.get("SKEWLESS_SERVING_LOG_RATE", "0") or 0),
             role=os.environ.get("SKEWLESS_ROLE", "").strip() or None,
+            audit_sample=_env_fraction("SKEWLESS_AUDIT_SAMPLE", 0.01),
         )
+
+
+def _env_fraction(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise DefinitionError(f"{name}={raw!r} is not a number within [0, 1]") from None
 
 
 EXECUTORS = ("default", "in_process", "multiprocess", "celery")

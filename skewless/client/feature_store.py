@@ -37,6 +37,7 @@ from skewless.language.source import Source
 from skewless.repository import FeatureRepository, load_repository
 from skewless.serving.monitor import ServingMonitor
 from skewless.serving.reader import ReadPlan
+from skewless.storage import audit
 from skewless.storage.offline import OfflineStore, open_offline_store
 from skewless.storage.offline_layout import day_of
 from skewless.storage.online import OnlineStore, open_online_store
@@ -140,6 +141,16 @@ class FeatureStore:
         log_rate = self.config.serving_log_rate if self.role is None or self.role.admin else 0.0
         self.monitor = ServingMonitor(self.online, log_rate=log_rate)
         self._indexes: dict[str, Any] = {}  # group ref -> vectors.updates.IndexHandle
+        self._audit_store: OnlineStore | None = None
+        #: every access of this client is recorded here (`storage.audit`; online reads sampled)
+        self.audit_log = audit.for_store(
+            self.online,
+            self.offline,
+            state_dir=self.config.state_dir,
+            connection=self._audit_client,
+            role=self.role.name if self.role is not None else None,
+            read_sample=self.config.audit_sample,
+        )
 
     @classmethod
     def from_repo(
@@ -169,6 +180,32 @@ class FeatureStore:
             self._writer = open_online_store(self.config, self.role, write=True)
         return self._writer
 
+    def _audit_client(self) -> Any:
+        """Where audit records go: the store's own connection, or for a role that is not an
+        admin, the audit ACL user's (a role's users may not append to the audit stream)."""
+        if self.role is None or self.role.admin:
+            return self.online.client
+        if self._audit_store is None:
+            from skewless.storage.acl import audit_credentials
+            from skewless.storage.online import connect_as
+
+            user, password = audit_credentials(self.config.key_prefix, self.config.state_dir)
+            self._audit_store = connect_as(open_online_store(self.config), user, password)
+        return self._audit_store.client
+
+    def audit(
+        self,
+        since: str | datetime = "1d",
+        role: str | None = None,
+        action: str | None = None,
+        until: datetime | None = None,
+    ) -> pl.DataFrame:
+        """Audit records since `since` (a duration such as `1d`, or a time), optionally of one
+        role and action, oldest first: compacted partitions plus what the stream holds (see
+        `storage.audit`). Reading the log needs the deployment's or an admin role's credentials."""
+        start = audit.parse_since(since) if isinstance(since, str) else since
+        return audit.read(self.online, self.offline, start, until, role=role, action=action)
+
     def close(self) -> None:
         try:
             if self.monitor.log_rate:
@@ -177,6 +214,8 @@ class FeatureStore:
             self.online.close()
             if self._writer is not None:
                 self._writer.close()
+            if self._audit_store is not None:
+                self._audit_store.close()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -361,7 +400,14 @@ class FeatureStore:
             for plan in plans:
                 if not plan.group.is_windowed:
                     plan.files = [f for f in plan.files if day_of(f) >= partitions_from]
+        self.audit_log.record("training_set", self._audit_object(selection, service), base.height)
         return TrainingSetPlan(original, selection, names, base, plans)
+
+    def _audit_object(self, selection: Selection, service: str | None) -> str:
+        """What an access is recorded against: the service version, else the group versions."""
+        if service is not None:
+            return self.repository.service(service).ref
+        return ",".join(group.ref for group, _ in selection)
 
     def _check_coverage(
         self,
@@ -427,7 +473,18 @@ class FeatureStore:
         dtypes). This is checked at the door because the rows are stored as pushed — in the
         stream and, by the micro-batch, in Parquet next to the source's files — where a
         different shape would break every later micro-batch and scan of the source.
+
+        Audited as `push` (the source, the keys or events written), a refusal too.
         """
+        with self.audit_log.denied("push", source):
+            written = self._push(source, rows, at, direct)
+        self.audit_log.record(
+            "push", source, sum(written.values()), detail=", ".join(f"{k}={v}" for k, v in written.items())
+        )
+        return written
+
+    def _push(self, source: str, rows: Any, at: datetime | None, direct: bool) -> dict[str, int]:
+        """The push itself (`push` records it in the audit log)."""
         groups = [g for g in self.repository.groups if g.source.name == source]
         if not groups:
             known = ", ".join(sorted({g.source.name for g in self.repository.groups}))
@@ -500,6 +557,18 @@ class FeatureStore:
         return written
 
     def erase(self, entity: str, keys: Any) -> dict[str, int]:
+        """Remove every stored value of some entities (the right to be forgotten); see `_erase`.
+
+        The erasure is recorded in the audit log (`erase`, the entity, how many entities and
+        what was removed, never the keys themselves); if that record cannot be written the
+        erasure still happened, and `OnlineStoreError` says the audit record is missing."""
+        with self.audit_log.denied("erase", entity):
+            done = self._erase(entity, keys)
+        detail = ", ".join(f"{k}={v}" for k, v in done.items())
+        self.audit_log.record("erase", entity, done["entities"], detail=detail, required=True)
+        return done
+
+    def _erase(self, entity: str, keys: Any) -> dict[str, int]:
         """Remove every stored value of some entities (the right to be forgotten).
 
         `keys`: the entity's join-key columns (any table form), one row per entity. In order:
@@ -512,7 +581,8 @@ class FeatureStore:
         deleted, their rows taken out of the Redis Streams that hold them (pushed events,
         pushed embeddings), and each vector index of their groups rebuilt without them
         (older builds deleted). Safe to repeat. Not covered: the raw source files (the user's
-        own data: filtered at every read instead).
+        own data: filtered at every read instead). The audit log never holds join keys,
+        only counts.
         """
         import glob
 
@@ -708,16 +778,32 @@ class FeatureStore:
         plan = self.read_plan(features, service, full_feature_names)
         columns, n = plan.entity_columns(entities)
         now_us = None if at is None else int(at.timestamp() * 1_000_000)
-        if output in ("dicts", "rows"):
-            read = plan.to_dicts if output == "dicts" else plan.to_rows
-            rows = read(columns, n, now_us)
-            self.monitor.observe(plan, plan.service_ref, time.perf_counter_ns() - started, rows, output)
-            return rows
-        frame = plan.to_polars(columns, n, now_us)
+        audit_log = self.audit_log
+        try:
+            if output in ("dicts", "rows"):
+                read = plan.to_dicts if output == "dicts" else plan.to_rows
+                rows = read(columns, n, now_us)
+                self.monitor.observe(plan, plan.service_ref, time.perf_counter_ns() - started, rows, output)
+                if audit_log.sampled("online_read"):
+                    self._audit_read(plan, n)
+                return rows
+            frame = plan.to_polars(columns, n, now_us)
+        except AccessDenied as exc:  # refusals are always audited
+            audit_log.record("online_read", self._plan_object(plan), n, audit.DENIED, detail=str(exc)[:500])
+            raise
         self.monitor.observe(plan, plan.service_ref, time.perf_counter_ns() - started, frame, "polars")
+        if audit_log.sampled("online_read"):
+            self._audit_read(plan, n)
         if output == "numpy":
             return {name: frame.get_column(name).to_numpy() for name in frame.columns}
         return convert(frame, output)
+
+    @staticmethod
+    def _plan_object(plan: ReadPlan) -> str:
+        return plan.service_ref or ",".join(plan.group_refs)
+
+    def _audit_read(self, plan: ReadPlan, entities: int) -> None:
+        self.audit_log.record("online_read", self._plan_object(plan), entities, sampled=True)
 
     @property
     def last_online_stats(self) -> dict[str, int]:
@@ -803,7 +889,7 @@ class FeatureStore:
             limit, vector = vector, None  # the catalog search's old signature: search(text, limit)
         if vector is not None or entity is not None:
             return self.vector_search(target, vector, entity=entity, k=k, filter=filter, features=features)
-        return self.registry.search(target, limit)
+        return self.registry.search(target, limit)  # the catalog: definitions, not values
 
     def index_handle(self, group_ref: str) -> Any:
         """The process's handle on a group version's published index (loaded on first use)."""
@@ -853,6 +939,21 @@ class FeatureStore:
         default rules as `get_online_features`. Pushed embeddings are searchable as soon as
         the push returns, in every process.
         """
+        with self.audit_log.denied("search", group_ref):
+            found = self._vector_search(group_ref, vector, entity, k, filter, features)
+        if self.audit_log.sampled("search"):
+            self.audit_log.record("search", group_ref, found.height, sampled=True)
+        return found
+
+    def _vector_search(
+        self,
+        group_ref: str,
+        vector: Any,
+        entity: Mapping[str, Any] | None,
+        k: int,
+        filter: pl.Expr | None,
+        features: Sequence[str] | None,
+    ) -> pl.DataFrame:
         import numpy as np
 
         from skewless.vectors.engine import DISTANCE

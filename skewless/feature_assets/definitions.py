@@ -21,6 +21,7 @@ from skewless.asset_keys import (
     training_set_key,
 )
 from skewless.config import ExecutionConfig, StoreConfig
+from skewless.feature_assets.audit_log import audit_definitions
 from skewless.feature_assets.distributed_training import (
     WORK_IO,
     WorkAreaIOManager,
@@ -185,6 +186,7 @@ def asset_definitions(
         catalog_definitions(repo),
         stream_definitions(repo),
         lifecycle_definitions(repo),
+        audit_definitions(),
     )
 
 

@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext
 
 from skewless import progress
 from skewless.asset_keys import offline_key, source_key
+from skewless.feature_assets.audit_log import record_materialization
 from skewless.feature_assets.checks import partition_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import offline_column_lineage
 from skewless.feature_assets.metadata import (
@@ -20,7 +21,7 @@ from skewless.feature_assets.metadata import (
 )
 from skewless.language.feature_group import EVENT_TIMESTAMP, FeatureGroup
 from skewless.language.source import FileSource
-from skewless.resources.stores import OfflineStoreResource
+from skewless.resources.stores import OfflineStoreResource, OnlineStoreResource
 from skewless.storage.offline import Location, OfflineStore, days_between
 
 
@@ -65,7 +66,7 @@ def build_offline_asset(
         check_specs=partition_check_specs(group, offline_key(group)) if checks else None,
         freshness_policy=freshness_policy(group),
     )
-    def _offline(context: AssetExecutionContext, offline: OfflineStoreResource):
+    def _offline(context: AssetExecutionContext, offline: OfflineStoreResource, online: OnlineStoreResource):
         from skewless.checks.outcome import CheckOutcome
         from skewless.checks.partition import check_partitions, partition_check_names
         from skewless.compute.rows import compute_rows
@@ -135,6 +136,9 @@ def build_offline_asset(
             )
         context.log.info(
             f"{group.ref}: wrote {rows.height} rows in {len(days)} partitions, compacted {compacted} pieces"
+        )
+        record_materialization(
+            context, offline, online, group.ref, rows.height, f"offline {days[0]}..{days[-1]}"
         )
         yield dg.MaterializeResult(
             metadata={

@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext
 
 from skewless import progress
 from skewless.asset_keys import offline_key, offline_path, online_key, user_string
+from skewless.feature_assets.audit_log import record_materialization
 from skewless.feature_assets.checks import feature_store, online_check_specs, to_check_result
 from skewless.feature_assets.column_lineage import online_column_lineage
 from skewless.feature_assets.metadata import (
@@ -130,6 +131,8 @@ def build_online_asset(
             # one write for the run: the write script resolves an id's versions within a batch
             added = online.store().write_events(group, rows)
             context.log.info(f"{group.ref}: {added} new events in the online window state")
+            detail = f"online {days[0]}..{days[-1]}"
+            record_materialization(context, offline, online, group.ref, added, detail)
             for day in days:
                 # each partition's own events (the run's totals are on every partition)
                 context.add_asset_metadata(
@@ -166,6 +169,9 @@ def build_online_asset(
                 partition_key=day.isoformat(),
             )
         context.log.info(f"{group.ref}: {totals}")
+        record_materialization(
+            context, offline, online, group.ref, totals["written"], f"online {days[0]}..{days[-1]}"
+        )
         ttl = group.time_to_live
         key_pattern = online_keys.key_pattern(store.key_prefix, group)
         return dg.MaterializeResult(

@@ -13,16 +13,24 @@ from typing import Any
 from skewless.config import StoreConfig
 from skewless.errors import OnlineStoreError
 from skewless.repository import FeatureRepository
-from skewless.storage.acl import AclUser, acl_users, apply_users, password_file, password_variable
+from skewless.storage.acl import (
+    AclUser,
+    acl_users,
+    apply_users,
+    audit_user,
+    password_file,
+    password_variable,
+)
 
 
 def role_users(repo: FeatureRepository, prefix: str) -> list[AclUser]:
-    """Every Redis user the repository's roles need under `prefix`."""
+    """Every Redis user the repository's roles need under `prefix`, and (when there are
+    roles) the audit user their processes append audit records as."""
     users: list[AclUser] = []
     for role in repo.roles:
         access = repo.access(role.name)
         users += acl_users(prefix, role, access.read_groups, access.write_groups)
-    return users
+    return [*users, audit_user(prefix)] if users else users
 
 
 def describe_roles(repo: FeatureRepository, prefix: str) -> list[dict[str, Any]]:

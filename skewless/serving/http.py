@@ -70,6 +70,7 @@ from skewless.errors import (
     SkewlessError,
 )
 from skewless.language.feature_service import FeatureRef
+from skewless.storage import audit
 
 if TYPE_CHECKING:
     from skewless.repository import FeatureRepository, RoleAccess
@@ -796,7 +797,10 @@ def create_app(
     for name in sorted(policy.grants):
         role_store = FeatureStore(store.repository, store.config, offline=store.offline, role=name)
         role_store.monitor = store.monitor
+        # the server records every request itself, under the token's role (`audit.scope`)
+        role_store.audit_log = store.audit_log
         role_stores[name] = role_store
+    audit_log = store.audit_log
 
     def store_for(role: Grant | None) -> FeatureStore:
         return role_stores[role.name] if isinstance(role, RepositoryGrant) else store
@@ -836,35 +840,60 @@ def create_app(
         groups = {ref.group_ref for ref in lookup.refs}
         return ",".join(sorted(groups)) if groups <= known_groups else UNKNOWN_LABEL
 
-    def authorize(request: Request) -> Grant | None:
+    def request_id(request: Request) -> str:
+        """The request's id in the audit log: the client's `X-Request-Id` when it is a short
+        plain token (it ends up in logs), else a new one; echoed in the response."""
+        found = getattr(request.state, "audit_id", None)
+        if found is None:
+            given = request.headers.get("x-request-id", "")
+            plain = given.replace("-", "").replace("_", "").replace(".", "")
+            found = given if 0 < len(given) <= 64 and plain.isascii() and plain.isalnum() else None
+            found = request.state.audit_id = found or audit.new_request_id()
+        return found
+
+    def audited(request: Request, role: Grant | None) -> Any:
+        """The audit scope a request's work runs in: its records carry the token's role."""
+        return audit.scope(role.name if role is not None else None, request_id(request))
+
+    def refuse(request: Request, role: Grant | None, action: str, obj: str, error: HTTPError) -> HTTPError:
+        """A refusal by the policy (before any store is asked), recorded in the audit log."""
+        with audit.scope(role.name if role is not None else "anonymous", request_id(request)):
+            audit_log.record(action, obj, 0, audit.DENIED, detail=f"{error.status} {error.message}"[:500])
+        return error
+
+    def authorize(request: Request, action: str | None = None) -> Grant | None:
         if policy.open:
             return None
         role = policy.role_for(request)
         if role is None:
-            raise HTTPError(401, "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)")
+            error = HTTPError(401, "missing or unknown API key (Authorization: Bearer <key> or X-API-Key)")
+            raise refuse(request, None, action, "-", error) if action else error
         return role
 
-    def check_access(role: Grant | None, lookup: LookupRequest) -> None:
+    def check_access(request: Request, role: Grant | None, lookup: LookupRequest) -> None:
         if role is None:
             return
         if lookup.service is not None:
             if not role.may_read_service(service_ref(lookup.service)):
-                raise HTTPError(403, f"this key may not read feature service '{lookup.service}'")
+                error = HTTPError(403, f"this key may not read feature service '{lookup.service}'")
+                raise refuse(request, role, "http_read", lookup.service, error)
         else:
             for ref in lookup.refs:
                 if not role.may_read_group(ref.group_ref):
-                    raise HTTPError(403, f"this key may not read feature group '{ref.group_ref}'")
+                    error = HTTPError(403, f"this key may not read feature group '{ref.group_ref}'")
+                    raise refuse(request, role, "http_read", ref.group_ref, error)
         if not isinstance(role, RepositoryGrant):
             # a policy-file role has no pii grant: pii access is declared with the features
             # (`Role(..., pii=True)` in the repository); a repository role's store checks it
             selection = store.select(lookup.features, lookup.service)
             pii = [f"{g.ref}:{f}" for g, feats in selection for f in feats if f in g.pii_features]
             if pii:
-                raise HTTPError(
+                error = HTTPError(
                     403,
                     f"this key's role '{role.name}' may not read pii features ({', '.join(pii)}): "
                     "only repository roles declared with pii=True may",
                 )
+                raise refuse(request, role, "http_read", lookup.service or pii[0].rsplit(":", 1)[0], error)
 
     def unavailable(exc: Exception, what: str) -> HTTPError:
         log.warning("%s failed: %s", what, exc)  # the address and cause stay server-side
@@ -933,22 +962,23 @@ def create_app(
         deadline = time.monotonic() + timeout
         target = UNKNOWN_LABEL
         try:
-            role = authorize(request)
+            role = authorize(request, "http_read")
             body = await body_within(request, deadline)
             lookup = parse_request(body)
             target = target_label(lookup)
-            check_access(role, lookup)
+            check_access(request, role, lookup)
             reader = store_for(role)
 
             def work() -> tuple[list[Any], list[str], list[str]]:
                 try:
-                    rows = reader.get_online_features(
-                        lookup.entities,
-                        features=lookup.features,
-                        service=lookup.service,
-                        full_feature_names=lookup.full_feature_names,
-                        output="rows" if lookup.rows else "dicts",
-                    )
+                    with audited(request, role):
+                        rows = reader.get_online_features(
+                            lookup.entities,
+                            features=lookup.features,
+                            service=lookup.service,
+                            full_feature_names=lookup.full_feature_names,
+                            output="rows" if lookup.rows else "dicts",
+                        )
                     plan = reader.read_plan(lookup.features, lookup.service, lookup.full_feature_names)
                 except AccessDenied as exc:  # Redis refused the role's user (NOPERM)
                     raise HTTPError(403, str(exc)) from None
@@ -969,8 +999,11 @@ def create_app(
             entities_total.labels(target).inc(len(rows))
             requests_total.labels("online", "200").inc()
             if lookup.rows:
-                return json_response({"features": names, "rows": rows})
-            return json_response({"features": names if rows else [], "results": rows})
+                response = json_response({"features": names, "rows": rows})
+            else:
+                response = json_response({"features": names if rows else [], "results": rows})
+            response.headers["X-Request-Id"] = request_id(request)
+            return response
         except HTTPError as exc:
             requests_total.labels("online", str(exc.status)).inc()
             return json_response({"error": exc.message}, exc.status)
@@ -991,18 +1024,20 @@ def create_app(
         so a client that got 503 at the deadline (the write may still finish) can retry."""
         deadline = time.monotonic() + timeout
         try:
-            role = authorize(request)
+            role = authorize(request, "push")
             body = await body_within(request, deadline)
             push = parse_push(body)
             if role is not None and not role.may_push(push.source):
-                raise HTTPError(403, f"this key may not push to source '{push.source}'")
+                error = HTTPError(403, f"this key may not push to source '{push.source}'")
+                raise refuse(request, role, "push", push.source, error)
 
             pusher = store_for(role)
 
             def work() -> tuple[int, dict[str, int]]:
                 frame = push_frame(pusher, push)
                 try:
-                    return frame.height, pusher.push(push.source, frame)
+                    with audited(request, role):
+                        return frame.height, pusher.push(push.source, frame)
                 except AccessDenied as exc:
                     raise HTTPError(403, str(exc)) from None
                 except OnlineStoreError as exc:
@@ -1028,26 +1063,28 @@ def create_app(
         the indexed group and every group the requested features come from."""
         deadline = time.monotonic() + timeout
         try:
-            role = authorize(request)
+            role = authorize(request, "search")
             body = await body_within(request, deadline)
             search = parse_search(body)
             refs = [f if ":" in f else f"{search.group}:{f}" for f in search.features]
             if role is not None:
                 for ref in [search.group, *(FeatureRef.parse(r).group_ref for r in refs)]:
                     if not role.may_read_group(ref):
-                        raise HTTPError(403, f"this key may not read feature group '{ref}'")
+                        error = HTTPError(403, f"this key may not read feature group '{ref}'")
+                        raise refuse(request, role, "search", ref, error)
             expr = filter_expression(search.filter)
 
             def work() -> pl.DataFrame:
                 try:
-                    return store.search(
-                        search.group,
-                        search.vector,
-                        entity=search.entity,
-                        k=search.k,
-                        filter=expr,
-                        features=refs or None,
-                    )
+                    with audited(request, role):
+                        return store.search(
+                            search.group,
+                            search.vector,
+                            entity=search.entity,
+                            k=search.k,
+                            filter=expr,
+                            features=refs or None,
+                        )
                 except OnlineStoreError as exc:
                     raise unavailable(exc, "search") from None
 

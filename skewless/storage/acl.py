@@ -31,6 +31,14 @@ value keys `<prefix>:{<entity>:*}:<group>:v<N>`, a window group's state keys
 The `*` cannot reach into another group's keys: key values are escaped so a key holds one
 `}`, and the pattern fixes everything after it.
 
+The audit log (`storage.audit`) gets one more user, `<prefix>._audit`, shared by every role's
+process: allowed `XADD` on the audit stream's key and nothing else. Readers cannot be given
+`XADD` themselves: in 6.2 commands and key patterns are independent, so a reader allowed
+`XADD` on the audit key could also create streams under its group keys (an entity with no
+value yet), which the write guard would then fail on. A separate user keeps "append one
+audit record" apart from everything a role reads, on 6.2 and 7 alike. It may not read the
+stream back, trim it or append anywhere else.
+
 Passwords: `SKEWLESS_ROLE_PASSWORD_<ROLE>` (and `..._<ROLE>_WRITE`) when set, else a file
 `<state>/roles/<role>[.write].password` (mode 0600 in a 0700 folder) that `apply` creates
 with a random password. Redis is given only its SHA-256 (`#<hash>`), so `ACL LIST` and the
@@ -94,6 +102,10 @@ WRITE_COMMANDS: tuple[str, ...] = (
     "time",
 )
 ADMIN_COMMANDS: tuple[str, ...] = ("+@all", "-@dangerous", "+info")
+#: the audit user's commands: one append, and a client's connection set-up
+AUDIT_COMMANDS: tuple[str, ...] = ("xadd", "ping", "echo", "select")
+#: the audit user's "role": not a valid role name (roles start with a letter), so no clash
+AUDIT_ROLE = "_audit"
 
 
 def user_name(prefix: str, role: str, write: bool = False) -> str:
@@ -164,6 +176,23 @@ def acl_users(
             )
         )
     return users
+
+
+def audit_user(prefix: str) -> AclUser:
+    """The user every role's process appends audit records as (see the module docstring)."""
+    return AclUser(
+        user_name(prefix, AUDIT_ROLE),
+        AUDIT_ROLE,
+        False,
+        tuple(f"+{c}" for c in AUDIT_COMMANDS),
+        (glob_escape(K.audit_key(prefix)),),
+        (),
+    )
+
+
+def audit_credentials(prefix: str, state_dir: str | Path) -> tuple[str, str]:
+    """(user, password) of the audit user (created by `skewless roles apply`)."""
+    return user_name(prefix, AUDIT_ROLE), role_password(state_dir, AUDIT_ROLE)
 
 
 # ---------------------------------------------------------------------- passwords

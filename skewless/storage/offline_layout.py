@@ -7,6 +7,8 @@
     <root>/_served/<service>/v<N>/log-<first>-<last>.parquet  the sampled served-vector log
     <root>/_work/<run id>/...                                 a distributed job's scratch files
     <root>/_erasures/<entity>/<stamp>-<id>.parquet            erased entities' join keys
+    <root>/_audit/date=YYYY-MM-DD/piece-<first>-<last>.parquet  compacted audit-log entries
+    <root>/_audit/date=YYYY-MM-DD/direct-<stamp>.parquet        audit rows written without Redis
 
 Why one module: before, six modules each spelled some of these names (`date=` globs in the
 client, `_served` in the served asset, `_registry` in lineage, ...), so a second backend would
@@ -33,6 +35,8 @@ REGISTRY = "_registry"
 SERVED = "_served"
 WORK = "_work"
 ERASURES = "_erasures"
+AUDIT = "_audit"
+AUDIT_DIRECT_PREFIX = "direct-"
 REGISTRY_JSON = "registry.json"
 REGISTRY_FEATURES = "features.parquet"
 IN_USE_MARKER = ".in-use"  # object stores have no folders: an empty object marks a version in use
@@ -91,6 +95,8 @@ def work_key(run_id: str) -> str:
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise ValueError(f"not a run id: {run_id!r}")
     return f"{WORK}/{run_id}"
+
+
 def erasures_key(entity: str) -> str:
     return f"{ERASURES}/{entity}"
 
@@ -104,6 +110,31 @@ def _entry_range_name(kind: str, first: str, last: str) -> str:
     """`<kind>-<first>-<last>.parquet` for a range of stream entry ids (`-` inside an id
     becomes `_`, so the name splits back unambiguously): a re-run names the same file."""
     return f"{kind}-{first.replace('-', '_')}-{last.replace('-', '_')}{PARQUET}"
+
+
+def audit_day_key(day: date) -> str:
+    return f"{AUDIT}/{day_folder(day)}"
+
+
+def audit_piece_key(day: date, first: str, last: str) -> str:
+    """Audit-log stream entries first..last of one day: a re-run names the same file."""
+    return f"{audit_day_key(day)}/{_entry_range_name(PIECE_PREFIX.rstrip('-'), first, last)}"
+
+
+def audit_direct_key(day: date, stamp: str) -> str:
+    """One audit row written straight to the offline store (no Redis was running)."""
+    return f"{audit_day_key(day)}/{AUDIT_DIRECT_PREFIX}{stamp}{PARQUET}"
+
+
+def audit_piece_range(key: str) -> tuple[str, str] | None:
+    """(first, last) stream entry ids of an audit piece's key; None for any other file."""
+    name = base_name(key)
+    if not (name.startswith(PIECE_PREFIX) and name.endswith(PARQUET)):
+        return None
+    parts = name[len(PIECE_PREFIX) : -len(PARQUET)].split("-")
+    if len(parts) != 2:
+        return None
+    return parts[0].replace("_", "-"), parts[1].replace("_", "-")
 
 
 def served_log_name(first: str, last: str) -> str:

@@ -1292,15 +1292,21 @@ def open_online_store(config: StoreConfig, role: Role | None = None, write: bool
     if role is not None:
         from skewless.storage.acl import connection_user
 
-        user, password = connection_user(config.key_prefix, config.state_dir, role, write)
-        if isinstance(store, EmbeddedRedisOnlineStore):
-            store.credentials = (user, password)
-        elif isinstance(store, RedisClusterOnlineStore):
-            store._url = with_credentials(store._url, user, password)
-        else:
-            store._url = with_credentials(store.url, user, password)
+        connect_as(store, *connection_user(config.key_prefix, config.state_dir, role, write))
         store.role = role.name
         store.read_only = not role.admin and not (write and role.write)
+    return store
+
+
+def connect_as(store: OnlineStore, user: str, password: str) -> OnlineStore:
+    """`store` (not connected yet) connecting as the Redis user `user`, on every backend
+    (a role's users; the audit user, `storage.audit`)."""
+    if isinstance(store, EmbeddedRedisOnlineStore):
+        store.credentials = (user, password)
+    elif isinstance(store, RedisClusterOnlineStore):
+        store._url = with_credentials(store._url, user, password)
+    elif isinstance(store, RedisOnlineStore):
+        store._url = with_credentials(store.url, user, password)
     return store
 
 

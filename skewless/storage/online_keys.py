@@ -14,6 +14,7 @@ one silently made the others read nothing.
     <prefix>:stream:<source>                              stream of a stream source
     <prefix>:stream:<source>:schema / :applied            its schema and micro-batch cursor
     <prefix>:stream:_served:<service>:v<N>                served-vector log of a service
+    <prefix>:_audit                                       the audit log (one stream: one slot)
 
 The braces are a Redis Cluster hash tag: every key of one entity (all its groups, versions
 and window keys) hashes to one slot, so a per-entity script or transaction never crosses
@@ -163,6 +164,13 @@ def stream_applied_key(prefix: str, source: str) -> str:
 def served_stream(service_ref: str) -> str:
     """The stream source name of a service version's served-vector log."""
     return f"_served:{service_ref}"
+
+
+# ---------------------------------------------------------------------- audit
+def audit_key(prefix: str) -> str:
+    """The audit log's stream (`storage.audit`): one key, so one slot on a cluster, and the
+    only key the audit ACL user may append to."""
+    return f"{prefix}:_audit"
 
 
 # ---------------------------------------------------------------------- routing
