@@ -86,6 +86,9 @@ def test_cli_uses_the_repositorys_state_from_any_folder(tmp_path: Path) -> None:
         )
 
         url_here = _cli(repo, "redis", "url", "--repo", "features.py").stdout.strip()
+        # the example has pii features: its keys live in the repository's state too
+        _cli(repo, "keys", "init", "--repo", "features.py")
+        assert (state / "keys").is_dir()
         # a write from the repository's folder, through the Python client and no configuration
         push = (
             "from datetime import datetime, UTC\n"
