@@ -75,6 +75,13 @@ def _field_type(dtype: pl.DataType) -> str | tuple[str, tuple[int, ...]]:
     return _NUMPY[type(dtype)]
 
 
+def validity_view(record: Any, n: int, features: int, width: int) -> np.ndarray:
+    """The (n, features) validity flags of n packed records, as a view of their buffer (no copy)."""
+    if not n:
+        return np.zeros((0, features), dtype=np.bool_)
+    return np.ndarray((n, features), dtype=np.bool_, buffer=record, offset=HEADER_WIDTH, strides=(width, 1))
+
+
 class GroupCodec:
     """Encodes and decodes the latest feature rows of one group version."""
 
@@ -227,17 +234,7 @@ class GroupCodec:
         if self.strings:
             small = n <= 16  # a few records: Python slices beat building Arrow buffers
             strings = (self._small_strings if small else self._decode_strings)(values, record)  # type: ignore[arg-type]
-        validity = (
-            np.ndarray(
-                (n, len(self.names)),
-                dtype=np.bool_,
-                buffer=record,
-                offset=HEADER_WIDTH,
-                strides=(self.width, 1),
-            )
-            if n
-            else np.zeros((0, len(self.names)), dtype=np.bool_)
-        )
+        validity = validity_view(record, n, len(self.names), self.width)
         return Decoded(n, present, event_us, created_us, record, validity, strings)
 
     def decode(self, values: Sequence[bytes | None]) -> pl.DataFrame:

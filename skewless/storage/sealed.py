@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 
 from skewless.errors import OnlineStoreError
 from skewless.language.feature_group import FeatureGroup
-from skewless.storage.codec import FORMAT_TAG, HEADER_WIDTH, Decoded, GroupCodec
+from skewless.storage.codec import FORMAT_TAG, HEADER_WIDTH, Decoded, GroupCodec, validity_view
 from skewless.storage.keys import KeyRing
 
 NONCE = 12
@@ -153,17 +153,7 @@ class SealedCodec(GroupCodec):
         else:
             for name in self.secret.strings:
                 strings[name] = [""] * n
-        validity = (
-            np.ndarray(
-                (n, len(self.names)),
-                dtype=np.bool_,
-                buffer=record,
-                offset=HEADER_WIDTH,
-                strides=(self.width, 1),
-            )
-            if n
-            else np.zeros((0, len(self.names)), dtype=np.bool_)
-        )
+        validity = validity_view(record, n, len(self.names), self.width)
         return Decoded(n, shown.present, shown.event_us, shown.created_us, record, validity, strings)
 
     def decode(  # type: ignore[override]
