@@ -77,6 +77,9 @@ def main() -> int:
     config = StoreConfig(str(work / "offline"), url, str(work), f"skbench:{uuid.uuid4().hex[:8]}")
     end = data.default_end()
     counts = data.generate(work / "data", users=users, merchants=merchants, days=14, end=end, seed=7)
+    from skewless.storage.keys import ensure_key_ring
+
+    ensure_key_ring(work)  # the example's pii features are encrypted at rest
     print(
         f"[checks] {args.size}: {counts['transactions']} transactions over 14 days, Redis {url}", flush=True
     )

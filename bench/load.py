@@ -302,6 +302,9 @@ def main() -> int:
     end = data.default_end()
     first, last = (end - timedelta(days=args.days)).isoformat(), (end - timedelta(days=1)).isoformat()
     data.generate(home / "data", users=args.users, merchants=args.merchants, days=args.days, end=end)
+    from skewless.storage.keys import ensure_key_ring
+
+    ensure_key_ring(home)  # the example's pii features are encrypted at rest
     rng = np.random.default_rng(1)
     yesterday = datetime(end.year, end.month, end.day, tzinfo=UTC) - timedelta(hours=12)
     pl.DataFrame(

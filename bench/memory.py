@@ -85,7 +85,11 @@ def prepare(work: Path, users: int, days: int) -> None:
     from skewless.storage.offline import OfflineStore
 
     repo = load_repository(features)
+    from skewless.storage.keys import ensure_key_ring
+
     store = OfflineStore(work / "offline")
+    store.state_dir = str(work)  # the example's pii features are encrypted at rest
+    ensure_key_ring(work)
     service = repo.service("fraud_model:v1")
     groups = {repo.resolve(r)[0].ref: repo.resolve(r)[0] for r in service.refs}
     start = datetime.combine(end - timedelta(days=days), datetime.min.time(), UTC)

@@ -64,11 +64,10 @@ def run_demo(users: int = 2_000, merchants: int = 300, days: int = 14, seed: int
     repo = load_repository(features)
     pii = sorted({g.name for g in repo.groups if g.pii_features})
     if pii:
-        from skewless.storage.keys import KeyRing, keys_dir
+        from skewless.storage.keys import ensure_key_ring
 
         # the example tags user_last_txn `pii`; a deployment runs `skewless keys init` itself
-        exists = (keys_dir(config.state_dir) / "ring.json").exists()
-        ring = KeyRing.open(config.state_dir) if exists else KeyRing.init(config.state_dir)
+        ring = ensure_key_ring(config.state_dir)
         print(f"   pii features of {', '.join(pii)} encrypted at rest, key {ring.current} in {ring.folder}")
     # the data was just regenerated: values pushed by an earlier demo run are gone from the
     # offline store, so they go from Redis too (only this prefix's keys; never a FLUSHDB),

@@ -138,7 +138,7 @@ def test_audit_user_may_only_append_to_the_audit_stream(store_config: StoreConfi
     prefix = store_config.key_prefix
     user = audit_user(prefix)
     try:
-        apply_users(admin, [user], prefix + ".__none__", store_config.state_dir)
+        apply_users([admin], [user], prefix + ".__none__", store_config.state_dir)
         name, password = audit_credentials(prefix, store_config.state_dir)
         client = redis.Redis.from_url(store_config.redis_url or "", username=name, password=password)
         assert client.xadd(K.audit_key(prefix), {"action": "x"})

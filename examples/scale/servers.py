@@ -137,14 +137,22 @@ class RedisProcess:
 
 
 class RedisClusterProcess:
-    """Three masters, no replicas, slots split evenly by CLUSTER ADDSLOTS (works on 6.2 and
-    7.0), joined by CLUSTER MEET; `url` is the store's `redis+cluster://` URL."""
+    """Three masters, slots split evenly by CLUSTER ADDSLOTS (works on 6.2 and 7.0), joined
+    by CLUSTER MEET; `replicas` more nodes replicate the masters in turn (CLUSTER REPLICATE).
+    `url` is the store's `redis+cluster://` URL (the masters: the rest is discovered)."""
 
-    def __init__(self, binary: str, folder: Path, masters: int = 3) -> None:
+    def __init__(self, binary: str, folder: Path, masters: int = 3, replicas: int = 0) -> None:
+        ports = free_ports(masters + replicas, cluster=True)
         self.nodes = [
-            RedisProcess(binary, folder / f"node-{port}", port, cluster=True)
-            for port in free_ports(masters, cluster=True)
+            RedisProcess(binary, folder / f"node-{port}", port, cluster=True) for port in ports[:masters]
         ]
+        self.replicas = [
+            RedisProcess(binary, folder / f"node-{port}", port, cluster=True) for port in ports[masters:]
+        ]
+
+    @property
+    def all_nodes(self) -> list[RedisProcess]:
+        return [*self.nodes, *self.replicas]
 
     @property
     def url(self) -> str:
@@ -152,7 +160,7 @@ class RedisClusterProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         try:
-            for node in self.nodes:
+            for node in self.all_nodes:
                 node.start()
             per = SLOTS // len(self.nodes)
             for i, node in enumerate(self.nodes):
@@ -160,9 +168,15 @@ class RedisClusterProcess:
                 with node.client() as client:
                     client.execute_command("CLUSTER", "ADDSLOTS", *range(low, high + 1))
             with self.nodes[0].client() as first:
-                for node in self.nodes[1:]:
+                for node in self.all_nodes[1:]:
                     first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
             self.wait_ok(timeout_s)
+            for i, replica in enumerate(self.replicas):
+                with self.nodes[i % len(self.nodes)].client() as master:
+                    master_id = master.execute_command("CLUSTER", "MYID")
+                with replica.client() as client:
+                    client.execute_command("CLUSTER", "REPLICATE", master_id)
+            self.wait_replicas(timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -172,13 +186,13 @@ class RedisClusterProcess:
         deadline = time.monotonic() + timeout_s
         while True:
             states = []
-            for node in self.nodes:
+            for node in self.all_nodes:
                 try:
                     with node.client() as client:
                         info = client.execute_command("CLUSTER", "INFO")
                     info = info.decode() if isinstance(info, bytes) else str(info)
                     states.append(
-                        "cluster_state:ok" in info and f"cluster_known_nodes:{len(self.nodes)}" in info
+                        "cluster_state:ok" in info and f"cluster_known_nodes:{len(self.all_nodes)}" in info
                     )
                 except redis.RedisError:
                     states.append(False)
@@ -187,6 +201,20 @@ class RedisClusterProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the test Redis Cluster did not reach cluster_state:ok: {states}")
             time.sleep(0.1)
+
+    def wait_replicas(self, timeout_s: float = 30.0) -> None:
+        """Until every replica's link to its master is up (it has synced once)."""
+        deadline = time.monotonic() + timeout_s
+        for replica in self.replicas:
+            while True:
+                with replica.client() as client:
+                    if client.info("replication").get("master_link_status") == "up":
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the test Redis Cluster's replica on port {replica.port} did not sync"
+                    )
+                time.sleep(0.1)
 
     def node_of_slot(self, slot: int) -> RedisProcess:
         per = SLOTS // len(self.nodes)
@@ -200,7 +228,7 @@ class RedisClusterProcess:
         self.wait_ok()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.all_nodes:
             node.stop()
 
 

@@ -489,6 +489,7 @@ class FeatureStore:
         if not groups:
             known = ", ".join(sorted({g.source.name for g in self.repository.groups}))
             raise RequestError(f"unknown source '{source}' (sources with feature groups: {known})")
+        self._check_may_push(source, groups)
         frame = to_polars(rows, f"rows pushed to source '{source}'")
         if frame.height == 0:
             return {g.ref: 0 for g in groups}
@@ -555,6 +556,23 @@ class FeatureStore:
 
                     updates.append(online, group, latest)  # searchable at once, everywhere
         return written
+
+    def _check_may_push(self, source: str, groups: Sequence[FeatureGroup]) -> None:
+        """A push writes every group on its source (one definition, every path), so a role
+        may push only to a source all of whose groups it writes: refused before anything is
+        computed or stored, rather than half written when Redis refuses the first group it
+        may not write."""
+        if self.role is None or self.role.admin:
+            return
+        access = self.repository.access(self.role.name)
+        denied = [g.ref for g in groups if not access.may_write(g)]
+        if denied:
+            raise AccessDenied(
+                f"role '{self.role.name}' may not push to source '{source}': a push writes every "
+                f"feature group on it, and the role does not write {', '.join(denied)}",
+                role=self.role.name,
+                groups=denied,
+            )
 
     def erase(self, entity: str, keys: Any) -> dict[str, int]:
         """Remove every stored value of some entities (the right to be forgotten); see `_erase`.
@@ -732,7 +750,9 @@ class FeatureStore:
         if source.stream:
             from skewless.storage import streams
 
-            return streams.recorded_schema(self.online, source.name)
+            # the writer: a role's reader user is not given the stream's keys (only the
+            # groups it reads), its writer is (`storage.acl.push_patterns`)
+            return streams.recorded_schema(self.writer, source.name)
         return None
 
     def sql(self, query: str) -> pl.DataFrame:

@@ -75,7 +75,7 @@ def apply_roles(repo: FeatureRepository, config: StoreConfig) -> dict[str, Any]:
     try:
         users = role_users(repo, config.key_prefix)
         try:
-            done = apply_users(store.client, users, config.key_prefix, config.state_dir)
+            done = apply_users(store.servers(), users, config.key_prefix, config.state_dir)
         except OnlineStoreError:
             raise
         except Exception as exc:  # a server without ACLs, or credentials that may not use ACL

@@ -77,6 +77,9 @@ READ_COMMANDS: tuple[str, ...] = (
     "ping",
     "echo",
     "select",
+    # a Redis Cluster client's set-up: the slot map, and the command table redis-py routes by
+    "cluster|slots",
+    "command",
 )
 #: what the write path adds: the guarded write, the window write and the marker scripts
 #: (EVALSHA, SCRIPT LOAD/EXISTS) and every command those scripts call (Redis checks them)
@@ -100,10 +103,13 @@ WRITE_COMMANDS: tuple[str, ...] = (
     "del",
     "unlink",
     "time",
+    # a push to a stream source appends to its stream (and a group with a vector index to
+    # its updates stream); their keys are in the writer's patterns only for such groups
+    "xadd",
 )
 ADMIN_COMMANDS: tuple[str, ...] = ("+@all", "-@dangerous", "+info")
 #: the audit user's commands: one append, and a client's connection set-up
-AUDIT_COMMANDS: tuple[str, ...] = ("xadd", "ping", "echo", "select")
+AUDIT_COMMANDS: tuple[str, ...] = ("xadd", "ping", "echo", "select", "cluster|slots", "command")
 #: the audit user's "role": not a valid role name (roles start with a letter), so no clash
 AUDIT_ROLE = "_audit"
 
@@ -125,6 +131,17 @@ def key_patterns(prefix: str, group: FeatureGroup) -> list[str]:
     tail = glob_escape(K.version_tail(group.name, group.version))
     values = head + tail + (":*" if group.is_windowed else "")
     return [values, glob_escape(K.meta_key(prefix, group.name, group.version))]
+
+
+def push_patterns(prefix: str, group: FeatureGroup) -> list[str]:
+    """The keys besides its own a push writing `group` touches: its source's stream and the
+    schema recorded with it (a `stream=True` source), its vector index's updates stream."""
+    patterns = []
+    if group.source.stream:
+        patterns += [K.stream_key(prefix, group.source.name), K.stream_schema_key(prefix, group.source.name)]
+    if group.index is not None:
+        patterns.append(K.vector_updates_key(prefix, group.name, group.version))
+    return [glob_escape(p) for p in patterns]
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,11 @@ def acl_users(
                 role.name,
                 True,
                 tuple(f"+{c}" for c in WRITE_COMMANDS),
-                tuple(p for g in write_groups for p in key_patterns(prefix, g)),
+                tuple(
+                    dict.fromkeys(
+                        p for g in write_groups for p in [*key_patterns(prefix, g), *push_patterns(prefix, g)]
+                    )
+                ),
                 tuple(g.ref for g in write_groups),
             )
         )
@@ -230,27 +251,44 @@ def role_password(state_dir: str | Path, role: str, write: bool = False, create:
 
 
 # ---------------------------------------------------------------------- applying
-def apply_users(client: Any, users: Iterable[AclUser], prefix: str, state_dir: str | Path) -> dict[str, Any]:
+def apply_users(
+    servers: Sequence[Any], users: Iterable[AclUser], prefix: str, state_dir: str | Path
+) -> dict[str, Any]:
     """`ACL SETUSER` every user (idempotent) and `ACL DELUSER` this prefix's users that no
-    role needs any more (a removed role must lose its access). Returns what was done."""
+    role needs any more (a removed role must lose its access), on every server in `servers`
+    (`OnlineStore.servers()`: one for a single Redis; every primary and replica of a cluster,
+    since Redis does not propagate ACL users between nodes and a replica that missed them
+    would refuse the role, or after a failover let a dropped role in). Returns what was done."""
     wanted = list(users)
-    applied = []
+    hashes = {}
     for user in wanted:
         password = role_password(state_dir, user.role, write=user.write and not _is_admin(user), create=True)
-        digest = hashlib.sha256(password.encode()).hexdigest()
-        try:
-            client.execute_command("ACL", "SETUSER", user.name, *user.rules(digest))
-        except Exception as exc:
-            raise OnlineStoreError(
-                f"ACL SETUSER {user.name} (role '{user.role}') was refused: {exc}"
-            ) from exc
-        applied.append(user.name)
+        hashes[user.name] = hashlib.sha256(password.encode()).hexdigest()
     names = {u.name for u in wanted}
-    existing = [n.decode() if isinstance(n, bytes) else n for n in client.execute_command("ACL", "USERS")]
-    stale = [name for name in existing if name.startswith(f"{prefix}.") and name not in names]
-    if stale:
-        client.execute_command("ACL", "DELUSER", *stale)
-    return {"applied": applied, "deleted": stale}
+    stale: dict[str, None] = {}
+    for server in servers:
+        where = _server_name(server)
+        for user in wanted:
+            try:
+                server.execute_command("ACL", "SETUSER", user.name, *user.rules(hashes[user.name]))
+            except Exception as exc:
+                raise OnlineStoreError(
+                    f"ACL SETUSER {user.name} (role '{user.role}') was refused by {where}: {exc}"
+                ) from exc
+        listed = [n.decode() if isinstance(n, bytes) else n for n in server.execute_command("ACL", "USERS")]
+        extra = [name for name in listed if name.startswith(f"{prefix}.") and name not in names]
+        if extra:
+            server.execute_command("ACL", "DELUSER", *extra)
+            stale.update(dict.fromkeys(extra))
+    return {"applied": [u.name for u in wanted], "deleted": list(stale), "servers": len(servers)}
+
+
+def _server_name(server: Any) -> str:
+    """`host:port` of a redis-py client, for messages (never its credentials)."""
+    kwargs = getattr(getattr(server, "connection_pool", None), "connection_kwargs", {})
+    if "path" in kwargs:
+        return f"the Redis at {kwargs['path']}"
+    return f"the Redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
 
 def _is_admin(user: AclUser) -> bool:

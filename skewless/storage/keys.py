@@ -387,6 +387,16 @@ def key_ring(state_dir: str | Path) -> KeyRing:
         return ring
 
 
+def ensure_key_ring(state_dir: str | Path) -> KeyRing:
+    """The state folder's ring, created first when there is none: for the demo and the
+    benchmarks, whose throw-away state folders hold pii data (a deployment runs
+    `skewless keys init` itself, once, and keeps the keys)."""
+    if (keys_dir(state_dir) / RING_FILE).exists():
+        return key_ring(state_dir)
+    KeyRing.init(state_dir)
+    return key_ring(state_dir)
+
+
 def forget_rings() -> None:
     """Drop the cached rings (tests that delete a keys folder)."""
     with _RINGS_LOCK:

@@ -180,6 +180,11 @@ class OnlineStore(ABC):
     def close(self) -> None:
         """Drop every connection (the store reconnects on next use)."""
 
+    def servers(self) -> list[Any]:
+        """One plain redis-py client per server holding the store (one; a cluster: every
+        primary and replica), for what each server keeps to itself: ACL users."""
+        return [self.client]
+
     @abstractmethod
     def mget(self, keys: list[str]) -> list[bytes | None]:
         """Values of `keys`, in order (None where missing)."""
@@ -937,6 +942,32 @@ class RedisClusterOnlineStore(OnlineStore):
             self._executor = None
         self._local = threading.local()
 
+    def servers(self) -> list[Any]:
+        """Every node the cluster itself lists (CLUSTER NODES), not only those the client's
+        slot map knows: a replica appears there before its master's slot map names it."""
+        client = self.client
+        known = {node.name: client.get_redis_connection(node) for node in client.get_nodes()}
+        listing = client.get_redis_connection(client.get_primaries()[0]).execute_command("CLUSTER", "NODES")
+        listing = listing.decode() if isinstance(listing, bytes) else str(listing)
+        parsed = parse_cluster_url(self._url)
+        for line in listing.splitlines():
+            fields = line.split()
+            if len(fields) < 3 or any(f in fields[2].split(",") for f in ("fail", "noaddr", "handshake")):
+                continue
+            address = fields[1].split("@")[0].split(",")[0]
+            host, _, port = address.rpartition(":")
+            if address not in known and host and port.isdigit():
+                known[address] = redis.Redis(
+                    host=host,
+                    port=int(port),
+                    username=parsed["username"],
+                    password=parsed["password"],
+                    ssl=parsed["ssl"],
+                    socket_connect_timeout=5,
+                    socket_timeout=30,
+                )
+        return list(known.values())
+
     def probe(self, timeout_s: float) -> None:
         """PING every primary on short-lived no-retry connections."""
         nodes = [(n.host, n.port) for n in self.client.get_primaries()] or parse_cluster_url(self._url)[
@@ -1128,7 +1159,10 @@ class RedisClusterOnlineStore(OnlineStore):
             moved = [
                 q for q in queued if isinstance(q, (redis.exceptions.MovedError, redis.exceptions.AskError))
             ]
-            return [moved[0] if moved else replies] * n
+            # EXECABORT says only that a command was refused when queued: that refusal is
+            # the reason to report (NOPERM: the role's, see `OnlineStore.denied`)
+            refused = [q for q in queued if isinstance(q, Exception)]
+            return [moved[0] if moved else refused[0] if refused else replies] * n
         return list(replies)
 
     def _reload_scripts(self, connection: Any, units: list[_Unit], done: dict[int, list[Any]]) -> None:
@@ -1171,6 +1205,8 @@ class RedisClusterOnlineStore(OnlineStore):
         self._count((), 0, len(keys), 0)
         out: list[bytes | None] = [None] * len(keys)
         for at, (reply,) in zip(by_slot.values(), replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoPermissionError):
+                raise reply  # the caller names the role and the group (`denied`)
             if isinstance(reply, Exception):
                 raise OnlineStoreError(f"Redis refused a read: {reply}")
             for i, value in zip(at, reply, strict=True):
@@ -1203,6 +1239,8 @@ class RedisClusterOnlineStore(OnlineStore):
         out: list[Any] = [None] * len(commands)
         for at, got in zip(positions, replies, strict=True):
             for i, reply in zip(at, got, strict=True):
+                if isinstance(reply, redis.exceptions.NoPermissionError):
+                    raise reply  # the caller names the role and the group (`denied`)
                 if isinstance(reply, Exception):
                     raise OnlineStoreError(f"Redis refused a read: {reply}")
                 out[i] = reply
