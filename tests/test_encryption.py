@@ -449,3 +449,63 @@ def test_a_push_is_sealed_before_it_reaches_redis(tmp_path: Path, pii_config: St
         assert store.get_online_features(
             [{"user_id": 8}], features=["user_profile:v1:email", "user_profile:v1:age"], output="dicts"
         ) == [{"user_id": 8, "email": "eight@example.org", "age": 88}]
+
+
+def test_stream_entries_of_a_pii_source_are_sealed(tmp_path: Path, pii_config: StoreConfig) -> None:
+    """A stream source's entries hold the pushed source rows (the columns pii features are
+    computed from): sealed in Redis, small (JSON) and large (Arrow) entries alike; read back
+    by the micro-batch's reader, across a key rotation; an erasure's rewrite stays sealed; an
+    entry copied to another stream does not decrypt."""
+    from skewless.storage import streams
+
+    source = FileSource("signups", tmp_path / "signups", "ts", start_date=START, stream=True)
+    group = FeatureGroup(
+        "user_signup", USER, source, [Feature("email", pl.String, pii=True), Feature("amount", pl.Float64)]
+    )
+    plain_source = FileSource("visits", tmp_path / "visits", "ts", start_date=START, stream=True)
+    plain = FeatureGroup("user_visit", USER, plain_source, [Feature("amount", pl.Float64)])
+    repo = FeatureRepository([group, plain], name="pii_stream")
+    t0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
+
+    def rows(users: range) -> dict:
+        return {
+            "user_id": list(users),
+            "ts": [t0 + timedelta(seconds=u) for u in users],
+            "email": [f"signup{u}@example.org" for u in users],
+            "amount": [float(u) for u in users],
+        }
+
+    with FeatureStore(repo, pii_config) as store:
+        store.push("signups", rows(range(1, 3)))  # a small entry (JSON columns)
+        store.push("signups", rows(range(100, 200)))  # a large one (Arrow IPC)
+        KeyRing.open(pii_config.state_dir).rotate()
+        forget_rings()
+        store.online.encryption_keys = None
+        store.push("signups", rows(range(3, 4)))  # under the new key
+        store.push("visits", {"user_id": [1], "ts": [t0], "amount": [1.0]})
+        client = store.online.client
+        key = K.stream_key(pii_config.key_prefix, "signups")
+        entries = client.xrange(key, "-", "+")
+        assert len(entries) == 3 and all(set(fields) == {b"sealed"} for _, fields in entries)
+        raw = b"".join(v for _, fields in entries for v in fields.values())
+        assert b"signup" not in raw and b"example.org" not in raw
+        assert b"k1" in entries[0][1][b"sealed"][:4] and b"k2" in entries[2][1][b"sealed"][:4]
+        # a source without pii features is not sealed (no cost where nothing needs hiding)
+        visits = client.xrange(K.stream_key(pii_config.key_prefix, "visits"), "-", "+")
+        assert set(visits[0][1]) == {b"cols"}
+        # the micro-batch's reader opens them all, in entry order
+        back, count = streams.read(store.online, "signups", "0", "+")
+        assert count == 3 and back is not None
+        expected = pl.concat([pl.DataFrame(rows(r)) for r in (range(1, 3), range(100, 200), range(3, 4))])
+        assert back.select(expected.columns).equals(expected.cast(back.select(expected.columns).schema))
+        # erasure: the rewritten entries are sealed too, without the erased user's rows
+        store.erase("user", [{"user_id": 150}])
+        entries = client.xrange(key, "-", "+")
+        assert all(set(fields) == {b"sealed"} for _, fields in entries)
+        back, _ = streams.read(store.online, "signups", "0", "+")
+        assert back is not None and back.height == 102 and 150 not in back["user_id"].to_list()
+        # an entry copied into another stream is refused, not read as that stream's
+        other = K.stream_key(pii_config.key_prefix, "visits")
+        client.xadd(other, entries[0][1])
+        with pytest.raises(EncryptionKeyError, match="does not decrypt"):
+            streams.read(store.online, "visits", "0", "+")

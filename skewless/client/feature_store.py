@@ -532,11 +532,13 @@ class FeatureStore:
         if src.stream:
             from skewless.storage import streams
 
+            # the rows hold the columns pii features are computed from: sealed in the stream
+            sealed = any(g.pii_features for g in groups)
             # with a window group to write directly, the append rides in its round trip
             if direct and computed[0][0].is_windowed:
-                queued = {"stream": lambda: streams.append_commands(online, source, checked)}
+                queued = {"stream": lambda: streams.append_commands(online, source, checked, sealed)}
             else:
-                streams.append(online, source, checked)
+                streams.append(online, source, checked, sealed)
                 queued = {}
         else:
             queued = {}

@@ -9,6 +9,16 @@ was requested for, and the id of the last entry a micro-batch finished is record
 the stream, so a crashed batch is simply re-run: every update it makes is idempotent (events
 are unique members; the latest-value guard keeps the newer; offline appends deduplicate).
 
+A source with a group that has `pii` features seals its entries (field `sealed`): the same
+payload (`cols` or `rows`, one tag byte saying which) AES-256-GCM-encrypted under the key
+ring's current online key, like the groups' sealed online values (`storage.sealed`):
+
+    1 byte key-id length · key id · 12-byte nonce · AES-GCM(tag byte · payload) with its tag
+
+bound (associated data) to the stream's key and the key id, so the pushed rows — which hold
+the source columns pii features are computed from — never sit in Redis in clear. Reading needs
+the key ring (`OnlineStore.key_ring`); rotation needs no rewrite (the key id travels along).
+
 Entries are read back aligned to one schema, so one entry whose columns differ (pushed before
 `FeatureStore.push` checked columns, or appended by hand) cannot fail every micro-batch over
 its range: each append also records its schema next to the stream (`<stream>:schema`, an
@@ -19,13 +29,14 @@ from __future__ import annotations
 
 import io
 import math
+import secrets
 from typing import Any
 
 import orjson
 import polars as pl
 import redis
 
-from skewless.errors import SourceDataError
+from skewless.errors import EncryptionKeyError, SourceDataError
 from skewless.language.dtypes import conform_frame
 from skewless.storage import online_keys as K
 from skewless.storage.codec import _EPOCH_DATE, _micros
@@ -58,8 +69,19 @@ SMALL_ENTRY = 32  # up to this many rows of plain dtypes, an entry is JSON colum
 _PLAIN: dict[str, pl.DataType] = {
     str(d): d
     for d in (
-        pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64(), pl.UInt8(), pl.UInt16(), pl.UInt32(),
-        pl.UInt64(), pl.Float32(), pl.Float64(), pl.String(), pl.Boolean(), pl.Date(),
+        pl.Int8(),
+        pl.Int16(),
+        pl.Int32(),
+        pl.Int64(),
+        pl.UInt8(),
+        pl.UInt16(),
+        pl.UInt32(),
+        pl.UInt64(),
+        pl.Float32(),
+        pl.Float64(),
+        pl.String(),
+        pl.Boolean(),
+        pl.Date(),
         pl.Datetime("us", "UTC"),
     )
 }
@@ -98,16 +120,66 @@ def _from_columns_json(raw: bytes) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
-def entry_fields(frame: pl.DataFrame) -> dict[str, bytes]:
-    """The fields of the stream entry holding `frame` (read back by `entry_frame`)."""
+class EntrySeal:
+    """Seals and opens the entries of one stream (see the module docstring): the store gives
+    the key ring (opened only when an entry is sealed or opened), the key binds the entries
+    to their stream."""
+
+    def __init__(self, store: OnlineStore, key: str) -> None:
+        self.store = store
+        self.aad = key.encode() + b"\0"
+
+    def seal(self, tag: bytes, payload: bytes) -> bytes:
+        ring = self.store.key_ring()
+        key_id = ring.current
+        kid = key_id.encode()
+        nonce = secrets.token_bytes(NONCE)
+        sealed = ring.aead(key_id).encrypt(nonce, tag + payload, self.aad + kid)
+        return bytes([len(kid)]) + kid + nonce + sealed
+
+    def open(self, sealed: bytes, entry: str = "?") -> tuple[bytes, bytes]:
+        from cryptography.exceptions import InvalidTag
+
+        width = sealed[0]
+        kid = sealed[1 : 1 + width]
+        nonce = sealed[1 + width : 1 + width + NONCE]
+        try:
+            aead = self.store.key_ring().aead(kid.decode())
+            plain = aead.decrypt(nonce, sealed[1 + width + NONCE :], self.aad + kid)
+        except InvalidTag:
+            raise EncryptionKeyError(
+                f"stream entry {entry} of {self.aad[:-1].decode()} does not decrypt under key "
+                f"'{kid.decode()}': tampered with, or copied from another stream"
+            ) from None
+        return plain[:1], plain[1:]
+
+
+NONCE = 12
+_TAGS = {b"c": b"cols", b"r": b"rows"}
+
+
+def entry_fields(frame: pl.DataFrame, seal: EntrySeal | None = None) -> dict[str, bytes]:
+    """The fields of the stream entry holding `frame` (read back by `entry_frame`); sealed
+    with `seal` (a source whose groups have pii features)."""
+    fields: dict[str, bytes] | None = None
     if frame.height <= SMALL_ENTRY:
         packed = _columns_json(frame)
         if packed is not None:
-            return {"cols": packed}
-    return {"rows": _ipc(frame)}
+            fields = {"cols": packed}
+    if fields is None:
+        fields = {"rows": _ipc(frame)}
+    if seal is None:
+        return fields
+    ((name, payload),) = fields.items()
+    return {"sealed": seal.seal(b"c" if name == "cols" else b"r", payload)}
 
 
-def entry_frame(fields: dict[bytes, bytes]) -> pl.DataFrame:
+def entry_frame(fields: dict[bytes, bytes], seal: EntrySeal | None = None, entry: str = "?") -> pl.DataFrame:
+    if b"sealed" in fields:
+        if seal is None:
+            raise EncryptionKeyError(f"stream entry {entry} is sealed (pii): reading it needs the key ring")
+        tag, payload = seal.open(fields[b"sealed"], entry)
+        fields = {_TAGS[tag]: payload}
     if b"cols" in fields:
         return _from_columns_json(fields[b"cols"])
     return pl.read_ipc(io.BytesIO(fields[b"rows"]))
@@ -125,23 +197,25 @@ def _schema_ipc(schema: pl.Schema) -> bytes:
     return found
 
 
-def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
-    """Append a batch of checked rows; returns the entry id.
+def append(store: OnlineStore, source: str, rows: pl.DataFrame, sealed: bool = False) -> str:
+    """Append a batch of checked rows (`sealed`: encrypted, see the module docstring);
+    returns the entry id.
 
     The rows' schema is recorded too (same round trip), as the reference `read` aligns
     entries to: pushes are normalised to the source's schema, so it is the source's.
     """
     key = stream_key(store, source)
+    fields = entry_fields(rows, EntrySeal(store, key) if sealed else None)
     try:
         schema = _schema_ipc(rows.schema)
         recorded = getattr(store, "_recorded_schemas", None)
         if recorded is None:
             recorded = store._recorded_schemas = {}  # type: ignore[attr-defined]
         if recorded.get(source) == schema:  # recorded by this process already: one command
-            entry = store.client.xadd(key, entry_fields(rows), maxlen=MAX_ENTRIES, approximate=True)
+            entry = store.client.xadd(key, fields, maxlen=MAX_ENTRIES, approximate=True)
         else:
             pipe = store.client.pipeline(transaction=False)
-            pipe.xadd(key, entry_fields(rows), maxlen=MAX_ENTRIES, approximate=True)
+            pipe.xadd(key, fields, maxlen=MAX_ENTRIES, approximate=True)
             pipe.set(K.stream_schema_key(store.key_prefix, source), schema)
             entry = pipe.execute()[0]
             recorded[source] = schema
@@ -150,7 +224,9 @@ def append(store: OnlineStore, source: str, rows: pl.DataFrame) -> str:
     return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
-def append_commands(store: OnlineStore, source: str, rows: pl.DataFrame) -> list[tuple[Any, ...]]:
+def append_commands(
+    store: OnlineStore, source: str, rows: pl.DataFrame, sealed: bool = False
+) -> list[tuple[Any, ...]]:
     """`append` as raw commands for a caller to send with its own (a push sends them with its
     online writes: one round trip); the XADD first."""
     key = stream_key(store, source)
@@ -158,7 +234,8 @@ def append_commands(store: OnlineStore, source: str, rows: pl.DataFrame) -> list
     recorded = getattr(store, "_recorded_schemas", None)
     if recorded is None:
         recorded = store._recorded_schemas = {}  # type: ignore[attr-defined]
-    fields = [part for pair in entry_fields(rows).items() for part in pair]
+    sealing = EntrySeal(store, key) if sealed else None
+    fields = [part for pair in entry_fields(rows, sealing).items() for part in pair]
     commands: list[tuple[Any, ...]] = [("XADD", key, "MAXLEN", "~", MAX_ENTRIES, "*", *fields)]
     if recorded.get(source) != schema:
         commands.append(("SET", K.stream_schema_key(store.key_prefix, source), schema))
@@ -196,7 +273,8 @@ def read(
     if not entries:
         return None, 0
     ids = [entry.decode() if isinstance(entry, bytes) else str(entry) for entry, _ in entries]
-    frames = [entry_frame(fields) for _, fields in entries]
+    seal = EntrySeal(store, stream_key(store, source))
+    frames = [entry_frame(fields, seal, entry) for entry, (_, fields) in zip(ids, entries, strict=True)]
     reference = schema if schema is not None else recorded_schema(store, source)
     if reference is not None:
         aligned = []
@@ -262,18 +340,21 @@ def erase(store: OnlineStore, key: str, keys: pl.DataFrame, applied_until: str |
     """
     rewritten = removed = 0
     start = "-"
+    seal = EntrySeal(store, key)
     while True:
         entries: list[Any] = store.client.xrange(key, min=start, max="+", count=1000)
         for entry_id, fields in entries:
             entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            frame = entry_frame(fields)
+            frame = entry_frame(fields, seal, entry)
             kept = without_keys(frame, keys)
             if kept.height == frame.height:
                 continue
             pipe = store.client.pipeline(transaction=True)
             pipe.xdel(key, entry)
             if kept.height and (applied_until is None or _after(entry, applied_until)):
-                pipe.xadd(key, entry_fields(kept), maxlen=MAX_ENTRIES, approximate=True)
+                # sealed stays sealed (under the current key)
+                again = entry_fields(kept, seal if b"sealed" in fields else None)
+                pipe.xadd(key, again, maxlen=MAX_ENTRIES, approximate=True)
             pipe.execute()
             rewritten += 1
             removed += frame.height - kept.height
