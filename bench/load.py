@@ -18,7 +18,11 @@ Each is measured idle and while a materialization of the last days runs in anoth
 - `floor_redis`: one raw MGET of exactly the 100 keys a `wide` request reads (redis-py),
   sequential, p50/p99 — the least Redis work behind that answer;
 - `floor_http`: a minimal Starlette/uvicorn app (the server's own stack) answering a fixed
-  JSON body, driven by the same client and connections — the least HTTP work.
+  JSON body, driven by the same client and connections — the least HTTP work;
+- `floor_wide`: the least work behind a `wide` answer, same stack, client and connections:
+  parse the request, one inline MGET of its 100 keys, answer a body of our answer's size (our
+  server's own answer, captured) — no decoding or JSON building. `wide_ratio_floor_wide_rps`
+  says how far ours is from it; a target above the floor cannot be met on that machine.
 Prints requests/s, p50 and p99 per case; the last line is one JSON object.
 """
 
@@ -98,6 +102,25 @@ async def online(request):
     return Response(body, media_type="application/json")
 app = Starlette(routes=[Route("/features/online", online, methods=["POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+# the least work behind a `wide` answer: parse the request, one inline MGET of its 100 keys
+# (like ours: small lookups run on the event loop), answer a body as long as ours (a fixed
+# one, captured from our server): no decoding, no defaults, no JSON building
+FLOOR_WIDE_APP = """
+import sys, orjson, redis, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+port, url, head, tail, path = sys.argv[1:6]
+client = redis.Redis.from_url(url)
+answer = open(path, "rb").read()
+async def online(request):
+    ids = orjson.loads(await request.body())["entities"]["user_id"]
+    client.mget([f"{head}{i}{tail}" for i in ids])
+    return Response(answer, media_type="application/json")
+app = Starlette(routes=[Route("/features/online", online, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False)
 """
 
 
@@ -390,6 +413,41 @@ def main() -> int:
         )
         for name in ("fraud", "wide", "wide_rows"):
             result[f"{name}_ratio_floor_http_rps"] = round(result[f"{name}_idle_rps"] / floor["rps"], 3)
+        # the wide floor: HTTP + the MGET + a body of our answer's size (see FLOOR_WIDE_APP)
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/features/online", wide[0], {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = response.read()
+        (home / "wide_answer.json").write_bytes(answer)
+        from skewless.storage import online_keys as K
+
+        wide_port = free_port()
+        head, tail = K.entity_head(prefix, "user"), K.version_tail("wide_50", 1)
+        command = [
+            sys.executable,
+            "-c",
+            FLOOR_WIDE_APP,
+            str(wide_port),
+            url,
+            head,
+            tail,
+            str(home / "wide_answer.json"),
+        ]
+        servers.append(start_server(command, wide_port, env))
+        drive(wide_port, wide, args.connections, 1.0)
+        floor_wide = drive(wide_port, wide, args.connections, args.seconds)
+        result.update({f"floor_wide_{k}": floor_wide[k] for k in ("rps", "p50_ms", "p99_ms")})
+        result["floor_wide_answer_bytes"] = len(answer)
+        result["wide_ratio_floor_wide_rps"] = round(result["wide_idle_rps"] / floor_wide["rps"], 3)
+        result["wide_rows_ratio_floor_wide_rps"] = round(result["wide_rows_idle_rps"] / floor_wide["rps"], 3)
+        print(
+            f"[load] wide floor (HTTP + MGET of the 100 keys + a {len(answer):,}-byte answer): "
+            f"{floor_wide['rps']} req/s, p50 {floor_wide['p50_ms']} ms, p99 {floor_wide['p99_ms']} ms",
+            flush=True,
+        )
     finally:
         for server in servers:
             stop(server)

@@ -1,4 +1,4 @@
-"""Governance on the scale-out backends: roles, audit and erasure with the offline store on
+"""Governance on the scale-out backends: roles, audit, erasure and retention with the offline store on
 S3 (the moto server) and the online store on the embedded Redis 6.2 or a Redis Cluster.
 
 The single-Redis, local-disk paths are tested in tests/test_roles_acl.py, test_audit.py
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +24,7 @@ from skewless.config import StoreConfig
 from skewless.errors import AccessDenied
 from skewless.feature_assets.audit_log import build_audit_asset
 from skewless.feature_assets.definitions import store_resources
+from skewless.feature_assets.retention import build_retention_asset
 from skewless.language.role import Role
 from skewless.registry.roles import apply_roles
 from skewless.storage import online_keys as K
@@ -37,8 +38,11 @@ def _repository(data: Path) -> FeatureRepository:
     base = small_repo(data)
     group = base.groups[0]
     other = FeatureGroup("other_stats", group.entity, group.source, [Feature("amount", pl.Float64)])
+    kept_a_week = FeatureGroup(
+        "old_stats", group.entity, group.source, [Feature("amount", pl.Float64)], retention="7d"
+    )
     return FeatureRepository(
-        groups=[group, other],
+        groups=[group, other, kept_a_week],
         services=base.services,
         roles=[Role("analyst", read=["user_stats:v1"]), Role("ops", admin=True)],
     )
@@ -76,6 +80,7 @@ def test_roles_audit_and_erasure_on_s3_with_the_embedded_62_or_a_cluster(
 ) -> None:
     repo = _repository(tmp_path / "data")
     with dg.DagsterInstance.ephemeral() as instance:
+        # old_stats' days are past its retention: the backfill refuses them (below)
         materialize_days(repo, config, instance, "2026-03-01", "2026-03-02", with_checks=False)
     done = apply_roles(repo, config)
     assert done["servers"] == (1 if config.redis_url is None else 3)
@@ -91,7 +96,7 @@ def test_roles_audit_and_erasure_on_s3_with_the_embedded_62_or_a_cluster(
         erased = ops.erase("user", [{"user_id": 1}])
         assert erased["entities"] == 1 and erased["keys_deleted"] >= 1 and erased["rows_removed"] > 0, erased
         # nothing of user 1 is left offline (on S3) or online
-        for group in repo.groups:
+        for group in (repo.group("user_stats", 1), repo.group("other_stats", 1)):
             kept = ops.offline.scan(group).collect()
             assert kept.height > 0 and kept.filter(pl.col("user_id") == 1).height == 0, group.ref
         assert (
@@ -106,6 +111,17 @@ def test_roles_audit_and_erasure_on_s3_with_the_embedded_62_or_a_cluster(
         assert ops.online.client.xlen(K.audit_key(config.key_prefix)) == 0
         pieces = ops.offline.list_keys("_audit")
         assert pieces and all(p.startswith("_audit/date=") for p in pieces)
+        # retention on S3: a partition past old_stats' 7 days (as an older deployment wrote
+        # it) is deleted by the scheduled asset; the others are untouched
+        old, other = repo.group("old_stats", 1), repo.group("other_stats", 1)
+        assert ops.offline.partitions(old) == []  # the backfill skipped expired days
+        day = date(2026, 3, 2)
+        ops.offline.write_partition(old, day, ops.offline.read_partition(other, day))
+        assert ops.offline.partitions(old) == [day]
+        retention = build_retention_asset(repo)
+        assert retention is not None
+        assert dg.materialize([retention], resources=store_resources(config)).success
+        assert ops.offline.partitions(old) == [] and ops.offline.partitions(other) == [date(2026, 3, 1), day]
         log = ops.audit(datetime(2026, 1, 1, tzinfo=UTC))
     rows = set(log.select("role", "action", "object", "outcome").rows())
     assert ("analyst", "online_read", "user_stats:v1", "ok") in rows
