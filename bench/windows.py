@@ -133,6 +133,7 @@ def training(args: argparse.Namespace, work: Path, now: datetime, start, url: st
     started = time.perf_counter()
     store.get_training_dataset(labels, features=refs)
     elapsed = round(time.perf_counter() - started, 3)
+    store.online.delete_all()  # the audit records of the training sets (nothing else online)
     store.close()
     print(
         f"[windows] training set: {args.labels:,} labels x {users * per_user:,} events: {elapsed} s",

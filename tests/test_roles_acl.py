@@ -32,6 +32,7 @@ from skewless.storage.embedded_redis import ensure_embedded_redis, stop_embedded
 from skewless.storage.online import cluster_client, open_online_store, with_credentials
 from skewless.storage.online_keys import (
     WINDOW_SUFFIXES,
+    audit_key,
     entity_keys,
     meta_key,
     stream_key,
@@ -183,13 +184,14 @@ def deployment(
         keys = []
         for group in repo.groups:
             ids = pl.DataFrame(
-                {"merchant_id": ["m1"]} if group.entity.name == "merchant" else {"user_id": [1, 2, 9]}
+                {"merchant_id": ["m1"]} if group.entity.name == "merchant" else {"user_id": [1, 2, 5, 6, 9]}
             )
             base = entity_keys(group, config.key_prefix, ids)
             keys += [b + x for b in base for x in WINDOW_SUFFIXES] if group.is_windowed else base
             keys.append(meta_key(config.key_prefix, group.name, group.version))
-        for source in ("clicks",):
+        for source in ("clicks", "txns"):
             keys += [stream_key(config.key_prefix, source), stream_schema_key(config.key_prefix, source)]
+        keys.append(audit_key(config.key_prefix))
         online = open_online_store(config)
         online.unlink(keys)
         online.close()
