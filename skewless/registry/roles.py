@@ -72,15 +72,19 @@ def apply_roles(repo: FeatureRepository, config: StoreConfig) -> dict[str, Any]:
     from skewless.storage.online import open_online_store
 
     store = open_online_store(config)
+    servers: list[Any] = []
     try:
         users = role_users(repo, config.key_prefix)
         try:
-            done = apply_users(store.servers(), users, config.key_prefix, config.state_dir)
+            servers = store.servers()
+            done = apply_users(servers, users, config.key_prefix, config.state_dir)
         except OnlineStoreError:
             raise
         except Exception as exc:  # a server without ACLs, or credentials that may not use ACL
             raise OnlineStoreError(f"applying roles to Redis failed: {exc}") from exc
     finally:
+        for server in servers:
+            server.close()
         store.close()
     done["passwords"] = {
         user.name: f"{password_variable(user.role, w)} or {password_file(config.state_dir, user.role, w)}"
