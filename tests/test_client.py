@@ -16,6 +16,7 @@ from skewless import Entity, Feature, FeatureGroup, FeatureRepository, FeatureSt
 from skewless.config import StoreConfig
 from skewless.errors import RequestError
 from skewless.storage.offline import OfflineStore
+from skewless.storage.online_keys import audit_key
 from tests.helpers import RUN, make_events, materialize_days, small_repo
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -127,6 +128,8 @@ def test_training_set_matches_brute_force_oracle(
             entity_df, features=["g:v1:x"], timestamp_column="t", engine=engine
         )
         assert store.last_training_stats.engine == engine
+        store.online.unlink([audit_key(prefix)])  # the training sets' audit records
+        store.close()
     assert result.height == len(labels)
     assert result.select(entity_df.columns).equals(entity_df)  # order, duplicates, columns kept
     # rows sorted the way the store sorts them; ties on (event, created) resolved by that order
