@@ -85,6 +85,9 @@ for e = 0, #KEYS / 3 - 1 do
   local count = tonumber(ARGV[at])
   at = at + 1
   local changed = false
+  -- tiles to name only when some are cached (beyond `_gen`): an entity nobody read since
+  -- its last write, the usual case while events stream in, gathers no scores at all
+  local cached = redis.call('HLEN', tkey) > 1
   local touched = {}
   -- of several versions of one id in this batch only the last counts (later rows win)
   local last = {}
@@ -113,7 +116,7 @@ for e = 0, #KEYS / 3 - 1 do
       if old then
         local old_score = redis.call('ZSCORE', zkey, old)
         zrem[#zrem + 1] = old
-        if old_score then
+        if old_score and cached then
           touch(touched, tonumber(old_score))
         end
       else
@@ -123,7 +126,9 @@ for e = 0, #KEYS / 3 - 1 do
       zadd[#zadd + 1] = member
       hset[#hset + 1] = id
       hset[#hset + 1] = member
-      touch(touched, tonumber(score))
+      if cached then
+        touch(touched, tonumber(score))
+      end
       changed = true
     end
   end
@@ -152,7 +157,7 @@ for e = 0, #KEYS / 3 - 1 do
   if changed then
     -- nothing cached but the generation (an entity nobody read since its last write, the
     -- usual case while events stream in): no tile to name, so none is computed
-    if redis.call('HLEN', tkey) > 1 then
+    if cached then
       invalidate(tkey, touched)
     end
     if redis.call('HINCRBY', tkey, '_gen', 1) == 1 then
