@@ -184,7 +184,9 @@ def deployment(
         keys = []
         for group in repo.groups:
             ids = pl.DataFrame(
-                {"merchant_id": ["m1"]} if group.entity.name == "merchant" else {"user_id": [1, 2, 5, 6, 9]}
+                {"merchant_id": ["m1"]}
+                if group.entity.name == "merchant"
+                else {"user_id": [1, 2, 5, 6, 7, 9]}
             )
             base = entity_keys(group, config.key_prefix, ids)
             keys += [b + x for b in base for x in WINDOW_SUFFIXES] if group.is_windowed else base
@@ -521,6 +523,47 @@ def test_http_tokens_read_as_their_roles_redis_user(deployment: Deployment) -> N
         assert 'target="fraud_model:v1"' in analyst_metrics and 'group="user_txn:v2"' in analyst_metrics
         assert "fraud_model" not in profile_metrics and "user_txn" not in profile_metrics
         assert "merchant_risk" in client.get("/metrics", headers={"X-API-Key": "key-ops-00003"}).text
+    finally:
+        store.close()
+        client.close()
+
+
+def test_http_push_to_a_stream_source_as_a_repository_role(deployment: Deployment) -> None:
+    """`POST /push` with a key of a role that writes every group of the stream source goes
+    through the role's writer user; a role that writes only some of them gets a 403 naming
+    the source, and nothing is appended."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from skewless.serving.http import AccessPolicy, create_app
+
+    keys = {"key-pusher-00001": "click_pusher", "key-half-000002": "half_pusher"}
+    policy = AccessPolicy.from_json(json.dumps({"keys": keys}), deployment.repo)
+    store = FeatureStore(deployment.repo, deployment.config)
+    client = TestClient(create_app(store, policy))
+    prefix = deployment.config.key_prefix
+    row = {
+        "user_id": 7,
+        "ts": (deployment.now - timedelta(seconds=30)).isoformat(),
+        "eid": "web1",
+        "amount": 4.5,
+    }
+    try:
+        before = store.online.client.xlen(stream_key(prefix, "clicks"))
+        refused = client.post(
+            "/push", json={"source": "clicks", "rows": [row]}, headers={"X-API-Key": "key-half-000002"}
+        )
+        assert refused.status_code == 403 and "clicks" in refused.json()["error"], refused.text
+        assert store.online.client.xlen(stream_key(prefix, "clicks")) == before
+        done = client.post(
+            "/push", json={"source": "clicks", "rows": [row]}, headers={"X-API-Key": "key-pusher-00001"}
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["written"] == {"click_last:v1": 1, "click_window:v1": 1}
+        assert store.online.client.xlen(stream_key(prefix, "clicks")) == before + 1
+        found = store.get_online_features([{"user_id": 7}], features=["click_last:v1:amount"], output="dicts")
+        assert found[0]["amount"] == 4.5
     finally:
         store.close()
         client.close()
