@@ -121,7 +121,9 @@ def test_cli_lists_by_role_and_since(tmp_path: Path, store_config: StoreConfig, 
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        assert cli.main(["audit", "--repo", str(repo_file), "--role", "default", "--since", "1d", "--json"]) == 0  # noqa: E501
+        assert (
+            cli.main(["audit", "--repo", str(repo_file), "--role", "default", "--since", "1d", "--json"]) == 0
+        )
     out.write_text(buffer.getvalue())
     rows = json.loads(out.read_text())
     assert [r["action"] for r in rows] == ["push"] and rows[0]["role"] == "default"

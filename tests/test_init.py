@@ -20,8 +20,6 @@ from tests.helpers import fresh_env
 BIN = Path(sys.executable).parent
 
 
-
-
 def _run(
     args: list[str], cwd: Path, env: dict[str, str], ok: bool = True
 ) -> subprocess.CompletedProcess[str]:

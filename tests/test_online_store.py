@@ -131,8 +131,11 @@ def test_one_dtype_groups_read_the_same_in_every_output(
     k = data.draw(st.integers(2, 6), label="features")
     defaults = [data.draw(st.none() | st.integers(0, 9), label=f"default {j}") for j in range(k)]
     group = FeatureGroup(
-        "one_dtype", user, source,
-        [Feature(f"x{j}", dtype, default=defaults[j]) for j in range(k)], ttl="1h",
+        "one_dtype",
+        user,
+        source,
+        [Feature(f"x{j}", dtype, default=defaults[j]) for j in range(k)],
+        ttl="1h",
     )
     n = data.draw(st.integers(17, 60), label="entities")
     values = st.none() | st.integers(0, 200)
@@ -141,10 +144,18 @@ def test_one_dtype_groups_read_the_same_in_every_output(
     now = datetime.now(UTC).replace(microsecond=0)
     times = [now - timedelta(hours=2 if s else 0, minutes=1) for s in stale]
     frame = pl.DataFrame(
-        {"user_id": list(range(n)), **{f"x{j}": [r[j] for r in table] for j in range(k)},
-         "event_timestamp": times, "created_timestamp": times},
-        schema={"user_id": pl.Int64, **{f"x{j}": dtype for j in range(k)},
-                "event_timestamp": pl.Datetime("us", "UTC"), "created_timestamp": pl.Datetime("us", "UTC")},
+        {
+            "user_id": list(range(n)),
+            **{f"x{j}": [r[j] for r in table] for j in range(k)},
+            "event_timestamp": times,
+            "created_timestamp": times,
+        },
+        schema={
+            "user_id": pl.Int64,
+            **{f"x{j}": dtype for j in range(k)},
+            "event_timestamp": pl.Datetime("us", "UTC"),
+            "created_timestamp": pl.Datetime("us", "UTC"),
+        },
     )
     online = open_online_store(store_config)  # its codecs are per definition name: a fresh one
     online.delete_all()

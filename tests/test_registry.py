@@ -85,8 +85,9 @@ def test_a_changed_definition_without_a_version_bump_is_refused(
     write_repo(tmp_path, {"version": 1, "factor": 2})
     with pytest.warns(LockRewrittenWarning, match="'user_stats:v1' changed; it was never materialized"):
         repo = load_repository(path)
-    assert read_lock(tmp_path / "skewless.lock.json")["groups"]["user_stats:v1"]["fingerprint"] == (
-        entry_for(repo.groups[0])["fingerprint"]
+    assert (
+        read_lock(tmp_path / "skewless.lock.json")["groups"]["user_stats:v1"]["fingerprint"]
+        == (entry_for(repo.groups[0])["fingerprint"])
     )
     # once materialized (into the offline store the repository uses), the definition is frozen
     config = dataclasses.replace(store_config, offline_root=str(tmp_path / "state" / "offline"))

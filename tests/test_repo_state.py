@@ -26,8 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SKEWLESS = str(Path(sys.executable).parent / "skewless")
 
 
-
-
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [SKEWLESS, *args], cwd=cwd, env=fresh_env(), capture_output=True, text=True, timeout=180, check=False
@@ -196,6 +194,8 @@ def test_info_names_the_backends_the_configuration_chooses(tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(result.stdout)
-    assert info["offline_backend"] == "S3OfflineStore" and info["offline_root"] == "s3://no-such-bucket/features"
+    assert (
+        info["offline_backend"] == "S3OfflineStore" and info["offline_root"] == "s3://no-such-bucket/features"
+    )
     assert info["online_backend"] == "RedisClusterOnlineStore"
     assert info["dagster_storage"] == "postgres ($SKEWLESS_DAGSTER_POSTGRES_URL)"

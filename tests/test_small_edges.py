@@ -84,8 +84,10 @@ def test_out_of_range_uint64_key_is_one_line(store: FeatureStore) -> None:
     assert frame.schema["user_id"] == pl.UInt64
     with pytest.raises(RequestError) as training:
         store.get_training_dataset(frame, features=["user_stats:v1:amount"], timestamp_column="t")
-    assert "\n" not in str(training.value) and "'user_id'" in str(training.value) and str(big) in str(
-        training.value
+    assert (
+        "\n" not in str(training.value)
+        and "'user_id'" in str(training.value)
+        and str(big) in str(training.value)
     )
     with pytest.raises(RequestError) as online:
         store.get_online_features(frame.select("user_id"), features=["user_stats:v1:amount"])

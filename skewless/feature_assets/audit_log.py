@@ -10,7 +10,6 @@ materialization is a write by the deployment (role `default`, channel `dagster`,
 as request id), always recorded.
 """
 
-
 import dagster as dg
 from dagster import AssetExecutionContext
 
@@ -78,4 +77,3 @@ def audit_definitions() -> dg.Definitions:
         jobs=[job],
         schedules=[dg.ScheduleDefinition(job=job, cron_schedule=AUDIT_CRON)],
     )
-

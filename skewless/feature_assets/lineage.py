@@ -92,4 +92,3 @@ def build_registry_asset(repo: FeatureRepository) -> dg.AssetsDefinition:
         )
 
     return _registry
-

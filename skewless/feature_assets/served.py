@@ -77,6 +77,7 @@ def build_served_asset(repo: FeatureRepository, service: FeatureService) -> list
         from skewless.checks.drift import drift_outcome
         from skewless.checks.outcome import CheckOutcome
         from skewless.serving.monitor import SERVED_AT
+
         store = offline.store()
         training = store.read_training_set(service.name, service.version)
         files = store.served_logs(service.name, service.version)

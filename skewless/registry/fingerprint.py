@@ -62,9 +62,7 @@ def components(group: FeatureGroup) -> dict[str, Any]:
     return {
         "transformation": _function_source(group.transformation) if group.transformation else None,
         # bookkeeping columns of the storage layout (event_seq) are not what a version computes
-        "schema": {
-            name: str(dtype) for name, dtype in group.offline_schema().items() if name != "event_seq"
-        },
+        "schema": {name: str(dtype) for name, dtype in group.offline_schema().items() if name != "event_seq"},
         "defaults": {f.name: repr(f.default) for f in group.features},
         "windows": [
             {

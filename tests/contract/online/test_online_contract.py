@@ -417,8 +417,12 @@ def test_a_large_push_in_pipelined_slices_equals_the_oracle(
     rng = random.Random(7)
     n = window_state.PIPE_SLICE * 2 + 517
     rows = [
-        {"user_id": rng.randrange(40), "ts": now - timedelta(seconds=rng.randrange(1, 80_000)),
-         "eid": f"e{i}", "amount": float(rng.randrange(1000))}
+        {
+            "user_id": rng.randrange(40),
+            "ts": now - timedelta(seconds=rng.randrange(1, 80_000)),
+            "eid": f"e{i}",
+            "amount": float(rng.randrange(1000)),
+        }
         for i in range(n)
     ]
     # the same ids again near the end (corrections: new amount and time), and exact re-deliveries
