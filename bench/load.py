@@ -204,18 +204,20 @@ def start_server(command: list[str], port: int, env: dict[str, str]) -> subproce
             time.sleep(0.1)
 
 
-def served_values(port: int, body: bytes) -> None:
+def served_values(port: int, body: bytes) -> bytes:
     """Refuse to measure defaults: a group left out of the materialization (once, by a start
-    date of its own) answers every lookup with its defaults, a different and cheaper path."""
+    date of its own) answers every lookup with its defaults, a different and cheaper path.
+    Returns the answer (the wide floor answers one as long)."""
     import urllib.request
 
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/features/online", body, {"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
-        rows = json.loads(response.read())["results"]
-    if all(row["f00"] == 0.0 for row in rows):
+        answer = response.read()
+    if all(row["f00"] == 0.0 for row in json.loads(answer)["results"]):
         raise RuntimeError("wide_50 serves only its defaults: it was not materialized")
+    return answer
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -367,7 +369,7 @@ def main() -> int:
         ]
         # the same lookups answered as one array per entity (`"format": "rows"`)
         wide_rows = [json.dumps({**json.loads(body), "format": "rows"}).encode() for body in wide]
-        served_values(port, wide[0])
+        answer = served_values(port, wide[0])
         for name, bodies in (("fraud", fraud), ("wide", wide), ("wide_rows", wide_rows)):
             drive(port, bodies, args.connections, 1.0)  # warm-up
             idle = drive(port, bodies, args.connections, args.seconds)
@@ -414,13 +416,6 @@ def main() -> int:
         for name in ("fraud", "wide", "wide_rows"):
             result[f"{name}_ratio_floor_http_rps"] = round(result[f"{name}_idle_rps"] / floor["rps"], 3)
         # the wide floor: HTTP + the MGET + a body of our answer's size (see FLOOR_WIDE_APP)
-        import urllib.request
-
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/features/online", wide[0], {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = response.read()
         (home / "wide_answer.json").write_bytes(answer)
         from skewless.storage import online_keys as K
 

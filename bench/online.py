@@ -394,10 +394,9 @@ def main() -> int:
     prefix = f"skbench:{uuid.uuid4().hex[:8]}"
     base_prefix = f"{prefix}:base"
     repo = repository()
-    from skewless.storage.keys import KeyRing, keys_dir
+    from skewless.storage.keys import ensure_key_ring
 
-    if not (keys_dir(state) / "ring.json").exists():
-        KeyRing.init(state)  # the pii group's keys (the HTTP child reads the same state folder)
+    ensure_key_ring(state)  # the pii group's keys (the HTTP child reads the same state folder)
     store = FeatureStore(repo, StoreConfig(str(state), url, str(state), prefix))
     client = raw_client(url)
     servers: list[subprocess.Popen[bytes]] = []

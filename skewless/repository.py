@@ -40,6 +40,11 @@ class RoleAccess:
     def may_write(self, group: FeatureGroup) -> bool:
         return self.role.admin or any(g is group for g in self.write_groups)
 
+    def not_written(self, groups: Iterable[FeatureGroup]) -> list[FeatureGroup]:
+        """Of a source's groups, those the role may not write: a push writes every group on
+        its source, so the role may push to it only when this is empty."""
+        return [g for g in groups if not self.may_write(g)]
+
     @property
     def group_refs(self) -> list[str]:
         return [g.ref for g in self.read_groups]

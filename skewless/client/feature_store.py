@@ -566,8 +566,7 @@ class FeatureStore:
         may not write."""
         if self.role is None or self.role.admin:
             return
-        access = self.repository.access(self.role.name)
-        denied = [g.ref for g in groups if not access.may_write(g)]
+        denied = [g.ref for g in self.repository.access(self.role.name).not_written(groups)]
         if denied:
             raise AccessDenied(
                 f"role '{self.role.name}' may not push to source '{source}': a push writes every "

@@ -170,7 +170,7 @@ class RepositoryGrant:
         pushable = frozenset(
             source
             for source in sources
-            if all(access.may_write(g) for g in repository.groups if g.source.name == source)
+            if not access.not_written(g for g in repository.groups if g.source.name == source)
         )
         return cls(name, access, pushable)
 

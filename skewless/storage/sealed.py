@@ -48,6 +48,25 @@ SEALED_TAG = b"2"
 _SEALED = SEALED_TAG[0]
 
 
+def seal_block(aead: Any, kid: bytes, data: bytes, aad_head: bytes, aad_tail: bytes = b"") -> bytes:
+    """The sealed block of `data`: key-id length · key id · nonce · AES-GCM ciphertext and tag,
+    with `aad_head + kid + aad_tail` as associated data (what the block is bound to). The one
+    layout for every sealed byte string (online pii values here, stream entries in
+    `storage.streams`); `SealedCodec.decode_arrays` opens it inline, for speed."""
+    nonce = secrets.token_bytes(NONCE)
+    return bytes([len(kid)]) + kid + nonce + aead.encrypt(nonce, data, aad_head + kid + aad_tail)
+
+
+def open_block(ring: KeyRing, block: bytes, aad_head: bytes, aad_tail: bytes = b"") -> tuple[bytes, bytes]:
+    """(key id, data) of a `seal_block` block; `InvalidTag` when it does not decrypt (tampered
+    with, or bound to something else)."""
+    width = block[0]
+    kid = block[1 : 1 + width]
+    at = 1 + width
+    aead = ring.aead(kid.decode())
+    return kid, aead.decrypt(block[at : at + NONCE], block[at + NONCE :], aad_head + kid + aad_tail)
+
+
 class SealedCodec(GroupCodec):
     """`GroupCodec` of a group with pii features: same records out, pii sealed at rest."""
 
@@ -59,10 +78,6 @@ class SealedCodec(GroupCodec):
         self.secret = GroupCodec(group, [f for f in self.features if f.name in pii])
         self._ring = ring
         self._aad_tail = b"\0" + ",".join(self.pii).encode()
-
-    def _aad(self, key: str | bytes, key_id: bytes) -> bytes:
-        raw = key.encode() if isinstance(key, str) else key
-        return raw + b"\0" + key_id + self._aad_tail
 
     # ------------------------------------------------------------------ encode
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
@@ -77,13 +92,11 @@ class SealedCodec(GroupCodec):
         key_id = ring.current
         aead = ring.aead(key_id)
         kid = key_id.encode()
-        head = bytes([len(kid)]) + kid
         plain = self.plain.encode(frame)
         secret = self.secret.encode(frame)
         out = []
         for value, hidden, key in zip(plain, secret, frame["__key"].to_list(), strict=True):
-            nonce = secrets.token_bytes(NONCE)
-            block = head + nonce + aead.encrypt(nonce, hidden[HEADER_WIDTH:], self._aad(key, kid))
+            block = seal_block(aead, kid, hidden[HEADER_WIDTH:], key.encode() + b"\0", self._aad_tail)
             out.append(SEALED_TAG + value[1:] + block + len(block).to_bytes(_TRAILER, "little"))
         return out
 

@@ -29,18 +29,19 @@ from __future__ import annotations
 
 import io
 import math
-import secrets
 from typing import Any
 
 import orjson
 import polars as pl
 import redis
+from cryptography.exceptions import InvalidTag
 
 from skewless.errors import EncryptionKeyError, SourceDataError
 from skewless.language.dtypes import conform_frame
 from skewless.storage import online_keys as K
 from skewless.storage.codec import _EPOCH_DATE, _micros
 from skewless.storage.online import OnlineStore
+from skewless.storage.sealed import open_block, seal_block
 
 MAX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): old entries are already applied
 
@@ -66,25 +67,16 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 
 
 SMALL_ENTRY = 32  # up to this many rows of plain dtypes, an entry is JSON columns
+# fmt: off
 _PLAIN: dict[str, pl.DataType] = {
     str(d): d
     for d in (
-        pl.Int8(),
-        pl.Int16(),
-        pl.Int32(),
-        pl.Int64(),
-        pl.UInt8(),
-        pl.UInt16(),
-        pl.UInt32(),
-        pl.UInt64(),
-        pl.Float32(),
-        pl.Float64(),
-        pl.String(),
-        pl.Boolean(),
-        pl.Date(),
+        pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64(), pl.UInt8(), pl.UInt16(), pl.UInt32(),
+        pl.UInt64(), pl.Float32(), pl.Float64(), pl.String(), pl.Boolean(), pl.Date(),
         pl.Datetime("us", "UTC"),
     )
 }
+# fmt: on
 
 
 def _columns_json(frame: pl.DataFrame) -> bytes | None:
@@ -121,9 +113,9 @@ def _from_columns_json(raw: bytes) -> pl.DataFrame:
 
 
 class EntrySeal:
-    """Seals and opens the entries of one stream (see the module docstring): the store gives
-    the key ring (opened only when an entry is sealed or opened), the key binds the entries
-    to their stream."""
+    """Seals and opens the entries of one stream (see the module docstring) with the block
+    layout of `storage.sealed`: the store gives the key ring (opened only when an entry is
+    sealed or opened), the stream's key is what the entries are bound to."""
 
     def __init__(self, store: OnlineStore, key: str) -> None:
         self.store = store
@@ -132,29 +124,20 @@ class EntrySeal:
     def seal(self, tag: bytes, payload: bytes) -> bytes:
         ring = self.store.key_ring()
         key_id = ring.current
-        kid = key_id.encode()
-        nonce = secrets.token_bytes(NONCE)
-        sealed = ring.aead(key_id).encrypt(nonce, tag + payload, self.aad + kid)
-        return bytes([len(kid)]) + kid + nonce + sealed
+        return seal_block(ring.aead(key_id), key_id.encode(), tag + payload, self.aad)
 
     def open(self, sealed: bytes, entry: str = "?") -> tuple[bytes, bytes]:
-        from cryptography.exceptions import InvalidTag
-
-        width = sealed[0]
-        kid = sealed[1 : 1 + width]
-        nonce = sealed[1 + width : 1 + width + NONCE]
         try:
-            aead = self.store.key_ring().aead(kid.decode())
-            plain = aead.decrypt(nonce, sealed[1 + width + NONCE :], self.aad + kid)
+            _, plain = open_block(self.store.key_ring(), sealed, self.aad)
         except InvalidTag:
+            kid = sealed[1 : 1 + sealed[0]].decode(errors="replace")
             raise EncryptionKeyError(
                 f"stream entry {entry} of {self.aad[:-1].decode()} does not decrypt under key "
-                f"'{kid.decode()}': tampered with, or copied from another stream"
+                f"'{kid}': tampered with, or copied from another stream"
             ) from None
         return plain[:1], plain[1:]
 
 
-NONCE = 12
 _TAGS = {b"c": b"cols", b"r": b"rows"}
 
 
