@@ -536,12 +536,15 @@ def test_http_push_to_a_stream_source_as_a_repository_role(deployment: Deploymen
 
     from starlette.testclient import TestClient
 
-    from skewless.serving.http import AccessPolicy, create_app
+    from skewless.serving.http import AccessPolicy, ServerSettings, create_app
 
     keys = {"key-pusher-00001": "click_pusher", "key-half-000002": "half_pusher"}
     policy = AccessPolicy.from_json(json.dumps({"keys": keys}), deployment.repo)
     store = FeatureStore(deployment.repo, deployment.config)
-    client = TestClient(create_app(store, policy))
+    # access is under test, not deadlines: the role's first push on a cluster opens its
+    # writer's connections to every node (slot map, command table, scripts), which took
+    # more than the default 500 ms on a loaded CI machine
+    client = TestClient(create_app(store, policy, ServerSettings(request_timeout_s=10.0)))
     prefix = deployment.config.key_prefix
     row = {
         "user_id": 7,
