@@ -482,13 +482,48 @@ def _client(deployment: Deployment, repo: FeatureRepository | None = None):  # t
 
     from starlette.testclient import TestClient
 
-    from skewless.serving.http import AccessPolicy, create_app
+    from skewless.serving.http import AccessPolicy, ServerSettings, create_app
 
     repo = repo or deployment.repo
     keys = {"key-analyst-0001": "fraud_analyst", "key-profile-0002": "profile_reader", "key-ops-00003": "ops"}
     policy = AccessPolicy.from_json(json.dumps({"keys": keys}), repo)
     store = FeatureStore(repo, deployment.config)
-    return TestClient(create_app(store, policy)), store
+    # these tests are about access, not latency: a loaded CI machine once spent >500 ms on a
+    # cold cluster lookup, so the deadline is generous (the server warms role stores anyway)
+    return TestClient(create_app(store, policy, ServerSettings(request_timeout_s=10.0))), store
+
+
+def test_the_server_opens_each_roles_connections_before_any_request(deployment: Deployment) -> None:
+    """A role's first request must not open its connections inside its deadline (CI once
+    saw a 503 from a cold cluster store): before any request, every primary already has a
+    connection from the role's reader, a writing role's writer and the audit user."""
+    import json
+
+    from skewless.serving.http import AccessPolicy, create_app
+
+    keys = {"key-analyst-0001": "fraud_analyst", "key-writer-0004": "txn_writer"}
+    policy = AccessPolicy.from_json(json.dumps({"keys": keys}), deployment.repo)
+    prefix = deployment.config.key_prefix
+    wanted = {
+        acl.user_name(prefix, "fraud_analyst"),
+        acl.user_name(prefix, "txn_writer", write=True),
+        acl.audit_user(prefix).name,
+    }
+    with FeatureStore(deployment.repo, deployment.config) as store:
+        app = create_app(store, policy)
+        try:
+            primaries = (
+                [redis.Redis.from_url(deployment.url)]
+                if deployment.cluster is None
+                else [node.client() for node in deployment.cluster.nodes]
+            )
+            for server in primaries:
+                with server:
+                    users = {c["user"] for c in server.client_list()}
+                assert wanted <= users, (server, wanted - users)
+        finally:
+            for role_store in app.state.role_stores.values():
+                role_store.close()
 
 
 def test_http_tokens_read_as_their_roles_redis_user(deployment: Deployment) -> None:

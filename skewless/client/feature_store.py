@@ -217,6 +217,17 @@ class FeatureStore:
             if self._audit_store is not None:
                 self._audit_store.close()
 
+    def warm(self) -> None:
+        """Open every connection this store's requests use (reader, a writing role's writer,
+        the audit user's), so none is opened inside a request's deadline; an unreachable
+        Redis or a role whose users were never applied fails here, naming it."""
+        self.online.warm()
+        if self.role is not None and self.role.write and not self.role.admin:
+            self.writer.warm()
+        self._audit_client()
+        if self._audit_store is not None:
+            self._audit_store.warm()
+
     def __enter__(self) -> FeatureStore:
         return self
 

@@ -800,6 +800,12 @@ def create_app(
         # the server records every request itself, under the token's role (`audit.scope`)
         role_store.audit_log = store.audit_log
         role_stores[name] = role_store
+        # connections (a cluster's topology, a writer's and the audit user's) opened now,
+        # not inside a role's first request deadline; `serve` repeats it and fails loudly
+        try:
+            role_store.warm()
+        except Exception as exc:  # noqa: BLE001 - reported per request, and by `serve`
+            log.warning("role %s: could not open its connections at start: %s", name, exc)
     audit_log = store.audit_log
 
     def store_for(role: Grant | None) -> FeatureStore:
@@ -1231,7 +1237,7 @@ def serve(repo: str, host: str = "127.0.0.1", port: int = 6566, workers: int = 1
     if workers <= 1:
         app = create_app(store, policy, settings)
         for role_store in app.state.role_stores.values():
-            role_store.online.ping()  # a role whose Redis user is missing fails here, not per request
+            role_store.warm()  # a role whose Redis user is missing fails here, not per request
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
     store.close()

@@ -273,6 +273,12 @@ class OnlineStore(ABC):
         except redis.RedisError as exc:
             raise self._unreachable("checking the connection", exc) from exc
 
+    def warm(self) -> None:
+        """Open the connections a first request would otherwise open inside its deadline
+        (a server calls it at start for every role's store). One PING suffices here: the
+        pool keeps the connection it made."""
+        self.ping()
+
     # ------------------------------------------------------------------ read stats
     def begin_read_stats(self) -> ReadStats:
         """Start counting this thread's read round trips (the client does it per lookup)."""
@@ -967,6 +973,18 @@ class RedisClusterOnlineStore(OnlineStore):
                     socket_timeout=30,
                 )
         return list(known.values())
+
+    def warm(self) -> None:
+        """Discover the topology (CLUSTER SLOTS) and open this thread's connection to every
+        primary, each PINGed: on a busy machine a cold role store's first lookup spent over
+        500 ms on these, and a server's deadline is counted from the request."""
+        try:
+            for node in self.client.get_primaries():
+                connection = self._connection(node)
+                connection.send_command("PING")
+                connection.read_response()
+        except (redis.RedisError, OSError) as exc:
+            raise self._unreachable("opening connections to every primary", exc) from exc
 
     def probe(self, timeout_s: float) -> None:
         """PING every primary on short-lived no-retry connections."""
