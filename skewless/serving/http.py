@@ -804,7 +804,7 @@ def create_app(
         # not inside a role's first request deadline; `serve` repeats it and fails loudly
         try:
             role_store.warm()
-        except Exception as exc:  # noqa: BLE001 - reported per request, and by `serve`
+        except Exception as exc:  # reported per request, and by `serve`
             log.warning("role %s: could not open its connections at start: %s", name, exc)
     audit_log = store.audit_log
 
