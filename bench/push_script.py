@@ -116,13 +116,10 @@ def replay_raw(client: redis.Redis, pushes: list[list[tuple]], repeats: int) -> 
                 at = 4 + levels
                 for e in range(numkeys // 3):
                     count = int(args[at])
-                    triples = args[at + 1 : at + 1 + 3 * count]
+                    ids, pairs = args[at + 1 : at + 1 + count], args[at + 1 + count : at + 1 + 3 * count]
                     at += 1 + 3 * count
-                    pipe.zadd(keys[3 * e], {triples[3 * j + 2]: triples[3 * j] for j in range(count)})
-                    pipe.hset(
-                        keys[3 * e + 1],
-                        mapping={triples[3 * j + 1]: triples[3 * j + 2] for j in range(count)},
-                    )
+                    pipe.zadd(keys[3 * e], {pairs[2 * j + 1]: pairs[2 * j] for j in range(count)})
+                    pipe.hset(keys[3 * e + 1], mapping={ids[j]: pairs[2 * j + 1] for j in range(count)})
             pipe.execute()
             stats = client.info("commandstats")
             per_push.append((stats["cmdstat_zadd"]["usec"] + stats["cmdstat_hset"]["usec"]) / 1000)

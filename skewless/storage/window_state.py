@@ -184,6 +184,9 @@ class WindowState:
                 K.key_expression(group, store.key_prefix).alias("__key"),
                 pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
             ).filter(pl.col("__score") > cutoff)
+            # one version per identity (the script requires it: see its header), the last
+            # row winning as the script's own "later writes win" would have it
+            frame = frame.unique(subset=["__key", EVENT_ID], keep="last", maintain_order=True)
             if frame.height == 0:
                 return self._only(before)
         sha = self._write_sha()
@@ -192,6 +195,12 @@ class WindowState:
         if frame.height <= SMALL_WRITE:
             ids = frame.get_column(EVENT_ID).to_list()
             packed = members(ids, self.codec(group).encode(frame))
+            if len(set(zip(keys_all, ids, strict=True))) < len(ids):
+                # one version per identity, the last row winning (the script requires it)
+                last = {identity: i for i, identity in enumerate(zip(keys_all, ids, strict=True))}
+                pick = sorted(last.values())
+                keys_all, scores = [keys_all[i] for i in pick], [scores[i] for i in pick]
+                ids, packed = [ids[i] for i in pick], [packed[i] for i in pick]
             one = [(keys_all, scores, ids, packed)]
             prepared = lambda: one  # noqa: E731
             newest = max(scores)
@@ -249,23 +258,24 @@ class WindowState:
         packed: list[bytes],
     ) -> Iterator[tuple[Any, ...]]:
         """One EVALSHA per batch of 500 entities (on a cluster, of one slot each)."""
-        # per entity: (score, id, member) triples, in row order (rows of one entity are
-        # usually adjacent — events come sorted by keys — so this is a few slices)
-        flat: list[Any] = [None] * (3 * len(ids))
-        flat[0::3], flat[1::3], flat[2::3] = scores, ids, packed
-        entities: list[tuple[str, list[Any]]] = []
+        # per entity: its ids, then (score, member) pairs, in row order (rows of one entity
+        # are usually adjacent — events come sorted by keys — so this is a few slices)
+        pairs: list[Any] = [None] * (2 * len(ids))
+        pairs[0::2], pairs[1::2] = scores, packed
+        entities: list[tuple[str, int, int]] = []
         at = 0
         for key, length in _runs(keys_all):
-            entities.append((key, flat[3 * at : 3 * (at + length)]))
+            entities.append((key, at, length))
             at += length
-        for batch in self.store.slot_batches([key for key, _ in entities], 500):
+        for batch in self.store.slot_batches([key for key, _, _ in entities], 500):
             keys: list[str] = []
             args = list(head)
             for i in batch:
-                key, triples = entities[i]
+                key, at, length = entities[i]
                 keys += K.window_keys(key)
-                args.append(len(triples) // 3)
-                args += triples
+                args.append(length)
+                args += ids[at : at + length]
+                args += pairs[2 * at : 2 * (at + length)]
             yield ("EVALSHA", sha, len(keys), *keys, *args)
 
     def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -8,7 +8,12 @@
 -- ARGV[2]: milliseconds a key lives after its newest event (0: no expiry, for lifetime windows)
 -- ARGV[3]: milliseconds to add to expiries: 0, or (wall clock - `at`) when replaying as of `at`
 -- ARGV[4]: number of tile levels L, ARGV[5 .. 4+L]: their sizes in µs
--- then for each entity: a count c, then c triples (score, id, member).
+-- then for each entity: a count c, its c ids, then c pairs (score, member) in the ids' order.
+-- Ids are unique per entity within one call: the client keeps the last version of each id
+-- (`WindowState.write`), so this script never orders versions itself. The layout lets the
+-- common case (every id new) hand ARGV ranges to HMGET and ZADD as they are (`unpack`), with
+-- no Lua table per event but HSET's (id, member) pairs: in Lua, building tables costs more
+-- than the commands (bench/push_script.py measures the script against its argument floor).
 -- An id seen with the same member is a re-delivery: nothing changes. An id seen with another
 -- member is a correction: the old version leaves (its tiles are invalidated), the new one
 -- enters. Every tile an added or removed event falls in is deleted from the cache and the
@@ -80,68 +85,92 @@ local function id_of(member)
   return string.sub(member, 3, 2 + n)
 end
 
+-- ARGV ranges are handed to commands in chunks: `unpack` is bounded by Lua's C stack (8000)
+local function call_range(command, key, first, last, step)
+  for c = first, last, step do
+    redis.call(command, key, unpack(ARGV, c, math.min(c + step - 1, last)))
+  end
+end
+
 for e = 0, #KEYS / 3 - 1 do
   local zkey, hkey, tkey = KEYS[3 * e + 1], KEYS[3 * e + 2], KEYS[3 * e + 3]
   local count = tonumber(ARGV[at])
-  at = at + 1
+  local ids_at, pairs_at = at + 1, at + 1 + count  -- ids: ARGV[ids_at + i - 1], i = 1..count
+  at = pairs_at + 2 * count
   local changed = false
   -- tiles to name only when some are cached (beyond `_gen`): an entity nobody read since
   -- its last write, the usual case while events stream in, gathers no scores at all
   local cached = redis.call('HLEN', tkey) > 1
   local touched = {}
-  -- of several versions of one id in this batch only the last counts (later rows win)
-  local last = {}
-  local order = {}
-  for j = 0, count - 1 do
-    local id = ARGV[at + 3 * j + 1]
-    if last[id] == nil then
-      order[#order + 1] = id
-    end
-    last[id] = j
-  end
-  -- one HMGET, ZADD, HSET per entity (chunked), not one call per event
   local olds = {}
-  for c = 1, #order, 1000 do
-    local part = redis.call('HMGET', hkey, unpack(order, c, math.min(c + 999, #order)))
-    for i, value in ipairs(part) do
-      olds[c + i - 1] = value
+  for c = 0, count - 1, 1000 do
+    local part = redis.call('HMGET', hkey, unpack(ARGV, ids_at + c, ids_at + math.min(c + 999, count - 1)))
+    for i = 1, #part do
+      olds[c + i] = part[i]
     end
   end
-  local zadd, hset, zrem = {}, {}, {}
-  for i, id in ipairs(order) do
-    local j = last[id]
-    local score, member = ARGV[at + 3 * j], ARGV[at + 3 * j + 2]
-    local old = olds[i]
-    if old ~= member then
-      if old then
-        local old_score = redis.call('ZSCORE', zkey, old)
-        zrem[#zrem + 1] = old
-        if old_score and cached then
-          touch(touched, tonumber(old_score))
+  local known = false
+  for i = 1, count do
+    if olds[i] then
+      known = true
+      break
+    end
+  end
+  if not known then
+    -- every id is new (a stream's usual case): the pairs go to ZADD as sent
+    call_range('ZADD', zkey, pairs_at, pairs_at + 2 * count - 1, 2000)
+    local hset = {}
+    for i = 1, count do
+      hset[2 * i - 1] = ARGV[ids_at + i - 1]
+      hset[2 * i] = ARGV[pairs_at + 2 * i - 1]
+    end
+    for c = 1, 2 * count, 2000 do
+      redis.call('HSET', hkey, unpack(hset, c, math.min(c + 1999, 2 * count)))
+    end
+    if cached then
+      for i = 1, count do
+        touch(touched, tonumber(ARGV[pairs_at + 2 * i - 2]))
+      end
+    end
+    added = added + count
+    changed = count > 0
+  else
+    local zadd, hset, zrem = {}, {}, {}
+    local nz, nh, nr = 0, 0, 0
+    for i = 1, count do
+      local id = ARGV[ids_at + i - 1]
+      local score, member = ARGV[pairs_at + 2 * i - 2], ARGV[pairs_at + 2 * i - 1]
+      local old = olds[i]
+      if old ~= member then
+        if old then
+          local old_score = redis.call('ZSCORE', zkey, old)
+          nr = nr + 1
+          zrem[nr] = old
+          if old_score and cached then
+            touch(touched, tonumber(old_score))
+          end
+        else
+          added = added + 1
         end
-      else
-        added = added + 1
+        zadd[nz + 1], zadd[nz + 2] = score, member
+        hset[nh + 1], hset[nh + 2] = id, member
+        nz, nh = nz + 2, nh + 2
+        if cached then
+          touch(touched, tonumber(score))
+        end
+        changed = true
       end
-      zadd[#zadd + 1] = score
-      zadd[#zadd + 1] = member
-      hset[#hset + 1] = id
-      hset[#hset + 1] = member
-      if cached then
-        touch(touched, tonumber(score))
-      end
-      changed = true
+    end
+    for c = 1, nr, 2000 do
+      redis.call('ZREM', zkey, unpack(zrem, c, math.min(c + 1999, nr)))
+    end
+    for c = 1, nz, 2000 do
+      redis.call('ZADD', zkey, unpack(zadd, c, math.min(c + 1999, nz)))
+    end
+    for c = 1, nh, 2000 do
+      redis.call('HSET', hkey, unpack(hset, c, math.min(c + 1999, nh)))
     end
   end
-  for c = 1, #zrem, 2000 do
-    redis.call('ZREM', zkey, unpack(zrem, c, math.min(c + 1999, #zrem)))
-  end
-  for c = 1, #zadd, 2000 do
-    redis.call('ZADD', zkey, unpack(zadd, c, math.min(c + 1999, #zadd)))
-  end
-  for c = 1, #hset, 2000 do
-    redis.call('HSET', hkey, unpack(hset, c, math.min(c + 1999, #hset)))
-  end
-  at = at + 3 * count
   if cutoff >= 0 then
     local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff)
     if #gone > 0 then
@@ -167,7 +196,12 @@ for e = 0, #KEYS / 3 - 1 do
       redis.call('HSET', tkey, '_gen', now[1] .. string.format('%06d', tonumber(now[2])) .. '000')
     end
   end
-  local newest = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+  -- with nothing pruned and no expiry (lifetime windows) the set cannot have emptied
+  -- (count >= 1 ids now have a member each): no need to look at its newest event
+  local newest = {true, true}
+  if cutoff >= 0 or life_ms > 0 then
+    newest = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+  end
   if not newest[2] then
     redis.call('DEL', zkey, hkey, tkey)
   elseif life_ms > 0 then

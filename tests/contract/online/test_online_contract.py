@@ -452,6 +452,58 @@ def test_a_large_push_in_pipelined_slices_equals_the_oracle(
         store.delete_all()
 
 
+@pytest.mark.parametrize("others", [0, 60], ids=["small-write", "arrow-write"])
+def test_an_id_repeated_within_one_write_counts_once_with_its_last_version(
+    store: OnlineStore, config: StoreConfig, tmp_path: Path, others: int
+) -> None:
+    """The write script relies on one version per identity per batch; `write_events` keeps
+    the last row of each id itself (a push has already done so, a direct caller may not), in
+    both write paths (few events from Python values, many through Arrow), also when the id
+    is already stored."""
+    from skewless.compute.rows import transform_rows
+
+    group = window_group(tmp_path / "txns.parquet", "repeat_windows")
+    now = datetime.now(UTC).replace(microsecond=0)
+    schema = {"user_id": pl.Int64, "ts": pl.Datetime("us", "UTC"), "eid": pl.String, "amount": pl.Float64}
+    pl.DataFrame(schema=schema).write_parquet(tmp_path / "txns.parquet")
+    far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+    def as_events(*versions: tuple[str, float, int]) -> pl.DataFrame:
+        """Each version transformed on its own (the transform would keep only the last)."""
+        filler = [
+            {"user_id": 2 + i % 7, "ts": now - timedelta(minutes=i + 1), "eid": f"f{i}", "amount": 1.0}
+            for i in range(others)
+        ]
+        frames = [
+            transform_rows(group, group.source.checked(pl.DataFrame(rows, schema=schema).lazy()), *far)
+            for rows in (
+                *(
+                    [{"user_id": 1, "ts": now - timedelta(minutes=m), "eid": e, "amount": a}]
+                    for e, a, m in versions
+                ),
+                filler,
+            )
+            if rows
+        ]
+        return pl.concat(frames)
+
+    refs = [f"repeat_windows:v1:{f}" for f in ("count_1d", "amount_sum_1d", "last_amount_1d")]
+    try:
+        client = FeatureStore(FeatureRepository([group]), config, online=store)
+        written = store.write_events(
+            group, as_events(("a", 10.0, 30), ("b", 1.0, 20), ("a", 20.0, 10), ("a", 5.0, 40))
+        )
+        assert written == 2 + others
+        got = client.get_online_features({"user_id": [1]}, features=refs, output="dicts")[0]
+        assert (got["count_1d"], got["amount_sum_1d"], got["last_amount_1d"]) == (2, 6.0, 1.0)
+        # stored now: a write repeating it corrects it once more, the last row again winning
+        assert store.write_events(group, as_events(("a", 7.0, 5), ("a", 8.0, 3))) == 0
+        got = client.get_online_features({"user_id": [1]}, features=refs, output="dicts")[0]
+        assert (got["count_1d"], got["amount_sum_1d"], got["last_amount_1d"]) == (2, 9.0, 8.0)
+    finally:
+        store.delete_all()
+
+
 # ---------------------------------------------------------------------- restarts
 def test_store_reconnects_after_a_restart(backend, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Requests before and after the server restarts (a cluster: one master) on the same
