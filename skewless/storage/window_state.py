@@ -185,8 +185,10 @@ class WindowState:
                 pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__score"),
             ).filter(pl.col("__score") > cutoff)
             # one version per identity (the script requires it: see its header), the last
-            # row winning as the script's own "later writes win" would have it
-            frame = frame.unique(subset=["__key", EVENT_ID], keep="last", maintain_order=True)
+            # row winning as "later writes win" has it; ids are usually unique across the
+            # whole write, which is ten times cheaper to check than deduplicating
+            if frame.get_column(EVENT_ID).n_unique() < frame.height:
+                frame = frame.unique(subset=["__key", EVENT_ID], keep="last", maintain_order=True)
             if frame.height == 0:
                 return self._only(before)
         sha = self._write_sha()
