@@ -100,6 +100,93 @@ def test_compaction_asset_writes_parquet_trims_and_is_idempotent(
         assert store.audit("1h", action="push").height == 2
 
 
+def test_appends_are_acknowledged_later_in_order_and_failures_still_counted(
+    tmp_path: Path, store_config: StoreConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A push does not wait for its audit record's reply (it was a second round trip on
+    every push): the reply is read before the next append, or by `flush`. Records still
+    reach the stream in order, once each; a refused append is still counted and logged
+    (later); the push it records is never broken by it; an erasure's record (`required`)
+    is acknowledged before `erase` returns."""
+    repo = small_repo(tmp_path / "data")
+    config = _config(store_config, 1.0)
+    key = K.audit_key(config.key_prefix)
+    with FeatureStore(repo, config) as store:
+        admin = store.online.client
+        for user in range(5):
+            _push(store, user)
+        store.audit_log.flush()
+        entries = admin.xrange(key)
+        assert [e[1][b"action"] for e in entries] == [b"push"] * 5
+        assert store.audit_log.written == 5 and store.audit_log.failures == 0
+        # the stream key replaced by a string: XADD is refused (WRONGTYPE) after the push
+        admin.delete(key)
+        admin.set(key, "not a stream")
+        try:
+            _push(store, 7)  # the push itself succeeds
+            assert store.get_online_features(
+                [{"user_id": 7}], features=["user_stats:v1:amount"], output="dicts"
+            )
+            with caplog.at_level("WARNING", logger="skewless.audit"):
+                store.audit_log.flush()
+            # the push's record and the read's (sampled at 1.0), each refused
+            assert store.audit_log.failures == 2 and store.audit_log.written == 5
+            assert any("could not be written" in r.message for r in caplog.records)
+        finally:
+            admin.delete(key)
+        # a required record is never deferred: its failure raises at once
+        admin.set(key, "not a stream")
+        try:
+            with pytest.raises(Exception, match="audit record of erase"):
+                store.erase("user", [{"user_id": 7}])
+        finally:
+            admin.delete(key)
+    # a store closed after pushing has had every record acknowledged
+    with FeatureStore(repo, config) as store:
+        _push(store, 8)
+    assert [e[1][b"action"] for e in redis.Redis.from_url(config.redis_url or "").xrange(key)] == [b"push"]
+
+
+def test_a_process_that_exits_without_closing_its_store_keeps_its_records(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """The last deferred append of a process that never closes its store: flushed at exit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "data").mkdir()
+    small_repo(tmp_path / "data")
+    script = textwrap.dedent(
+        f"""
+        from datetime import UTC, datetime
+        from pathlib import Path
+        from skewless.client.feature_store import FeatureStore
+        from skewless.config import StoreConfig
+        from tests.helpers import small_repo
+        config = StoreConfig({store_config.offline_root!r}, {store_config.redis_url!r},
+                             {store_config.state_dir!r}, {store_config.key_prefix!r})
+        store = FeatureStore(small_repo(Path({str(tmp_path / "data")!r})), config)
+        now = datetime.now(UTC)
+        for user in range(3):
+            store.push("events", {{"user_id": [user], "ts": [now], "created": [now],
+                                   "amount": [1.0], "channel": ["pos"]}})
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    client = redis.Redis.from_url(store_config.redis_url or "")
+    try:
+        assert [e[1][b"action"] for e in client.xrange(K.audit_key(store_config.key_prefix))] == [b"push"] * 3
+    finally:
+        client.delete(K.audit_key(store_config.key_prefix))
+
+
 def test_cli_lists_by_role_and_since(tmp_path: Path, store_config: StoreConfig, monkeypatch) -> None:
     from skewless import cli
 

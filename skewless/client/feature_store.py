@@ -204,12 +204,14 @@ class FeatureStore:
         role and action, oldest first: compacted partitions plus what the stream holds (see
         `storage.audit`). Reading the log needs the deployment's or an admin role's credentials."""
         start = audit.parse_since(since) if isinstance(since, str) else since
+        self.audit_log.flush()  # this process' own records are in the stream before it is read
         return audit.read(self.online, self.offline, start, until, role=role, action=action)
 
     def close(self) -> None:
         try:
             if self.monitor.log_rate:
                 self.monitor.flush()
+            self.audit_log.close()
         finally:
             self.online.close()
             if self._writer is not None:
