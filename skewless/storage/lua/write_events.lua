@@ -102,11 +102,16 @@ for e = 0, #KEYS / 3 - 1 do
   -- its last write, the usual case while events stream in, gathers no scores at all
   local cached = redis.call('HLEN', tkey) > 1
   local touched = {}
-  local olds = {}
-  for c = 0, count - 1, 1000 do
-    local part = redis.call('HMGET', hkey, unpack(ARGV, ids_at + c, ids_at + math.min(c + 999, count - 1)))
-    for i = 1, #part do
-      olds[c + i] = part[i]
+  local olds
+  if count <= 1000 then
+    olds = redis.call('HMGET', hkey, unpack(ARGV, ids_at, ids_at + count - 1))
+  else
+    olds = {}
+    for c = 0, count - 1, 1000 do
+      local part = redis.call('HMGET', hkey, unpack(ARGV, ids_at + c, ids_at + math.min(c + 999, count - 1)))
+      for i = 1, #part do
+        olds[c + i] = part[i]
+      end
     end
   end
   local known = false

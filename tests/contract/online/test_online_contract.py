@@ -504,6 +504,43 @@ def test_an_id_repeated_within_one_write_counts_once_with_its_last_version(
         store.delete_all()
 
 
+def test_one_entity_with_thousands_of_events_in_one_write(
+    store: OnlineStore, config: StoreConfig, tmp_path: Path
+) -> None:
+    """An entity with more events in one script call than one HMGET chunk (1,000 ids) or
+    one ZADD/HSET chunk: every event counted once, a re-write of the same events changes
+    nothing, and a re-write with corrected amounts replaces every one of them."""
+    group = window_group(tmp_path / "txns.parquet", "dense_windows")
+    now = datetime.now(UTC).replace(microsecond=0)
+    schema = {"user_id": pl.Int64, "ts": pl.Datetime("us", "UTC"), "eid": pl.String, "amount": pl.Float64}
+    pl.DataFrame(schema=schema).write_parquet(tmp_path / "txns.parquet")
+    n = 2_600
+
+    def rows(amount: float) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "user_id": [5] * n,
+                "ts": [now - timedelta(seconds=10 * i + 1) for i in range(n)],
+                "eid": [f"d{i}" for i in range(n)],
+                "amount": [amount] * n,
+            },
+            schema=schema,
+        )
+
+    refs = [f"dense_windows:v1:{f}" for f in ("count_1d", "amount_sum_1d")]
+    try:
+        client = FeatureStore(FeatureRepository([group]), config, online=store)
+        assert client.push("txns", rows(1.0), at=now) == {"dense_windows:v1": n}
+        got = client.get_online_features({"user_id": [5]}, features=refs, output="dicts")[0]
+        assert (got["count_1d"], got["amount_sum_1d"]) == (n, float(n))
+        assert client.push("txns", rows(1.0), at=now) == {"dense_windows:v1": 0}
+        assert client.push("txns", rows(2.0), at=now) == {"dense_windows:v1": 0}
+        got = client.get_online_features({"user_id": [5]}, features=refs, output="dicts")[0]
+        assert (got["count_1d"], got["amount_sum_1d"]) == (n, 2.0 * n)
+    finally:
+        store.delete_all()
+
+
 # ---------------------------------------------------------------------- restarts
 def test_store_reconnects_after_a_restart(backend, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Requests before and after the server restarts (a cluster: one master) on the same
