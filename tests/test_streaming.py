@@ -161,3 +161,32 @@ def test_landed_files_are_applied_by_a_sensor_run(tmp_path: Path, store_config: 
     assert got == [{"user_id": 5, "count_1h": 2, "value": 6.0}]
     assert store.sql("SELECT count(*) AS n FROM click_windows_v1 WHERE user_id = 5")["n"][0] == 2
     store.close()
+
+
+def test_a_large_direct_push_appends_the_rows_it_was_given_to_the_stream(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """A push of more than 1,000 rows encodes its stream entry in a worker thread while it
+    computes its events: the entry must still hold exactly the pushed rows, once, before the
+    window state it rides with; a push refused by a later check appends nothing."""
+    from skewless.storage import online_keys as K
+    from skewless.storage import streams
+
+    repo = repo_for(tmp_path / "clicks")
+    rows = clicks([(u % 40, f"big-{u}", float(u), timedelta(seconds=u + 1)) for u in range(1_500)])
+    with FeatureStore(repo, store_config) as store:
+        key = K.stream_key(store_config.key_prefix, "clicks")
+        try:
+            written = store.push("clicks", rows)
+            assert written["click_windows:v1"] == 1_500
+            ((_, fields),) = store.online.client.xrange(key, "-", "+")
+            assert streams.entry_frame(fields).equals(rows.select(streams.entry_frame(fields).columns))
+            # a null id is found while computing events, after the entry's encoding started
+            bad = rows.with_columns(
+                pl.when(pl.col("eid") == "big-7").then(None).otherwise("eid").alias("eid")
+            )
+            with pytest.raises(Exception, match="null id"):
+                store.push("clicks", bad)
+            assert store.online.client.xlen(key) == 1
+        finally:
+            store.online.delete_all()

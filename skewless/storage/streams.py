@@ -208,17 +208,23 @@ def append(store: OnlineStore, source: str, rows: pl.DataFrame, sealed: bool = F
 
 
 def append_commands(
-    store: OnlineStore, source: str, rows: pl.DataFrame, sealed: bool = False
+    store: OnlineStore,
+    source: str,
+    rows: pl.DataFrame,
+    sealed: bool = False,
+    entry: dict[str, bytes] | None = None,
 ) -> list[tuple[Any, ...]]:
     """`append` as raw commands for a caller to send with its own (a push sends them with its
-    online writes: one round trip); the XADD first."""
+    online writes: one round trip); the XADD first. `entry`: the fields `entry_fields` made
+    of `rows` already (a large push encodes them in a thread while it computes its events)."""
     key = stream_key(store, source)
     schema = _schema_ipc(rows.schema)
     recorded = getattr(store, "_recorded_schemas", None)
     if recorded is None:
         recorded = store._recorded_schemas = {}  # type: ignore[attr-defined]
-    sealing = EntrySeal(store, key) if sealed else None
-    fields = [part for pair in entry_fields(rows, sealing).items() for part in pair]
+    if entry is None:
+        entry = entry_fields(rows, EntrySeal(store, key) if sealed else None)
+    fields = [part for pair in entry.items() for part in pair]
     commands: list[tuple[Any, ...]] = [("XADD", key, "MAXLEN", "~", MAX_ENTRIES, "*", *fields)]
     if recorded.get(source) != schema:
         commands.append(("SET", K.stream_schema_key(store.key_prefix, source), schema))
