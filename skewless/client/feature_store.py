@@ -539,6 +539,8 @@ class FeatureStore:
         missing = checked.get_column(src.timestamp_field).null_count()
         if missing:
             raise RequestError(f"rows pushed to source '{source}': {missing} rows have no event time")
+        from skewless.storage import streams
+
         online = self.writer
         # the stream entry of a large direct push (Arrow IPC, zstd: ~3 ms per 10k rows) is
         # encoded in a thread while this one computes the events: Redis sits idle until the
@@ -546,8 +548,6 @@ class FeatureStore:
         sealed = any(g.pii_features for g in groups)
         entry = None
         if src.stream and direct and groups[0].is_windowed and checked.height > _THREADED_ENTRY_ROWS:
-            from skewless.storage import streams
-
             seal = streams.EntrySeal(online, streams.stream_key(online, source)) if sealed else None
             entry = _background().submit(streams.entry_fields, checked, seal)
         start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
@@ -567,8 +567,6 @@ class FeatureStore:
         for group, _ in computed:
             self.offline.mark_in_use(group)  # values of these definitions exist now (lock file)
         if src.stream:
-            from skewless.storage import streams
-
             # the rows hold the columns pii features are computed from: sealed in the stream
             # with a window group to write directly, the append rides in its round trip
             if direct and computed[0][0].is_windowed:

@@ -4,8 +4,8 @@ Why a Redis Stream first and Parquet later: a record is appended on the serving 
 sampled online read) by many processes at once. One `XADD` to one key is a single cheap
 round trip that every process can make safely, on a single Redis, the embedded one and a
 cluster alike (one key: one slot), and it is durable as soon as Redis has it. On a single
-Redis its reply is not waited for (`AuditLog._send_deferred`): a push is then one round trip. Parquet is
-where the log is kept and queried: the `lifecycle/audit_log` asset (`compact`) moves the
+Redis its reply is not waited for (`AuditLog._send_deferred`): a push is then one round
+trip. Parquet is where the log is kept and queried: the `lifecycle/audit_log` asset (`compact`) moves the
 stream's entries into day partitions of the offline store and then trims what it wrote.
 
     <prefix>:_audit                                    the stream (`online_keys.audit_key`)

@@ -186,7 +186,9 @@ class WindowState:
             ).filter(pl.col("__score") > cutoff)
             # one version per identity (the script requires it: see its header), the last
             # row winning as "later writes win" has it; ids are usually unique across the
-            # whole write, which is ten times cheaper to check than deduplicating
+            # whole write, which is ten times cheaper to check than deduplicating. Not
+            # `identity.latest_versions`: its callers (event_rows, offline reads) have applied
+            # it already; here arrival order is the rule, as in the script before
             if frame.get_column(EVENT_ID).n_unique() < frame.height:
                 frame = frame.unique(subset=["__key", EVENT_ID], keep="last", maintain_order=True)
             if frame.height == 0:
