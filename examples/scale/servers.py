@@ -51,23 +51,32 @@ def _free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(n: int, cluster: bool = False) -> list[int]:
-    """`n` free ports; for cluster nodes at most 55535 with port + 10000 (the cluster bus)
-    free too — Redis refuses a higher one."""
-    if not cluster:
-        sockets = [socket.socket() for _ in range(n)]
-        try:
-            for sock in sockets:
-                sock.bind(("127.0.0.1", 0))
-            return [sock.getsockname()[1] for sock in sockets]
-        finally:
-            for sock in sockets:
-                sock.close()
+    """`n` free ports below the kernel's ephemeral range; for cluster nodes with port + 10000
+    (the cluster bus) free and below it too (Redis refuses a node port over 55535).
+
+    Why not port 0 or any random port: a readiness loop that connects to a port inside the
+    ephemeral range before the server listens can have its socket connect to itself (TCP
+    simultaneous open). It then reads its own HELLO back (redis-py fails on a list where a
+    map was due) and holds the port, so the server cannot bind it. One CI run lost every
+    cluster test to that."""
+    top = min(_ephemeral_low(), 55536) - (10000 if cluster else 0)
     rng = random.Random()
     found: list[int] = []
     while len(found) < n:
-        port = rng.randrange(20000, 45000)
-        if port not in found and port + 10000 not in found and _free(port) and _free(port + 10000):
+        port = rng.randrange(10000, top)
+        taken = {p for f in found for p in (f, f + 10000)}
+        if port in taken or (cluster and port + 10000 in taken):
+            continue
+        if _free(port) and (not cluster or _free(port + 10000)):
             found.append(port)
     return found
 
